@@ -1,0 +1,43 @@
+# Every target works on a fresh clone: the environment is created on demand.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install test test-fast lint demo bench slurm-up slurm-down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# A bare torch range would pull a multi-GB CUDA build; take the CPU wheel unless torch is already there.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_CPU)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: $(STAMP)
+	$(BIN)/ruff check modexp tests benchmarks
+	$(BIN)/ruff format --check modexp tests benchmarks
+
+demo: $(STAMP)
+	$(BIN)/modexp sweep
+
+bench: $(STAMP)
+	$(BIN)/modexp bench --quick --out runs/bench
+
+slurm-up:
+	bash scripts/slurm-up.sh
+
+slurm-down:
+	bash scripts/slurm-down.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

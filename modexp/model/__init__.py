@@ -1,0 +1,8 @@
+"""The model library: `from modexp.model import ModelConfig, Transformer`."""
+
+from .config import ModelConfig
+from .layers import Block
+from .routing import RoutedBlock, RoutingRecord
+from .transformer import ModelOutput, Transformer
+
+__all__ = ["Block", "ModelConfig", "ModelOutput", "RoutedBlock", "RoutingRecord", "Transformer"]

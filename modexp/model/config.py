@@ -1,0 +1,122 @@
+"""The model's own small config: shape and routing, nothing about training or data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ROUTINGS = ("none", "topk", "random")
+ROUTER_WEIGHTS = ("sigmoid", "linear")
+CAUSAL_ROUTERS = ("none", "aux_loss", "predictor")
+ATTENTIONS = ("sdpa", "math")
+MLPS = ("swiglu", "gelu")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    seq_len: int = 256
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int | None = None  # None: 4 d for GELU, 8/3 d (rounded up to a multiple of 8) for SwiGLU
+    mlp: str = "swiglu"
+    # Mixture-of-Depths (see ../shared/spec/mod-method.md and modexp/model/routing.py)
+    routing: str = "none"  # none: dense baseline; topk: learned expert-choice; random: the paper's control
+    capacity: float = 0.125  # fraction of the sequence a routed block processes
+    route_every: int = 2  # every route_every-th block is routed (blocks route_every-1, 2*route_every-1, ...)
+    router_weight: str = "sigmoid"  # g in x + g(r) * f(x): sigmoid, or linear (the paper's literal Eq. 1)
+    causal_router: str = "predictor"  # how sampling decides per token: predictor | aux_loss | none
+    aux_loss_weight: float = 0.01  # weight of the router's BCE loss (aux_loss) or the predictor's BCE loss
+    predictor_hidden: int | None = None  # None: max(8, d_model // 4)
+    attention: str = "sdpa"  # sdpa, or math: explicit matmul + softmax (what FLOP counters can see)
+    tie_embeddings: bool = False
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and what is allowed."""
+        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size={self.vocab_size} is not allowed: it must be at least 2")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not allowed: it must divide d_model={self.d_model}")
+        if self.head_dim % 2:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not allowed: rotary embeddings need an even head size, "
+                f"and d_model/n_heads = {self.head_dim}"
+            )
+        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff < 1):
+            raise ValueError(f"d_ff={self.d_ff!r} is not allowed: give a positive integer or null")
+        _choice("mlp", self.mlp, MLPS)
+        _choice("routing", self.routing, ROUTINGS)
+        _choice("router_weight", self.router_weight, ROUTER_WEIGHTS)
+        _choice("causal_router", self.causal_router, CAUSAL_ROUTERS)
+        _choice("attention", self.attention, ATTENTIONS)
+        if not isinstance(self.capacity, (int, float)) or not 0.0 < self.capacity <= 1.0:
+            raise ValueError(f"capacity={self.capacity!r} is not allowed: it must lie in (0, 1]")
+        if (
+            isinstance(self.route_every, bool)
+            or not isinstance(self.route_every, int)
+            or self.route_every < 1
+        ):
+            raise ValueError(f"route_every={self.route_every!r} is not allowed: it must be an integer >= 1")
+        if self.routing != "none" and self.route_every > self.n_layers:
+            raise ValueError(
+                f"route_every={self.route_every} is not allowed with n_layers={self.n_layers}: "
+                f"it would route no block (use route_every <= n_layers)"
+            )
+        if not self.aux_loss_weight >= 0:
+            raise ValueError(f"aux_loss_weight={self.aux_loss_weight!r} is not allowed: it must be >= 0")
+        if self.predictor_hidden is not None and self.predictor_hidden < 1:
+            raise ValueError(f"predictor_hidden={self.predictor_hidden!r} is not allowed: give >= 1 or null")
+
+    # Derived quantities, in one place so the model and the FLOP count cannot disagree.
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "gelu":
+            return 4 * self.d_model
+        return 8 * math.ceil(8 * self.d_model / 3 / 8)
+
+    @property
+    def predictor_dim(self) -> int:
+        return self.predictor_hidden or max(8, self.d_model // 4)
+
+    def is_routed(self, layer: int) -> bool:
+        """Block `layer` (from 0) is routed: every route_every-th block, so block 0 is dense unless route_every=1."""
+        return self.routing != "none" and layer % self.route_every == self.route_every - 1
+
+    @property
+    def routed_layers(self) -> list[int]:
+        return [i for i in range(self.n_layers) if self.is_routed(i)]
+
+    @property
+    def has_predictor(self) -> bool:
+        return self.routing == "topk" and self.causal_router == "predictor"
+
+    @property
+    def has_aux_loss(self) -> bool:
+        return self.routing == "topk" and self.causal_router == "aux_loss"
+
+    def capacity_tokens(self, seq_len: int | None = None) -> int:
+        """k: tokens a routed block takes from a sequence. Fixed by capacity and length, never by the data."""
+        t = self.seq_len if seq_len is None else seq_len
+        # round() first so 0.29 * 100 = 28.999... still gives 29; at least one token, so k never hits 0.
+        return max(1, min(t, math.floor(round(self.capacity * t, 6))))

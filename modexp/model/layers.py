@@ -1,0 +1,134 @@
+"""Dense transformer parts: pre-norm block with rotary attention and a SwiGLU (or GELU) MLP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables, looked up by each token's ORIGINAL position.
+
+    Routed blocks see a subset of tokens; indexing the tables by the original positions (not 0..k-1)
+    keeps relative distances right among the selected tokens.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_len)
+
+    def _build(self, length: int) -> None:
+        angles = torch.outer(
+            torch.arange(length, device=self.inv_freq.device, dtype=torch.float32), self.inv_freq
+        )
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def ensure_length(self, length: int) -> None:
+        """Decoding may run past the training length; checked there, not per step (it would sync the GPU)."""
+        if length > self.cos.shape[0]:
+            self._build(2 * length)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) or (B, T) -> cos, sin broadcastable against (B, H, T, head_dim/2)."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:  # (B, T, hd/2) -> (B, 1, T, hd/2)
+            return cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.use_math = cfg.attention == "math"
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, d) -> q, k, v (B, H, T, hd) with rotary applied to q and k."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """mask None: plain causal attention over the sequence; else a boolean (B or 1, 1, Tq, Tk) keep-mask."""
+        if self.use_math:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if mask is None:
+                tq, tk = q.shape[-2], k.shape[-2]
+                mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+            scores = scores.masked_fill(~mask, float("-inf"))
+            return scores.softmax(dim=-1) @ v
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        q, k, v = self.project(x, cos, sin)
+        return self.merge(self.attend(q, k, v, mask))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        self.up = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block. `update` gives its residual update; `forward` adds it."""
+
+    def __init__(self, cfg: ModelConfig, rotary: Rotary) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self._rotary = [rotary]  # shared tables; a list keeps it out of this module's state_dict
+
+    @property
+    def rotary(self) -> Rotary:
+        return self._rotary[0]
+
+    def update(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Residual update f(x) = attn + mlp, for the tokens in x at their given positions."""
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        cos, sin = self.rotary(positions)
+        attn = self.attn(self.attn_norm(x), cos, sin, mask)
+        return attn + self.mlp(self.mlp_norm(x + attn))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.update(x, positions)
