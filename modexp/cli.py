@@ -1,0 +1,270 @@
+"""`modexp sweep | plan | train | analyze | sample | bench`.
+
+A thin argparse front end: our own flags are parsed here, everything else is a Hydra override
+(`key=value`, comma lists to sweep). Bad input ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import ModexpError
+
+FORMATS = ("table", "csv", "json")
+
+
+def build_study(overrides: list[str]):  # -> sweep.Study
+    from .config import compose_config, expand_overrides, to_typed
+    from .plan import Plan, check_plan, plan_sweep
+    from .rundir import sweep_dir
+    from .sweep import Study, run_config
+
+    configs = []
+    for combo in expand_overrides(overrides):
+        dict_cfg = compose_config(combo)
+        configs.append((dict_cfg, to_typed(dict_cfg)))
+    dirs = {sweep_dir(typed) for _, typed in configs}
+    if len(dirs) > 1:
+        raise ModexpError(
+            f"one sweep writes to one folder, but these overrides give {len(dirs)}: "
+            "do not sweep runs_dir or sweep.name"
+        )
+    runs, skipped, run_configs = {}, [], {}
+    for dict_cfg, typed in configs:
+        plan = plan_sweep([typed])
+        for spec in plan.runs:
+            if spec.run_id not in runs:
+                runs[spec.run_id] = spec
+                run_configs[spec.run_id] = run_config(dict_cfg, spec)
+        skipped += [s for s in plan.skipped if s not in skipped]
+    merged = Plan(
+        sorted(
+            runs.values(),
+            key=lambda r: (r.budget, r.variant != "baseline", r.variant, r.accounting["params"]),
+        ),
+        skipped,
+    )
+    check_plan(merged, [typed for _, typed in configs])
+    return Study(dirs.pop(), configs, merged, run_configs)
+
+
+def plan_rows(study) -> list[dict]:
+    from .rundir import run_state
+
+    flops_per_s = study.configs[0][1].sweep.flops_per_second
+    rows = []
+    for spec in study.plan.runs:
+        row = spec.row()
+        row["est_time_s"] = round(spec.flops / flops_per_s, 1)
+        row["status"] = run_state(study.run_dir(spec))
+        rows.append(row)
+    return rows
+
+
+def print_plan(study, fmt: str) -> None:
+    import pandas as pd
+
+    rows = plan_rows(study)
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    frame = pd.DataFrame(rows)
+    if fmt == "csv":
+        print(frame.to_csv(index=False), end="")
+        return
+    shown = frame[
+        [
+            "run_id",
+            "variant",
+            "budget",
+            "shape",
+            "params",
+            "non_embedding_params",
+            "train_flops_per_token",
+            "tokens",
+            "steps",
+            "flops",
+            "tokens_per_param",
+            "est_time_s",
+            "status",
+        ]
+    ]
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    total = frame["flops"].sum()
+    print(
+        f"\n{len(rows)} runs, {total:.3g} FLOPs in all, about {frame['est_time_s'].sum() / 60:.0f} min "
+        f"at {study.configs[0][1].sweep.flops_per_second:.2g} FLOP/s (sweep.flops_per_second)"
+    )
+    for s in study.plan.skipped:
+        print(f"left out: budget {s['budget']:g} {s['variant']} {s['shape']}: {s['reason']}")
+
+
+def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    print_plan(build_study(overrides), args.format)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .sweep import run_sweep
+
+    study = build_study(overrides)
+    if args.dry_run:
+        print_plan(study, "table")
+        return 0
+    launcher = study.configs[0][1].launcher.name
+    return run_sweep(
+        study,
+        overrides,
+        retry_failed=args.retry_failed,
+        fail_fast=args.fail_fast,
+        launcher=launcher,
+        detach=args.detach,
+    )
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .config import compose_config, to_typed
+    from .data import load_corpus
+    from .plan import single_run
+    from .rundir import sweep_dir, write_run
+    from .sweep import run_config
+    from .train import RunLocked, train_run
+
+    dict_cfg = compose_config(overrides)
+    cfg = to_typed(dict_cfg)
+    spec = single_run(cfg)
+    corpus = load_corpus(cfg.data, spec.model.seq_len)  # before the run folder: bad data leaves nothing
+    run_dir = sweep_dir(cfg) / spec.run_id
+    write_run(run_dir, run_config(dict_cfg, spec), spec)
+    try:
+        summary = train_run(run_dir, corpus)
+    except RunLocked as exc:
+        raise ModexpError(str(exc)) from None
+    print(run_dir)
+    logging.getLogger("modexp").info("val_loss %.4f", summary["val_loss"])
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .analysis import analyze
+
+    if overrides and not args.sweep_dir:
+        args.sweep_dir = overrides[0]
+    if not args.sweep_dir and not args.table:
+        raise ModexpError("give a sweep folder (modexp analyze runs/demo) or --table FILE.csv --out DIR")
+    result = analyze(
+        sweep_dir=Path(args.sweep_dir) if args.sweep_dir else None,
+        table=Path(args.table) if args.table else None,
+        out=Path(args.out) if args.out else None,
+    )
+    print(result.summary)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .sample import sample_cli
+
+    print(
+        sample_cli(
+            args.run_dir,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.show_routing,
+            args.seed,
+            args.device,
+        )
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .bench import run_bench
+
+    run_bench(quick=args.quick, out=Path(args.out), device=args.device)
+    print((Path(args.out) / "bench.md").read_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    hydra_help = "Hydra overrides: key=value, comma lists sweep (model.capacity=0.125,0.5)"
+
+    s = sub.add_parser(
+        "sweep", help="plan, train every missing run, then fit and plot", description=hydra_help
+    )
+    s.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    s.add_argument(
+        "--retry-failed", action="store_true", help="run failed runs again (from their checkpoints)"
+    )
+    s.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    s.add_argument("--detach", action="store_true", help="SLURM: submit and return; run again to reattach")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("plan", help="one row per planned run", description=hydra_help)
+    s.add_argument("--format", choices=FORMATS, default="table")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("train", help="train one model for budget=<FLOPs>", description=hydra_help)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("analyze", help="results table, isoFLOP fits and figures")
+    s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
+    s.add_argument("--table", help="analyse a CSV with variant, budget, params, tokens, flops, val_loss")
+    s.add_argument("--out", help="folder for fits and figures (default SWEEP_DIR/plots)")
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", default="def ")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--show-routing", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("bench", help="speed ratios measured side by side: MoD vs baseline, ours vs reference")
+    s.add_argument("--quick", action="store_true", help="small shapes, under a minute on 2 CPU cores")
+    s.add_argument("--out", default="runs/bench")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parser().parse_known_args(argv)
+    unknown_flags = [a for a in rest if a.startswith("--") and "=" not in a]
+    if unknown_flags:
+        print(
+            f"modexp: error: unknown option {unknown_flags[0]} (see modexp {args.command} --help)",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("modexp").setLevel(logging.INFO)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    try:
+        return args.func(args, rest)
+    except ModexpError as exc:
+        print(f"modexp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modexp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The local device pool: one child process per run, one run per GPU, or `workers` CPU runs sharing the cores.
+
+Each run is its own process (`python -m modexp.train RUN_DIR`), so a crash, OOM or kill of one never takes the
+sweep down. The run's own lock (rundir.RunLock) guarantees no run is trained by two processes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..plan import RunSpec
+from ..rundir import RunLock, run_state
+from ..tracking import read_status, set_status
+
+log = logging.getLogger(__name__)
+
+EXIT_LOCKED = 75  # modexp.train: the run is held by another process
+
+
+@dataclass
+class Slot:
+    name: str  # "cuda:0" or "cpu:1"
+    env: dict[str, str]
+
+
+@dataclass
+class Child:
+    spec: RunSpec
+    run_dir: Path
+    slot: Slot
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, without importing torch (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() not in ("", "-1")]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def make_slots(device: str, workers: int) -> list[Slot]:
+    gpus = visible_gpus() if device in ("auto", "cuda") else []
+    if gpus:
+        return [Slot(f"cuda:{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus]
+    cores = os.cpu_count() or 1
+    n = workers if workers > 0 else max(1, cores // 2)
+    threads = max(1, cores // n)
+    env = {"CUDA_VISIBLE_DEVICES": "", "MODEXP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    return [Slot(f"cpu:{i}", dict(env)) for i in range(n)]
+
+
+def log_tail(run_dir: Path, lines: int = 20) -> str:
+    for name in ("stdout.log", "train.log"):
+        path = run_dir / name
+        if path.exists():
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class LocalPool:
+    """Runs RunSpecs on slots until all are done, failed, or (fail_fast) the first one fails."""
+
+    def __init__(
+        self, slots: list[Slot], fail_fast: bool = False, on_tick: Callable[[LocalPool], None] | None = None
+    ) -> None:
+        self.slots = slots
+        self.fail_fast = fail_fast
+        self.on_tick = on_tick or (lambda pool: None)
+        self.running: list[Child] = []
+        self.failed: list[str] = []
+        self.elsewhere: dict[str, tuple[RunSpec, Path]] = {}  # held by another sweep's process
+
+    def run(self, queue: list[tuple[RunSpec, Path]]) -> None:
+        queue = list(queue)
+        try:
+            while queue or self.running or self.elsewhere:
+                free = [s for s in self.slots if all(c.slot is not s for c in self.running)]
+                while free and queue:
+                    spec, run_dir = queue.pop(0)
+                    state = run_state(run_dir)
+                    if state == "done":
+                        continue
+                    if state == "running":
+                        self.elsewhere[spec.run_id] = (spec, run_dir)
+                        continue
+                    self.running.append(self._start(spec, run_dir, free.pop(0)))
+                self._reap(queue)
+                if self.fail_fast and self.failed:
+                    self.stop()
+                    return
+                self._check_elsewhere(queue)
+                self.on_tick(self)
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+
+    def _start(self, spec: RunSpec, run_dir: Path, slot: Slot) -> Child:
+        out = (run_dir / "stdout.log").open("ab")
+        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modexp.train", str(run_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        out.close()
+        log.debug("started %s on %s (pid %d)", spec.run_id, slot.name, proc.pid)
+        return Child(spec, run_dir, slot, proc)
+
+    def _reap(self, queue: list[tuple[RunSpec, Path]]) -> None:
+        for child in list(self.running):
+            code = child.proc.poll()
+            if code is None:
+                continue
+            self.running.remove(child)
+            if code == 0:
+                continue
+            if code == EXIT_LOCKED:  # another sweep got there first: wait for it, train nothing twice
+                self.elsewhere[child.spec.run_id] = (child.spec, child.run_dir)
+                continue
+            status = read_status(child.run_dir)
+            reason = status.get("reason") if status.get("state") == "failed" else None
+            set_status(
+                child.run_dir,
+                "failed",
+                reason=reason or describe_exit(code),
+                exit_code=code,
+                step=status.get("step"),
+                log_tail=log_tail(child.run_dir),
+            )
+            self.failed.append(child.spec.run_id)
+
+    def _check_elsewhere(self, queue: list[tuple[RunSpec, Path]]) -> None:
+        for run_id, (spec, run_dir) in list(self.elsewhere.items()):
+            if RunLock(run_dir).held_elsewhere():
+                continue
+            del self.elsewhere[run_id]
+            if run_state(run_dir) in ("interrupted", "planned", "pending"):
+                queue.append((spec, run_dir))  # its holder died: resume it here
+
+    def stop(self) -> None:
+        """Ctrl-C or fail-fast: ask children to stop (they mark themselves interrupted), then make sure."""
+        for child in self.running:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in self.running:
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self.running.clear()

@@ -1,0 +1,245 @@
+"""`modexp sweep`: plan, run every missing run on the devices at hand, then the table and figures.
+
+Idempotent: a run's folder is named by a hash of what determines its result, so re-running the same command
+skips finished runs, resumes interrupted ones from their checkpoints and retries failed ones on request.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import Config
+from .errors import ModexpError
+from .launch.local import LocalPool, make_slots
+from .plan import Plan, RunSpec
+from .rundir import run_state, write_run
+from .tracking import read_json, read_status, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Study:
+    """A planned sweep: its folder, the composed configs behind it, and one RunSpec per run."""
+
+    dir: Path
+    configs: list[tuple[DictConfig, Config]]
+    plan: Plan
+    run_configs: dict[str, DictConfig]  # run_id -> the composed config the run belongs to
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.dir / spec.run_id
+
+
+def run_config(dict_cfg: DictConfig, spec: RunSpec) -> DictConfig:
+    """The resolved config a run trains with: the sweep's, with its own shape and routing."""
+    cfg = OmegaConf.create(OmegaConf.to_container(dict_cfg, resolve=True))
+    for key, value in vars(spec.model).items():
+        OmegaConf.update(cfg, f"model.{key}", value)
+    cfg.budget = spec.budget
+    cfg.variant = spec.variant
+    return cfg
+
+
+def check_data(study: Study) -> None:
+    """Prepare each corpus once, before any run folder exists: bad data fails here, leaving nothing behind."""
+    from .data import load_corpus
+
+    seen = set()
+    for _, cfg in study.configs:
+        seq_lens = {r.model.seq_len for r in study.plan.runs}
+        key = (repr(cfg.data), tuple(sorted(seq_lens)))
+        if key in seen:
+            continue
+        seen.add(key)
+        for seq_len in seq_lens:
+            load_corpus(cfg.data, seq_len)
+
+
+def pending_runs(study: Study, retry_failed: bool) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(runs to start, runs left failed). Larger runs first so the pool drains evenly."""
+    todo, failed = [], []
+    for spec in study.plan.runs:
+        state = run_state(study.run_dir(spec))
+        if state == "done":
+            continue
+        if state == "failed" and not retry_failed:
+            failed.append(spec)
+            continue
+        todo.append(spec)
+    todo.sort(key=lambda r: (-r.flops, -r.accounting["params"]))
+    return todo, failed
+
+
+class LiveView:
+    """done / running / failed / pending, running runs' current loss, and an ETA from FLOPs done so far."""
+
+    def __init__(self, study: Study, total: list[RunSpec]) -> None:
+        self.study, self.total = study, total
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def tick(self, pool: Any = None, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (2 if self.tty else 30):
+            return
+        self.last = now
+        counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
+        losses, flops_done, flops_total = [], 0.0, 0.0
+        for spec in self.total:
+            run_dir = self.study.run_dir(spec)
+            status = read_status(run_dir)
+            state = status.get("state", "pending")
+            state = {"interrupted": "pending", "planned": "pending"}.get(state, state)
+            counts[state if state in counts else "pending"] += 1
+            flops_total += spec.flops
+            if state == "done":
+                flops_done += spec.flops
+            elif state == "running":
+                step = status.get("step") or 0
+                flops_done += spec.flops * step / max(1, spec.steps)
+                loss = _last_loss(run_dir)
+                if loss is not None:
+                    losses.append(f"{spec.shape}/{spec.variant[:3]} {loss:.3f}")
+        elapsed = now - self.started
+        eta = ""
+        if 0 < flops_done < flops_total and elapsed > 5:
+            eta = f" | ETA {_duration(elapsed * (flops_total - flops_done) / flops_done)}"
+        line = (
+            f"[sweep] done {counts['done']} running {counts['running']} failed {counts['failed']} "
+            f"pending {counts['pending']} of {len(self.total)}{eta}"
+            + (f" | {', '.join(losses[:4])}" if losses else "")
+        )
+        print(line, file=sys.stderr, flush=True)
+
+
+def _last_loss(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    import json
+
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 4096))
+        lines = f.read().decode(errors="ignore").splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "train":
+            return record["loss"]
+    return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def write_plan(study: Study, overrides: list[str]) -> None:
+    study.dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        study.dir / "plan.json",
+        {
+            "overrides": overrides,
+            "runs": [r.row() for r in study.plan.runs],
+            "skipped": study.plan.skipped,
+        },
+    )
+
+
+def run_sweep(
+    study: Study,
+    overrides: list[str],
+    retry_failed: bool,
+    fail_fast: bool,
+    launcher: str,
+    detach: bool = False,
+) -> int:
+    """Returns the process exit code: 0 when every planned run is done and the figures are drawn."""
+    check_data(study)
+    write_plan(study, overrides)
+    todo, failed_before = pending_runs(study, retry_failed)
+    done = len(study.plan.runs) - len(todo) - len(failed_before)
+    print(
+        f"[sweep] {study.dir}: {len(study.plan.runs)} runs planned, {done} done, {len(todo)} to run"
+        + (f", {len(failed_before)} failed (rerun with --retry-failed)" if failed_before else ""),
+        file=sys.stderr,
+    )
+    for spec in todo:
+        write_run(study.run_dir(spec), study.run_configs[spec.run_id], spec)
+    view = LiveView(study, study.plan.runs)
+    _, cfg0 = study.configs[0]
+    if launcher == "slurm":
+        from .launch.slurm import run_slurm
+
+        finished = run_slurm(study, todo, cfg0, fail_fast=fail_fast, detach=detach, view=view)
+        if not finished:
+            return 0
+    else:
+        pool = LocalPool(
+            make_slots(cfg0.device, cfg0.launcher.workers),
+            fail_fast=fail_fast,
+            on_tick=lambda p: view.tick(p),
+        )
+        try:
+            pool.run([(s, study.run_dir(s)) for s in todo])
+        except KeyboardInterrupt:
+            print(
+                "[sweep] interrupted: running runs were stopped and resume on the next run", file=sys.stderr
+            )
+            return 130
+    view.tick(force=True)
+    return finish(study)
+
+
+def finish(study: Study) -> int:
+    states = {s.run_id: run_state(study.run_dir(s)) for s in study.plan.runs}
+    failed = [rid for rid, st in states.items() if st == "failed"]
+    unfinished = [rid for rid, st in states.items() if st not in ("done", "failed")]
+    n_done = sum(st == "done" for st in states.values())
+    if n_done:
+        from .analysis import analyze
+
+        try:
+            result = analyze(sweep_dir=study.dir, table=None, out=None)
+            print(result.summary, file=sys.stderr)
+        except ModexpError as exc:
+            print(f"[sweep] analysis: {exc}", file=sys.stderr)
+    for rid in failed:
+        status = read_status(study.dir / rid)
+        print(f"[sweep] FAILED {rid}: {status.get('reason')}", file=sys.stderr)
+    if unfinished:
+        print(f"[sweep] not finished: {', '.join(unfinished)}", file=sys.stderr)
+    if failed or unfinished:
+        print(
+            f"[sweep] {len(failed)} failed, {len(unfinished)} unfinished; rerun with --retry-failed",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"[sweep] all {n_done} runs done. Table: {study.dir / 'results.csv'}  Figures: {study.dir / 'plots'}"
+    )
+    return 0
+
+
+def summaries(study: Study) -> list[dict[str, Any]]:
+    return [
+        read_json(study.run_dir(s) / "summary.json")
+        for s in study.plan.runs
+        if (study.run_dir(s) / "summary.json").exists()
+    ]
