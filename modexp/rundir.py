@@ -1,15 +1,13 @@
 """A run folder is the contract between stages: runs/<sweep>/<run_id>/.
 
-    config.yaml     the resolved config the run was trained with
-    run.json        its RunSpec: variant, budget, shape, steps, tokens, FLOP accounting
-    meta.json       code version, packages, device, corpus fingerprint, FLOP accounting
-    status.json     planned | running | done | failed | interrupted (+ reason, step, exit code)
-    metrics.jsonl   training and validation metrics
-    summary.json    the final numbers (what `modexp analyze` collects)
-    checkpoints/    last.pt (model, optimiser, schedule position, RNG)
-    train.log       the run's log; wandb/ the W&B mirror; routing_sample.json for MoD runs
-
-Torch-free, so the sweep process stays light.
+config.yaml     the resolved config the run was trained with
+run.json        its RunSpec: variant, budget, shape, steps, tokens, FLOP accounting
+meta.json       code version, packages, device, corpus fingerprint, FLOP accounting
+status.json     planned | running | done | failed | interrupted (+ reason, step, exit code)
+metrics.jsonl   training and validation metrics
+summary.json    the final numbers (what `modexp analyze` collects)
+checkpoints/    last.pt (model, optimiser, schedule position, RNG)
+train.log       the run's log; wandb/ the W&B mirror; routing_sample.json for MoD runs
 """
 
 from __future__ import annotations
@@ -26,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from .model.config import ModelConfig
 from .plan import RunSpec
 from .tracking import read_json, read_status, write_json
+
+EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
 
 
 def sweep_dir(cfg: Any) -> Path:

@@ -20,7 +20,7 @@ from .errors import ModexpError
 from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
 from .rundir import run_state, write_run
-from .tracking import read_json, read_status, write_json
+from .tracking import read_status, write_json
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +235,3 @@ def finish(study: Study) -> int:
         f"[sweep] all {n_done} runs done. Table: {study.dir / 'results.csv'}  Figures: {study.dir / 'plots'}"
     )
     return 0
-
-
-def summaries(study: Study) -> list[dict[str, Any]]:
-    return [
-        read_json(study.run_dir(s) / "summary.json")
-        for s in study.plan.runs
-        if (study.run_dir(s) / "summary.json").exists()
-    ]

@@ -26,12 +26,11 @@ from .errors import ModexpError
 from .model import ModelConfig, Transformer
 from .model.routing import RoutingRecord
 from .plan import RunSpec
-from .rundir import RunLock, load_run
+from .rundir import EXIT_LOCKED, RunLock, load_run
 from .tracking import MetricsLog, WandbMirror, environment, read_json, read_status, set_status, write_json
 
 log = logging.getLogger("modexp.train")
 
-EXIT_LOCKED = 75  # another process holds this run's lock (EX_TEMPFAIL): not a failure
 CHECKPOINT = "checkpoints/last.pt"
 
 

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..plan import RunSpec
-from ..rundir import RunLock, run_state
+from ..rundir import EXIT_LOCKED, RunLock, run_state
 from ..tracking import read_status, set_status
 
 log = logging.getLogger(__name__)
-
-EXIT_LOCKED = 75  # modexp.train: the run is held by another process
 
 
 @dataclass

@@ -64,7 +64,11 @@ class ModelConfig:
         _choice("router_weight", self.router_weight, ROUTER_WEIGHTS)
         _choice("causal_router", self.causal_router, CAUSAL_ROUTERS)
         _choice("attention", self.attention, ATTENTIONS)
-        if not isinstance(self.capacity, (int, float)) or not 0.0 < self.capacity <= 1.0:
+        if (
+            isinstance(self.capacity, bool)
+            or not isinstance(self.capacity, (int, float))
+            or not 0.0 < self.capacity <= 1.0
+        ):
             raise ValueError(f"capacity={self.capacity!r} is not allowed: it must lie in (0, 1]")
         if (
             isinstance(self.route_every, bool)
@@ -79,7 +83,11 @@ class ModelConfig:
             )
         if not self.aux_loss_weight >= 0:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight!r} is not allowed: it must be >= 0")
-        if self.predictor_hidden is not None and self.predictor_hidden < 1:
+        if self.predictor_hidden is not None and (
+            isinstance(self.predictor_hidden, bool)
+            or not isinstance(self.predictor_hidden, int)
+            or self.predictor_hidden < 1
+        ):
             raise ValueError(f"predictor_hidden={self.predictor_hidden!r} is not allowed: give >= 1 or null")
 
     # Derived quantities, in one place so the model and the FLOP count cannot disagree.
