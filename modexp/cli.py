@@ -114,10 +114,17 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     from .sweep import run_sweep
 
     study = build_study(overrides)
+    launcher = study.configs[0][1].launcher.name
     if args.dry_run:
         print_plan(study, "table")
+        if launcher == "slurm":
+            from .launch.slurm import check_cluster, resources
+
+            check_cluster(study.configs[0][1])
+            print(
+                f"would submit the runs not yet done as one SLURM job array: {resources(study.configs[0][1])}"
+            )
         return 0
-    launcher = study.configs[0][1].launcher.name
     return run_sweep(
         study,
         overrides,

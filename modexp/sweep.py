@@ -187,7 +187,9 @@ def run_sweep(
     if launcher == "slurm":
         from .launch.slurm import run_slurm
 
-        finished = run_slurm(study, todo, cfg0, fail_fast=fail_fast, detach=detach, view=view)
+        finished = run_slurm(
+            study, todo, cfg0, fail_fast=fail_fast, detach=detach, view=view, retry_failed=retry_failed
+        )
         if not finished:
             return 0
     else:

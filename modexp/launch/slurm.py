@@ -1,0 +1,241 @@
+"""SLURM through submitit: one job per run (a job array), training into the same run folders.
+
+The run folders stay the source of truth, exactly as with the local pool: a job runs `modexp.train` on its run
+folder, which takes the run's lock, resumes from its checkpoint and records its status. This module only
+submits, remembers which job trains which run (<sweep>/slurm/jobs.json, so a second `modexp sweep` reattaches
+instead of submitting twice) and watches the queue. A job hitting its time limit or preempted is requeued by
+submitit (Checkpointable) and resumes from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ..config import Config
+from ..errors import ModexpError
+from ..plan import RunSpec
+from ..rundir import EXIT_LOCKED, run_state
+from ..tracking import read_json, read_status, set_status, write_json
+from .local import log_tail
+
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "PREEMPTED",
+}
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """What a SLURM job runs. Checkpointable: on timeout or preemption submitit requeues this same call,
+    and training resumes from the run's last checkpoint (at most checkpoint_every steps are redone)."""
+
+    def __init__(self, run_dir: str, threads: int) -> None:
+        self.run_dir = run_dir
+        self.threads = threads
+
+    def __call__(self) -> str:
+        os.environ["MODEXP_THREADS"] = str(self.threads)
+        from ..train import main
+
+        code = main([self.run_dir])
+        if code == EXIT_LOCKED:
+            return "locked"  # another process trains it; the sweep waits on the run folder itself
+        if code != 0:
+            status = read_status(Path(self.run_dir))
+            raise RuntimeError(f"training exited with {code}: {status.get('reason')}")
+        return "done"
+
+
+def check_cluster(cfg: Config) -> list[str]:
+    """Fail before submitting anything: sbatch must exist and the partition must be one the cluster has."""
+    if shutil.which("sbatch") is None:
+        raise ModexpError(
+            "launcher=slurm needs SLURM's sbatch on PATH (for a local test cluster: make slurm-up)"
+        )
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ModexpError(f"launcher=slurm: sinfo failed ({exc}); is the cluster up?") from None
+    if out.returncode != 0:
+        raise ModexpError(f"launcher=slurm: sinfo failed: {out.stderr.strip().splitlines()[:1]}")
+    partitions = [p.rstrip("*") for p in out.stdout.split()]
+    if cfg.launcher.partition and cfg.launcher.partition not in partitions:
+        raise ModexpError(
+            f"launcher.partition={cfg.launcher.partition} is not a partition of this cluster: "
+            f"choose one of {', '.join(partitions)}"
+        )
+    return partitions
+
+
+def make_executor(folder: Path, cfg: Config) -> submitit.AutoExecutor:
+    launcher = cfg.launcher
+    executor = submitit.AutoExecutor(folder=str(folder / "jobs"), cluster="slurm")
+    params: dict[str, Any] = {
+        "timeout_min": launcher.time_min,
+        "cpus_per_task": launcher.cpus_per_run,
+        "mem_gb": launcher.mem_gb,
+        "slurm_array_parallelism": launcher.array_parallelism,
+        "name": f"modexp-{cfg.sweep.name}",
+    }
+    if launcher.gpus_per_run:
+        params["gpus_per_node"] = launcher.gpus_per_run
+    if launcher.partition:
+        params["slurm_partition"] = launcher.partition
+    if launcher.account:
+        params["slurm_account"] = launcher.account
+    if launcher.extra:
+        params["slurm_additional_parameters"] = dict(launcher.extra)
+    executor.update_parameters(**params)
+    return executor
+
+
+def resources(cfg: Config) -> str:
+    lc = cfg.launcher
+    return (
+        f"partition={lc.partition or '(default)'} cpus={lc.cpus_per_run} gpus={lc.gpus_per_run} "
+        f"mem={lc.mem_gb:g}GB time={lc.time_min}min array_parallelism={lc.array_parallelism}"
+        + (f" account={lc.account}" if lc.account else "")
+        + (f" extra={dict(lc.extra)}" if lc.extra else "")
+    )
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str]:
+    """job id -> SLURM state, for the jobs still known to squeue (array tasks listed one by one)."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    states = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+    return {j: states[j] for j in job_ids if j in states}
+
+
+def final_state(job_id: str) -> str:
+    """The state of a job that left the queue: scontrol remembers it for MinJobAge, sacct when accounting is on."""
+    for cmd in (
+        ["scontrol", "-o", "show", "job", job_id],
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id],
+    ):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode != 0 or not out.stdout.strip():
+            continue
+        if cmd[0] == "scontrol":
+            for field in out.stdout.split():
+                if field.startswith("JobState="):
+                    return field.split("=", 1)[1]
+        else:
+            return out.stdout.split()[0].split("|")[0]
+    return "UNKNOWN"
+
+
+def run_slurm(
+    study: Any,
+    todo: list[RunSpec],
+    cfg: Config,
+    fail_fast: bool,
+    detach: bool,
+    view: Any,
+    retry_failed: bool = False,
+) -> bool:
+    """Submit what is missing, reattach to what is queued, then watch. Returns False when detached."""
+    check_cluster(cfg)
+    folder = (study.dir / "slurm").resolve()
+    jobs_file = folder / "jobs.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs: dict[str, str] = read_json(jobs_file) if jobs_file.exists() else {}
+    queued = queue_states(list(jobs.values()))
+    if not retry_failed:
+        # A run whose job left the queue unfinished (cancelled, failed, node lost) is a failure to report,
+        # not something to submit again behind the user's back: --retry-failed does that.
+        ended = [s for s in todo if s.run_id in jobs and jobs[s.run_id] not in queued]
+        for spec in ended:
+            if run_state(study.run_dir(spec)) not in ("done", "running"):
+                _record_failed(study, spec, jobs[spec.run_id])
+        todo = [s for s in todo if s not in ended]
+    to_submit = [s for s in todo if jobs.get(s.run_id) not in queued]
+    attached = [s for s in todo if jobs.get(s.run_id) in queued]
+    if attached:
+        print(f"[slurm] reattached to {len(attached)} queued or running jobs", file=sys.stderr)
+    if to_submit:
+        executor = make_executor(folder, cfg)
+        with executor.batch():
+            submitted = [
+                (s, executor.submit(TrainJob(str(study.run_dir(s).resolve()), cfg.launcher.cpus_per_run)))
+                for s in to_submit
+            ]
+        for spec, job in submitted:
+            jobs[spec.run_id] = str(job.job_id)
+            set_status(study.run_dir(spec), "planned", slurm_job=str(job.job_id))
+        write_json(jobs_file, jobs)
+        print(f"[slurm] submitted {len(submitted)} jobs ({resources(cfg)})", file=sys.stderr)
+    if detach:
+        print(
+            f"[slurm] detached; run the same command again to follow and collect ({study.dir})",
+            file=sys.stderr,
+        )
+        return False
+    watch(study, [s for s in todo], jobs, fail_fast, view)
+    return True
+
+
+def watch(study: Any, runs: list[RunSpec], jobs: dict[str, str], fail_fast: bool, view: Any) -> None:
+    """Until every job has left the queue; a run whose job ended unfinished is recorded as failed."""
+    waiting = {s.run_id: s for s in runs}
+    while waiting:
+        states = queue_states([jobs[r] for r in waiting if r in jobs])
+        for run_id, spec in list(waiting.items()):
+            job_id = jobs.get(run_id)
+            if job_id in states:
+                continue
+            del waiting[run_id]
+            if run_state(study.run_dir(spec)) in ("done", "running"):
+                continue  # "running": another sweep's process holds it
+            _record_failed(study, spec, job_id)
+            if fail_fast:
+                subprocess.run(["scancel", *[jobs[r] for r in waiting if r in jobs]], capture_output=True)
+                return
+        view.tick()
+        time.sleep(2)
+
+
+def _record_failed(study: Any, spec: RunSpec, job_id: str | None) -> None:
+    run_dir = study.run_dir(spec)
+    state = final_state(job_id) if job_id else "NOT_SUBMITTED"
+    slurm_log = _slurm_log_tail(study.dir / "slurm", job_id)
+    set_status(
+        run_dir,
+        "failed",
+        reason=f"SLURM job {job_id} ended {state} before the run finished",
+        slurm_state=state,
+        slurm_job=job_id,
+        log_tail=slurm_log or log_tail(run_dir),
+    )
+
+
+def _slurm_log_tail(folder: Path, job_id: str | None, lines: int = 20) -> str:
+    if not job_id:
+        return ""
+    jobs = folder / "jobs"
+    for path in sorted(jobs.glob(f"{job_id}_*log.err")) + sorted(jobs.glob(f"{job_id}_*log.out")):
+        text = path.read_text(errors="replace").splitlines()
+        if text:
+            return "\n".join(text[-lines:])
+    return ""
