@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .plan import single_run
     from .rundir import sweep_dir, write_run
     from .sweep import run_config
-    from .train import RunLocked, train_run
+    from .train import NonFiniteLoss, RunLocked, train_run
 
     dict_cfg = compose_config(overrides)
     cfg = to_typed(dict_cfg)
@@ -153,6 +153,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         summary = train_run(run_dir, corpus)
     except RunLocked as exc:
         raise ModexpError(str(exc)) from None
+    except NonFiniteLoss as exc:
+        raise ModexpError(f"run failed: {exc} (see {run_dir / 'status.json'})") from None
     print(run_dir)
     logging.getLogger("modexp").info("val_loss %.4f", summary["val_loss"])
     return 0
@@ -200,10 +202,15 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage is one line like every other modexp error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"modexp: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers."
-    )
+    p = _Parser(prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers.")
     sub = p.add_subparsers(dest="command", required=True)
     hydra_help = "Hydra overrides: key=value, comma lists sweep (model.capacity=0.125,0.5)"
 

@@ -20,6 +20,14 @@ from .model import ModelConfig
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 _NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile"}
+_MOD_ONLY = (
+    "capacity",
+    "route_every",
+    "router_weight",
+    "causal_router",
+    "aux_loss_weight",
+    "predictor_hidden",
+)
 ROUTING_OF = {"baseline": "none", "mod": "topk", "random": "random"}
 
 
@@ -122,7 +130,11 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, An
     """What determines a run's result, and nothing else (no paths, trackers or logging cadence)."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in _NOT_IDENTITY}
     data = {k: v for k, v in asdict(cfg.data).items() if k != "cache_dir"}
-    return {"model": asdict(model), "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
+    arch = asdict(model)
+    if model.routing == "none":  # a baseline is the same run whatever MoD settings sit beside it
+        for key in _MOD_ONLY:
+            arch.pop(key)
+    return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
 def make_run(cfg: Config, model: ModelConfig, budget: float, variant: str | None = None) -> RunSpec:

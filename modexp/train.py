@@ -151,7 +151,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _setup_logging(run_dir: Path) -> None:
+def _setup_logging(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
@@ -163,6 +163,7 @@ def _setup_logging(run_dir: Path) -> None:
         stream.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(stream)
     root.setLevel(logging.INFO)
+    return handler
 
 
 def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
@@ -176,8 +177,12 @@ def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
         if read_status(run_dir).get("state") == "done" and (run_dir / "summary.json").exists():
             log.info("%s is already done", run_dir)
             return read_json(run_dir / "summary.json")
-        _setup_logging(run_dir)
-        return _train(run_dir, dict_cfg, cfg, spec, corpus)
+        handler = _setup_logging(run_dir)
+        try:
+            return _train(run_dir, dict_cfg, cfg, spec, corpus)
+        finally:  # runs trained in one process must not write into each other's logs
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     finally:
         lock.release()
 
@@ -286,10 +291,15 @@ def _train(
             done = step + 1
             tokens = min(done * spec.batch_size, spec.num_sequences) * seq_len
             is_last = done == steps
-            if done % cfg.train.log_every == 0 or is_last or step == start_step:
-                lm_loss = out.loss.item()  # the one sync per logged step
-                if not math.isfinite(lm_loss):
-                    raise NonFiniteLoss(f"non-finite loss {lm_loss} at step {done}")
+            will_log = done % cfg.train.log_every == 0 or is_last or step == start_step
+            will_save = done % cfg.train.checkpoint_every == 0 or done % cfg.train.eval_every == 0
+            if will_log or will_save:
+                lm_loss = out.loss.item()  # the one sync per logged step; never checkpoint a diverged model
+                if not (math.isfinite(lm_loss) and math.isfinite(float(grad_norm))):
+                    raise NonFiniteLoss(
+                        f"non-finite loss {lm_loss} (grad norm {float(grad_norm)}) at step {done}"
+                    )
+            if will_log:
                 dt = time.perf_counter() - t0
                 step_times.append(dt)
                 wall = wall_before + time.perf_counter() - t_start

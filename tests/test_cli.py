@@ -1,0 +1,122 @@
+"""The command line: help texts, unknown commands and flags, `modexp analyze` argument errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modexp.cli import main
+
+SUBCOMMANDS = ("sweep", "plan", "train", "analyze", "sample", "bench")
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(["--help"], capsys)
+    assert rc == 0
+    assert out.startswith("usage: modexp")
+    for name in SUBCOMMANDS:
+        assert name in out, name
+    assert "isoFLOP" in out
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main([name, "--help"], capsys)
+    assert rc == 0
+    assert out.startswith(f"usage: modexp {name}")
+    assert err == ""
+
+
+def test_plan_help_names_formats_and_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_main(["plan", "--help"], capsys)
+    assert rc == 0
+    assert "--format" in out and "csv" in out and "json" in out
+    assert "key=value" in out
+
+
+def test_console_script_help() -> None:
+    exe = Path(sys.executable).parent / "modexp"
+    proc = subprocess.run(
+        [str(exe), "--help"], capture_output=True, text=True, timeout=60, env={**os.environ}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: modexp")
+    assert "train" in proc.stdout
+
+
+def test_no_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main([], capsys)
+    assert rc == 2
+    assert "required" in err and "command" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(["nope"], capsys)
+    assert rc == 2
+    assert any("invalid choice: 'nope'" in line for line in err.splitlines()), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["plan", "train", "sweep"])
+def test_unknown_flag(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main([name, "--bogus", f"runs_dir={tmp_path / 'runs'}"], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "--bogus" in lines[0] and "unknown option" in lines[0]
+    assert out == ""
+    assert not (tmp_path / "runs").exists()
+
+
+def test_analyze_without_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(["analyze"], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("modexp: error:") and "sweep folder" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_analyze_missing_sweep_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no_such_sweep"
+    rc, out, err = run_main(["analyze", str(missing)], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(missing) in lines[0] and "does not exist" in lines[0]
+    assert not missing.exists()
+
+
+def test_analyze_empty_sweep_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(["analyze", str(tmp_path)], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(tmp_path) in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written into it
+
+
+@pytest.mark.parametrize("with_out", [False, True])
+def test_analyze_missing_table(with_out: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "nope.csv"
+    argv = ["analyze", "--table", str(table)] + (["--out", str(tmp_path / "out")] if with_out else [])
+    rc, out, err = run_main(argv, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(table) in lines[0] and "does not exist" in lines[0]
+    assert not (tmp_path / "out").exists()
