@@ -90,7 +90,7 @@ class TrackerConfig:
 @dataclass
 class LauncherConfig:
     name: str = MISSING  # local | slurm
-    workers: int = MISSING  # CPU runs at a time on the local pool (0: one per two cores)
+    workers: int = MISSING  # CPU runs at a time on the local pool (0: one per core)
     partition: str | None = None
     gpus_per_run: int = MISSING
     cpus_per_run: int = MISSING

@@ -55,7 +55,8 @@ def make_slots(device: str, workers: int) -> list[Slot]:
     if gpus:
         return [Slot(f"cuda:{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus]
     cores = os.cpu_count() or 1
-    n = workers if workers > 0 else max(1, cores // 2)
+    # Default: one run per core, one thread each; the small models CPU studies use gain little from threads.
+    n = workers if workers > 0 else cores
     threads = max(1, cores // n)
     env = {"CUDA_VISIBLE_DEVICES": "", "MODEXP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     return [Slot(f"cpu:{i}", dict(env)) for i in range(n)]
