@@ -53,7 +53,8 @@ def build_study(overrides: list[str]):  # -> sweep.Study
     return Study(dirs.pop(), configs, merged, run_configs)
 
 
-def plan_rows(study) -> list[dict]:
+def plan_rows(study, convention: str = "exact") -> list[dict]:
+    from .flops import count
     from .rundir import run_state
 
     flops_per_s = study.configs[0][1].sweep.flops_per_second
@@ -62,14 +63,18 @@ def plan_rows(study) -> list[dict]:
         row = spec.row()
         row["est_time_s"] = round(spec.flops / flops_per_s, 1)
         row["status"] = run_state(study.run_dir(spec))
+        if convention != "exact":  # report under another convention; what is trained does not change
+            per_token = count(spec.model, convention).train_per_token
+            row[f"train_flops_per_token_{convention}"] = per_token
+            row[f"flops_{convention}"] = per_token * spec.tokens
         rows.append(row)
     return rows
 
 
-def print_plan(study, fmt: str) -> None:
+def print_plan(study, fmt: str, convention: str = "exact") -> None:
     import pandas as pd
 
-    rows = plan_rows(study)
+    rows = plan_rows(study, convention)
     if fmt == "json":
         print(json.dumps(rows, indent=2))
         return
@@ -93,6 +98,7 @@ def print_plan(study, fmt: str) -> None:
             "est_time_s",
             "status",
         ]
+        + [c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")]
     ]
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -106,7 +112,7 @@ def print_plan(study, fmt: str) -> None:
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
-    print_plan(build_study(overrides), args.format)
+    print_plan(build_study(overrides), args.format, args.convention)
     return 0
 
 
@@ -227,6 +233,12 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", help="one row per planned run", description=hydra_help)
     s.add_argument("--format", choices=FORMATS, default="table")
+    s.add_argument(
+        "--convention",
+        choices=("exact", "6N", "chinchilla"),
+        default="exact",
+        help="also report FLOPs under this convention (exact is what plans the runs)",
+    )
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("train", help="train one model for budget=<FLOPs>", description=hydra_help)
