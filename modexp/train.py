@@ -62,7 +62,7 @@ def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=False)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=True)
 
 
 def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str, float]:

@@ -127,7 +127,14 @@ class Block(nn.Module):
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
         cos, sin = self.rotary(positions)
-        attn = self.attn(self.attn_norm(x), cos, sin, mask)
+        return self.finish(x, self.attn(self.attn_norm(x), cos, sin, mask))
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The update once the attention output is known: attn + mlp(mlp_norm(x + attn)).
+
+        Decoding with a KV cache (modexp.sample) computes attention against its cache and finishes here, so the
+        block's formula lives in one place.
+        """
         return attn + self.mlp(self.mlp_norm(x + attn))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
