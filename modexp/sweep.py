@@ -171,6 +171,11 @@ def run_sweep(
     detach: bool = False,
 ) -> int:
     """Returns the process exit code: 0 when every planned run is done and the figures are drawn."""
+    _, cfg0 = study.configs[0]
+    if launcher == "slurm":  # bad cluster settings fail before anything is prepared or written
+        from .launch.slurm import check_cluster
+
+        check_cluster(cfg0)
     check_data(study)
     write_plan(study, overrides)
     todo, failed_before = pending_runs(study, retry_failed)
@@ -183,7 +188,6 @@ def run_sweep(
     for spec in todo:
         write_run(study.run_dir(spec), study.run_configs[spec.run_id], spec)
     view = LiveView(study, study.plan.runs)
-    _, cfg0 = study.configs[0]
     if launcher == "slurm":
         from .launch.slurm import run_slurm
 
