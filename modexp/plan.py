@@ -11,10 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from . import flops
-from .config import Config, LadderConfig, to_typed
+from .config import Config, LadderConfig
 from .errors import ModexpError
 from .model import ModelConfig
 
@@ -262,11 +260,3 @@ def single_run(cfg: Config) -> RunSpec:
     if run.steps < 1:
         raise ModexpError(f"budget={cfg.budget:g} buys no training step of this model")
     return run
-
-
-def typed_configs(dict_cfgs: list[DictConfig]) -> list[Config]:
-    return [to_typed(c) for c in dict_cfgs]
-
-
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
