@@ -201,6 +201,7 @@ def run_sweep(
             make_slots(cfg0.device, cfg0.launcher.workers),
             fail_fast=fail_fast,
             on_tick=lambda p: view.tick(p),
+            retry_failed=retry_failed,
         )
         try:
             pool.run([(s, study.run_dir(s)) for s in todo])

@@ -180,6 +180,10 @@ def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
         handler = _setup_logging(run_dir)
         try:
             return _train(run_dir, dict_cfg, cfg, spec, corpus)
+        except KeyboardInterrupt:  # a signal before or after the training loop's own handler
+            if read_status(run_dir).get("state") in ("running", "planned"):
+                set_status(run_dir, "interrupted", reason="interrupted by signal; rerun to resume")
+            raise
         finally:  # runs trained in one process must not write into each other's logs
             logging.getLogger().removeHandler(handler)
             handler.close()
@@ -353,6 +357,8 @@ def _train(
         raise
     progress.close()
     metrics.close()
+    if not last_eval:  # killed after the final checkpoint but before the summary: score the final weights
+        last_eval = evaluate(model, val_batches, device, autocast, cfg.seed)
 
     wall_time = wall_before + time.perf_counter() - t_start
     sample = routing_sample(model, corpus, device)
@@ -430,7 +436,16 @@ class _Progress:
             self.bar = None
 
 
+_stopping = False
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    # Once only: Ctrl-C reaches the child as SIGINT and then SIGTERM from the sweep; a second interrupt
+    # inside the handler that records "interrupted" would leave the run marked running.
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise KeyboardInterrupt
 
 
@@ -440,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m modexp.train RUN_DIR", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a sweep's Ctrl-C or scancel: stop and mark interrupted
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a sweep's Ctrl-C or scancel: stop and mark interrupted
+        signal.signal(signum, _raise_interrupt)
     try:
         train_run(Path(args[0]))
     except RunLocked as exc:

@@ -83,10 +83,15 @@ class LocalPool:
     """Runs RunSpecs on slots until all are done, failed, or (fail_fast) the first one fails."""
 
     def __init__(
-        self, slots: list[Slot], fail_fast: bool = False, on_tick: Callable[[LocalPool], None] | None = None
+        self,
+        slots: list[Slot],
+        fail_fast: bool = False,
+        on_tick: Callable[[LocalPool], None] | None = None,
+        retry_failed: bool = False,
     ) -> None:
         self.slots = slots
         self.fail_fast = fail_fast
+        self.retry_failed = retry_failed
         self.on_tick = on_tick or (lambda pool: None)
         self.running: list[Child] = []
         self.failed: list[str] = []
@@ -100,8 +105,8 @@ class LocalPool:
                 while free and queue:
                     spec, run_dir = queue.pop(0)
                     state = run_state(run_dir)
-                    if state == "done":
-                        continue
+                    if state == "done" or (state == "failed" and not self.retry_failed):
+                        continue  # failed since the queue was built (e.g. by another sweep): report it
                     if state == "running":
                         self.elsewhere[spec.run_id] = (spec, run_dir)
                         continue
