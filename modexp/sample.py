@@ -288,6 +288,8 @@ def sample_cli(
     device: str,
 ) -> str:
     """`modexp sample`: continue a UTF-8 prompt with a byte-level model; return the text to print."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(Path(run_dir), device=device)
     if model.cfg.vocab_size != 256:
         raise ModexpError(

@@ -227,6 +227,10 @@ def test_sample_cli(tmp_path: Path) -> None:
     assert plain.startswith("héllo") and plain == sample_cli(
         str(tmp_path / "run"), "héllo", show_routing=False, **args
     )
+    # The CLI's default device is "auto": it must resolve to a real device before loading.
+    assert (
+        sample_cli(str(tmp_path / "run"), "héllo", show_routing=False, **{**args, "device": "auto"}) == plain
+    )
     shown = sample_cli(str(tmp_path / "run"), "héllo", show_routing=True, **args)
     text, _, table = shown.partition("\n\n")
     assert text == plain
