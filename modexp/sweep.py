@@ -7,6 +7,7 @@ skips finished runs, resumes interrupted ones from their checkpoints and retries
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -118,7 +119,11 @@ class LiveView:
             f"pending {counts['pending']} of {len(self.total)}{eta}"
             + (f" | {', '.join(losses[:4])}" if losses else "")
         )
-        print(line, file=sys.stderr, flush=True)
+        if self.tty and not force:  # a terminal: one status line, redrawn in place
+            columns = shutil.get_terminal_size().columns
+            print(f"\r{line[: columns - 1]:<{columns - 1}}", end="", file=sys.stderr, flush=True)
+        else:
+            print(("\n" if self.tty else "") + line, file=sys.stderr, flush=True)
 
 
 def _last_loss(run_dir: Path) -> float | None:

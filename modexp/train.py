@@ -277,9 +277,8 @@ def _train(
     try:
         for step in range(start_step, steps):
             t0 = time.perf_counter()
-            batch = min(
-                spec.batch_size, spec.num_sequences - step * spec.batch_size
-            )  # the last may be partial
+            # The last step may hold fewer sequences: that is what lands the FLOPs within 1% of the budget.
+            batch = min(spec.batch_size, spec.num_sequences - step * spec.batch_size)
             x, y = corpus.train_batch(step, batch, seq_len, cfg.seed)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = lr_at(step, steps, cfg.train.lr, warmup, cfg.train.min_lr_ratio)
