@@ -104,14 +104,24 @@ def evaluate(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for mode in modes:
-            total, count = 0.0, 0
+            total, count, processed, agreed, decided = 0.0, 0, 0.0, 0.0, 0
             for x, y in batches:
                 x, y = x.to(device), y.to(device)
                 with autocast:
                     out = model(x, y, routing_mode=mode)
                 total += out.loss.item() * y.numel()
                 count += y.numel()
+                if mode == "causal":
+                    for rec in out.routing:
+                        processed += rec.mask.sum().item()
+                        agreed += (rec.mask == rec.topk_mask).sum().item()
+                        decided += rec.mask.numel()
             result["val_loss" if mode == "topk" else "val_loss_causal"] = total / count
+            if decided:
+                # What causal routing really did at validation: the share of tokens the routed blocks processed
+                # (top-k processes exactly `capacity`) and how often it agreed with top-k membership.
+                result["val_causal_frac"] = processed / decided
+                result["val_causal_acc"] = agreed / decided
     model.train()
     return result
 
@@ -378,6 +388,8 @@ def _train(
         "batch_size": spec.batch_size,
         "val_loss": last_eval.get("val_loss"),
         "val_loss_causal": last_eval.get("val_loss_causal"),
+        "val_causal_frac": last_eval.get("val_causal_frac"),
+        "val_causal_acc": last_eval.get("val_causal_acc"),
         "wall_time": wall_time,
         "step_time": step_time,
         "tokens_per_s": spec.batch_size * seq_len / step_time if step_times else None,

@@ -317,6 +317,18 @@ def test_predictor_loss_touches_only_the_predictor():
     assert len(touched) == 2 * 4  # two routed blocks, two Linear layers with weight and bias each
 
 
+def test_predictor_sees_the_residual_stream_at_any_scale():
+    """At init the residual stream is at the embedding scale (std 0.02): an un-normalised predictor then sees only
+    its bias, learns the base rate and skips every token at sampling. Its input is RMS-normalised."""
+    model = make_model(causal_router="predictor", n_layers=4)
+    x = torch.randn(2, 16, model.cfg.d_model)
+    for block in routed_blocks(model):
+        with torch.no_grad():
+            small, large = block.predictor(0.02 * x), block.predictor(50.0 * x)
+        torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-5)
+        assert small.std() > 1e-3  # the logits depend on the token, not only on the bias
+
+
 def test_lm_loss_gives_predictor_no_gradient():
     model = make_model(causal_router="predictor", n_layers=4).train()
     tok = tokens()

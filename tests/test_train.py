@@ -185,6 +185,9 @@ def test_summary(mod_run) -> None:
     assert s["capacity"] == 0.125 and s["route_every"] == 2 and s["routing"] == "topk"
     assert s["wall_time"] > 0
     assert math.isfinite(s["val_loss"]) and math.isfinite(s["val_loss_causal"])
+    # What causal routing did at validation is on record: the share it processed and its agreement with top-k.
+    assert 0.0 <= s["val_causal_frac"] <= 1.0 and 0.0 <= s["val_causal_acc"] <= 1.0
+    assert s["val_causal_acc"] >= 1 - s["val_causal_frac"] - 0.125 - 1e-9  # disagreements are bounded by both
     assert s["val_loss"] < math.log(256) - 1.0  # it learned something: well below a uniform guess
 
 

@@ -43,9 +43,15 @@ class RoutedBlock(nn.Module):
         self.block = Block(cfg, rotary)
         # One router per routed block (sharing one across layers is a known bug). Random routing has none.
         self.router = nn.Linear(cfg.d_model, 1, bias=False) if cfg.routing == "topk" else None
+        # The predictor normalises its (detached) input first: the residual stream starts at the embedding scale
+        # (init_std 0.02), where an un-normalised MLP sees only its bias, learns the base rate and says "skip"
+        # for every token. Parameter-free, so the parameter and FLOP counts are unchanged.
         self.predictor = (
             nn.Sequential(
-                nn.Linear(cfg.d_model, cfg.predictor_dim), nn.SiLU(), nn.Linear(cfg.predictor_dim, 1)
+                nn.RMSNorm(cfg.d_model, elementwise_affine=False),
+                nn.Linear(cfg.d_model, cfg.predictor_dim),
+                nn.SiLU(),
+                nn.Linear(cfg.predictor_dim, 1),
             )
             if cfg.has_predictor
             else None
