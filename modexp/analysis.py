@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from modexp.errors import ModexpError
+from modexp.units import sci, si
 
 try:  # L-BFGS-B makes many tiny BLAS calls; a multithreaded OpenBLAS makes them ~10x slower on a busy CPU
     from threadpoolctl import threadpool_limits
@@ -593,32 +594,25 @@ def baseline_reference(df: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------- summary
 
 
-def _si(value: float, unit: str = "") -> str:
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}{prefix}{unit}"
-    return f"{value:.3g}{unit}"
-
-
 def _speed(row: pd.Series) -> str:
     parts = []
     if pd.notna(row.get("step_time")) and row.get("step_time", 0) > 0:
         parts.append(f"{1 / row['step_time']:.3g} steps/s")
     if pd.notna(row.get("tokens_per_s")):
-        parts.append(f"{_si(row['tokens_per_s'])} tok/s")
+        parts.append(f"{si(row['tokens_per_s'])} tok/s")
     return ", ".join(parts)
 
 
 def _best_run_line(row: pd.Series, base_loss: float | None) -> str:
-    text = f"    {row['variant']:<22} loss {row['val_loss']:.4f}  params {_si(row['params'])}"
+    text = f"    {row['variant']:<22} loss {row['val_loss']:.4f}  params {si(row['params'])}"
     if pd.notna(row.get("forward_flops_per_token")):
-        text += f"  fwd {_si(row['forward_flops_per_token'], 'FLOP')}/token"
+        text += f"  fwd {si(row['forward_flops_per_token'], 'FLOP')}/token"
     if speed := _speed(row):
         text += f"  {speed}"
     if pd.notna(row.get("val_loss_causal")):
         text += f"  causal-routing loss {row['val_loss_causal']:.4f}"
+        if pd.notna(row.get("val_causal_frac")):
+            text += f" ({100 * row['val_causal_frac']:.1f}% processed)"
     if base_loss is not None and row["variant"] != BASELINE:
         text += f"  {100 * (row['val_loss'] - base_loss) / base_loss:+.2f}% vs baseline"
     return text
@@ -633,7 +627,7 @@ def _best_runs_section(df: pd.DataFrame) -> list[str]:
         "Best run per budget (val loss in nats/token; relative difference = (variant - baseline) / baseline):"
     ]
     for budget, runs in df.groupby("budget", sort=True):
-        lines.append(f"  budget {budget:.3g} FLOPs")
+        lines.append(f"  budget {sci(budget)} FLOPs")
         best = runs.loc[runs.groupby("variant")["val_loss"].idxmin()].set_index("variant", drop=False)
         base_loss = float(best.loc[BASELINE, "val_loss"]) if BASELINE in best.index else None
         lines += [_best_run_line(best.loc[v], base_loss) for v in _variant_order(best.index)]
@@ -648,8 +642,8 @@ def _fits_section(fits: pd.DataFrame) -> list[str]:
     for row in fits.itertuples():
         flag = "" if row.bracketed else f"  UNBRACKETED ({row.reason}; not in the power law)"
         lines.append(
-            f"  {row.variant:<22} C={row.budget:.3g}  N*={_si(row.n_opt)} [{_si(row.n_opt_lo)}, {_si(row.n_opt_hi)}]"
-            f"  D*={_si(row.d_opt)}  L*={row.loss_opt:.4f} [{row.loss_opt_lo:.4f}, {row.loss_opt_hi:.4f}]"
+            f"  {row.variant:<22} C={sci(row.budget)}  N*={si(row.n_opt)} [{si(row.n_opt_lo)}, {si(row.n_opt_hi)}]"
+            f"  D*={si(row.d_opt)}  L*={row.loss_opt:.4f} [{row.loss_opt_lo:.4f}, {row.loss_opt_hi:.4f}]"
             f"  ({row.n_runs} runs){flag}"
         )
     return lines

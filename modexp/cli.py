@@ -74,14 +74,23 @@ def plan_rows(study, convention: str = "exact") -> list[dict]:
 def print_plan(study, fmt: str, convention: str = "exact") -> None:
     import pandas as pd
 
+    from .units import duration, sci
+
     rows = plan_rows(study, convention)
-    if fmt == "json":
-        print(json.dumps(rows, indent=2))
+    left_out = [
+        f"left out: budget {sci(s['budget'])} {s['variant']} {s['shape']}: {s['reason']}"
+        for s in study.plan.skipped
+    ]
+    if fmt in ("json", "csv"):
+        # stdout stays machine-readable (JSON: a list of run objects); what the plan left out goes to stderr.
+        if fmt == "json":
+            print(json.dumps(rows, indent=2))
+        else:
+            print(pd.DataFrame(rows).to_csv(index=False), end="")
+        for line in left_out:
+            print(line, file=sys.stderr)
         return
     frame = pd.DataFrame(rows)
-    if fmt == "csv":
-        print(frame.to_csv(index=False), end="")
-        return
     shown = frame[
         [
             "run_id",
@@ -100,15 +109,20 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
         ]
         + [c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")]
     ]
+    shown = shown.assign(**{c: shown[c].map(sci) for c in ("budget", "flops", "train_flops_per_token")})
+    shown = shown.assign(est_time_s=shown["est_time_s"].map(duration)).rename(
+        columns={"est_time_s": "est_time"}
+    )
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     total = frame["flops"].sum()
     print(
-        f"\n{len(rows)} runs, {total:.3g} FLOPs in all, about {frame['est_time_s'].sum() / 60:.0f} min "
-        f"at {study.configs[0][1].sweep.flops_per_second:.2g} FLOP/s (sweep.flops_per_second)"
+        f"\n{len(rows)} run{'s' if len(rows) != 1 else ''}, {sci(total)} FLOPs in all, "
+        f"about {duration(frame['est_time_s'].sum())} at {sci(study.configs[0][1].sweep.flops_per_second, 2)} "
+        "FLOP/s (sweep.flops_per_second; one run at a time)"
     )
-    for s in study.plan.skipped:
-        print(f"left out: budget {s['budget']:g} {s['variant']} {s['shape']}: {s['reason']}")
+    for line in left_out:
+        print(line)
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -290,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modexp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `modexp plan | head`: the reader left. Point stdout at devnull so the interpreter's final flush
+        # does not raise again, and exit as a SIGPIPE'd tool would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

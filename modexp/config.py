@@ -6,6 +6,7 @@ has, so that a typo'd key or a wrong type is refused before anything runs.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,17 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
-from .data import DataConfig
+from .data import DataConfig, check_data
 from .errors import ModexpError
 from .model import ModelConfig
 
@@ -124,16 +131,96 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+_TYPE_WORDS = {
+    "Float": "a number",
+    "Integer": "a whole number",
+    "Boolean": "true or false",
+    "String": "a string",
+}
+
+
+def _known_keys(full_key: str) -> list[str]:
+    """The keys the schema allows beside full_key (model.foo -> model.d_model, model.n_layers, ...)."""
+    parent, _, _ = full_key.rpartition(".")
+    node: Any = OmegaConf.structured(Config)
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig):
+        return []
+    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+
+
+def _not_a_setting(full_key: str) -> str:
+    parent, _, leaf = full_key.rpartition(".")
+    known = {k.rpartition(".")[2]: k for k in _known_keys(full_key)}
+    close = [known[k] for k in difflib.get_close_matches(leaf, list(known), n=3, cutoff=0.75)]
+    hint = f": did you mean {' or '.join(close)}?" if close else ""
+    return f"{full_key} is not a modexp setting{hint} (the keys are in conf/ and modexp/config.py)"
+
+
+def _refuse_unknown_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
+    """Merging onto a structured node lets a `+model.foo=1` through silently; a typo must not pass unseen."""
+    for key in cfg.keys():
+        full_key = f"{prefix}{key}"
+        if key not in schema.keys():  # (`in` alone is False for a key whose value is MISSING)
+            raise ModexpError(_not_a_setting(full_key))
+        sub_schema = schema._get_node(key)
+        # Only dataclass nodes have a fixed key set; free dicts such as launcher.extra take anything.
+        if isinstance(sub_schema, DictConfig) and OmegaConf.get_type(sub_schema) not in (dict, None):
+            sub = cfg._get_node(key)
+            if isinstance(sub, DictConfig):
+                _refuse_unknown_keys(sub, sub_schema, f"{full_key}.")
+
+
+def _explain(exc: BaseException, overrides: list[str]) -> str:
+    """Hydra's and OmegaConf's errors, rewritten as one line that names the bad value and what is allowed."""
+    message = _one_line(exc)
+    cause = exc.__cause__
+    full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
+    if "missing EQUAL" in str(exc) or ("Error parsing override" in message and "=" not in message):
+        bad = message.split("'")[1] if "'" in message else message
+        return f"{bad!r} is not an override: key=value expected, e.g. model.capacity=0.125"
+    if isinstance(exc, MissingConfigException) or "Could not find" in message:
+        lines = str(exc).splitlines()
+        group = message.split("'")[3].split("/")[0] if message.count("'") >= 4 else ""
+        options = [ln.strip() for ln in lines if ln.startswith("\t") and "provider=" not in ln]
+        given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
+        if group and options:
+            return f"{group}={given} is not a preset: choose one of {', '.join(options)} (conf/{group}/)"
+        return message + " (see the options in conf/)"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        return _not_a_setting(full_key)
+    if isinstance(cause, ValidationError) and full_key:
+        text = str(cause)
+        key = full_key.split("[")[0]  # sweep.budgets[0] -> sweep.budgets: name the key the user typed
+        given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+        if given is None:
+            given = text.split("'")[1] if "'" in text else "?"
+        wanted = next((w for t, w in _TYPE_WORDS.items() if f"converted to {t}" in text), None)
+        if wanted is None and "valid bool" in text:
+            wanted = _TYPE_WORDS["Boolean"]
+        if wanted:
+            plural = " (each item)" if "[" in full_key else ""
+            return f"{key}={given} is not allowed: {key} expects {wanted}{plural}"
+        return f"{key}={given} is not allowed: {_one_line(cause)}"
+    return message
+
+
+def _hydra_form(override: str) -> str:
+    """launcher.extra takes any sbatch option, keys the schema cannot know: force-add them (Hydra's `++`)."""
+    key = override.split("=", 1)[0]
+    if key == "launcher.extra" or key.startswith("launcher.extra."):
+        return "++" + override
+    return override
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose conf/ with command-line overrides into a validated DictConfig (no sweep expansion)."""
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=[_hydra_form(o) for o in overrides])
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        message = _one_line(exc)
-        if "Could not find" in message or "not found" in message.lower():
-            message += " (see the options in conf/)"
-        raise ModexpError(message) from None
+        raise ModexpError(_explain(exc, overrides)) from None
     to_typed(cfg)  # validate now, so bad values are refused before any planning or training
     return cfg
 
@@ -142,6 +229,7 @@ def to_typed(cfg: DictConfig) -> Config:
     """DictConfig -> Config dataclasses, with the model's and ours own checks; errors as one line."""
     try:
         # Merging onto the schema also types a config read back from a run folder's config.yaml.
+        _refuse_unknown_keys(cfg, OmegaConf.structured(Config))
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", "") or "a required key"
@@ -165,6 +253,12 @@ def check(cfg: Config) -> None:
         )
     if cfg.budget is not None and not cfg.budget > 0:
         raise ModexpError(f"budget={cfg.budget} is not allowed: give a positive number of FLOPs, e.g. 1e12")
+    if not cfg.sweep.budgets:
+        raise ModexpError(
+            "sweep.budgets is empty: give at least one budget in FLOPs, e.g. sweep.budgets=[1e11,3e11]"
+        )
+    if not cfg.sweep.variants:
+        raise ModexpError(f"sweep.variants is empty: give some of {', '.join(VARIANTS)}, e.g. [baseline,mod]")
     for budget in cfg.sweep.budgets:
         if not budget > 0:
             raise ModexpError(
@@ -173,6 +267,7 @@ def check(cfg: Config) -> None:
     for variant in cfg.sweep.variants:
         if variant not in VARIANTS:
             raise ModexpError(f"sweep.variants contains {variant!r}: choose from {', '.join(VARIANTS)}")
+    check_data(cfg.data, cfg.model.seq_len)
     if cfg.model.vocab_size != cfg.data.vocab_size:
         raise ModexpError(
             f"model.vocab_size={cfg.model.vocab_size} differs from data.vocab_size={cfg.data.vocab_size}: "
@@ -201,7 +296,7 @@ def expand_overrides(overrides: list[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
-        raise ModexpError(_one_line(exc)) from None
+        raise ModexpError(_explain(exc, overrides)) from None
     choices = []
     for override in parsed:
         if override.is_sweep_override():

@@ -44,7 +44,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,24 @@ def _check_settings(cfg: DataConfig, seq_len: int) -> None:
             else "a directory of *.bin shards"
         )
         raise ModexpError(f"data.path is not set: data.name={cfg.name} needs {what}")
+
+
+def check_data(cfg: DataConfig, seq_len: int) -> None:
+    """The cheap checks, for planning: the settings are allowed and a given data.path exists (nothing is read).
+
+    A plan needs no data (`modexp plan sweep=paper` before the corpus is tokenised), so an unset path passes
+    here; loading the corpus refuses it.
+    """
+    if cfg.name != "stdlib" and not cfg.path:
+        return _check_settings(replace(cfg, path="(not needed to plan)"), seq_len)
+    _check_settings(cfg, seq_len)
+    if cfg.name != "stdlib" and not Path(cfg.path).expanduser().exists():
+        what = (
+            "a UTF-8 text file or a directory of them"
+            if cfg.name == "text"
+            else "a directory of *.bin shards"
+        )
+        raise ModexpError(f"data.path={cfg.path} does not exist: give {what}")
 
 
 def _stat(path: Path) -> tuple[int, int]:

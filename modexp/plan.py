@@ -15,6 +15,7 @@ from . import flops
 from .config import Config, LadderConfig
 from .errors import ModexpError
 from .model import ModelConfig
+from .units import sci
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 _NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile"}
@@ -145,7 +146,7 @@ def make_run(cfg: Config, model: ModelConfig, budget: float, variant: str | None
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     variant = variant or variant_name(model)
     shape = f"d{model.d_model}-l{model.n_layers}"
-    run_id = f"{variant}-{shape}-{budget:.0e}".replace("+", "") + f"-{digest}"
+    run_id = f"{variant}-{shape}-{sci(budget)}-{digest}"
     return RunSpec(
         run_id=run_id,
         sweep=cfg.sweep.name,
@@ -247,7 +248,7 @@ def check_plan(plan: Plan, cfgs: list[Config]) -> None:
                 if not any(r.budget == budget and r.variant == label for r in plan.runs):
                     reasons = sorted({s["reason"] for s in plan.skipped if s["budget"] == budget})
                     raise ModexpError(
-                        f"budget {budget:g}: no shape of the ladder fits variant {label} "
+                        f"budget {sci(budget)}: no shape of the ladder fits variant {label} "
                         f"({'; '.join(reasons[:2]) or 'no shapes'}); change sweep.budgets or sweep.ladder"
                     )
 
@@ -257,6 +258,16 @@ def single_run(cfg: Config) -> RunSpec:
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
     run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
-    if run.steps < 1:
-        raise ModexpError(f"budget={cfg.budget:g} buys no training step of this model")
+    step_flops = run.flops / run.num_sequences * cfg.train.batch_size
+    least = step_flops * cfg.sweep.min_steps
+    scale = 10 ** (math.floor(math.log10(least)) - 1)
+    least = math.ceil(least / scale) * scale  # rounded up to two digits, so the advice is enough
+    if abs(run.flops / run.budget - 1) > 0.01 or run.steps < cfg.sweep.min_steps:
+        # Too few steps cannot train sensibly (warm-up and decay need room), and under one sequence the run
+        # would spend more than its budget: the same rule as the sweep's (sweep.min_steps).
+        raise ModexpError(
+            f"budget={sci(cfg.budget)} buys {run.steps} step(s) of this model, fewer than sweep.min_steps="
+            f"{cfg.sweep.min_steps} (one step of {run.batch_size} x {run.model.seq_len} tokens costs "
+            f"{sci(step_flops)} FLOPs): give budget >= {sci(least, 2)} or lower sweep.min_steps"
+        )
     return run

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from modexp.analysis import BASELINE, baseline_reference
+from modexp.units import sci
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -66,7 +67,7 @@ def save(fig: Figure, out_dir: Path, name: str) -> Path:
 def _legend_budget_variant(
     ax: Axes, colours: dict, styles: dict, extra: list | None = None, loc="upper right"
 ):
-    budget_handles = [Line2D([], [], color=c, lw=2, label=f"C = {b:.2g} FLOPs") for b, c in colours.items()]
+    budget_handles = [Line2D([], [], color=c, lw=2, label=f"C = {sci(b)} FLOPs") for b, c in colours.items()]
     variant_handles = [
         Line2D([], [], color="0.3", marker=s["marker"], ls=s["ls"], label=v) for v, s in styles.items()
     ]

@@ -240,6 +240,14 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
         raise ModexpError(f"run folder {run_dir} does not exist")
     if not run_dir.is_dir():
         raise ModexpError(f"{run_dir} is not a run folder (it is a file)")
+    if not path.is_file() and not (run_dir / "run.json").is_file():
+        runs = sorted(p.parent.name for p in run_dir.glob("*/run.json"))[:3]
+        hint = (
+            f"it holds runs, e.g. {run_dir / runs[0]}"
+            if runs
+            else "give a run's folder, e.g. runs/demo/<run_id> (modexp plan lists the ids)"
+        )
+        raise ModexpError(f"{run_dir} is not a run folder (no run.json): {hint}")
     if not path.is_file():
         raise ModexpError(f"no checkpoint at {path}: the run has not saved one yet")
     try:

@@ -120,3 +120,57 @@ def test_analyze_missing_table(with_out: bool, tmp_path: Path, capsys: pytest.Ca
     assert len(lines) == 1, err
     assert str(table) in lines[0] and "does not exist" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_plan_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`modexp plan | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    exe = Path(sys.executable).parent / "modexp"
+    proc = subprocess.run(
+        f"'{exe}' plan sweep=paper runs_dir={tmp_path} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.startswith(" ") or "run_id" in proc.stdout
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_plan_json_is_a_list_and_left_out_shapes_go_to_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    rc, out, err = run_main(["plan", "sweep=paper", f"runs_dir={tmp_path}", "--format", "json"], capsys)
+    assert rc == 0
+    assert isinstance(json.loads(out), list)
+    assert err.startswith("left out: budget 6e18"), err  # the paper ladder leaves shapes out, with reasons
+
+
+def test_plan_table_summary_reads_like_prose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_main(["plan", "sweep=paper", f"runs_dir={tmp_path}"], capsys)
+    assert rc == 0
+    assert "e+" not in out, out  # FLOPs as 6e18, not 6e+18; times as 2.9 days, not 2.5e+05 s
+    summary = next(line for line in out.splitlines() if " FLOPs in all" in line)
+    assert " days at 4e14 FLOP/s" in summary, summary
+    rc, out, _ = run_main(
+        [
+            "plan",
+            "sweep=smoke",
+            "sweep.budgets=[4e9]",
+            "sweep.sizes_per_budget=1",
+            "sweep.variants=[baseline]",
+            f"runs_dir={tmp_path}",
+        ],
+        capsys,
+    )
+    assert "\n1 run, " in out, out
+
+
+def test_launcher_extra_takes_any_sbatch_option(tmp_path: Path) -> None:
+    from modexp.config import compose_config, to_typed
+
+    cfg = to_typed(compose_config(["launcher=slurm", "launcher.extra={qos:high,constraint:a100}"]))
+    assert cfg.launcher.extra == {"qos": "high", "constraint": "a100"}
+    cfg = to_typed(compose_config(["launcher=slurm", "launcher.extra.qos=low"]))
+    assert cfg.launcher.extra == {"qos": "low"}

@@ -208,6 +208,9 @@ def test_load_model_errors(tmp_path: Path) -> None:
         load_model(tmp_path / "nope")
     assert str(tmp_path / "nope") in str(missing.value) and "\n" not in str(missing.value)
     (tmp_path / "empty").mkdir()
+    with pytest.raises(ModexpError, match="is not a run folder"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "empty" / "run.json").write_text("{}")
     with pytest.raises(ModexpError, match="last.pt"):
         load_model(tmp_path / "empty")
     (tmp_path / "bad" / "checkpoints").mkdir(parents=True)
