@@ -211,6 +211,12 @@ def scan_sweep(sweep_dir: Path) -> Collection:
     if not rows:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no run folders"
         raise ModexpError(f"no finished runs in {sweep_dir} ({seen}): analysis needs runs with state done")
+    rows, stray = _planned_only(sweep_dir, rows)
+    if stray:
+        notes.append(
+            f"{len(stray)} done run(s) no sweep planned into this folder left out (e.g. from `modexp train`; "
+            f"their settings may differ from the study's): {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''}"
+        )
     table = pd.DataFrame(rows)
     for column in FIT_COLUMNS[1:]:  # checked above; a number written as text ("1e12") becomes a number
         table[column] = pd.to_numeric(table[column])
@@ -219,6 +225,21 @@ def scan_sweep(sweep_dir: Path) -> Collection:
     table = table[front + [c for c in table.columns if c not in front]]
     table = table.sort_values(["variant", "budget", "params"], kind="stable").reset_index(drop=True)
     return Collection(table=table, states=dict(states), notes=notes)
+
+
+def _planned_only(sweep_dir: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Keep the runs some sweep planned into the folder (plan.json's planned_ids), when it says which."""
+    plan = _read_json(sweep_dir / "plan.json")
+    planned = plan.get("planned_ids") if isinstance(plan, dict) else None
+    if planned is None and isinstance(plan, dict) and isinstance(plan.get("runs"), list):
+        planned = [r.get("run_id") for r in plan["runs"] if isinstance(r, dict)]
+    if not planned:  # no sweep here (runs from `modexp train` only, or an older folder): take them all
+        return rows, []
+    planned = set(planned)
+    kept = [r for r in rows if r["run_id"] in planned]
+    if not kept:  # nothing planned has finished yet: better the stray runs than no answer; the note says so
+        return rows, []
+    return kept, [r["run_id"] for r in rows if r["run_id"] not in planned]
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:

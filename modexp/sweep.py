@@ -21,7 +21,7 @@ from .errors import ModexpError
 from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
 from .rundir import run_state, write_run
-from .tracking import read_status, write_json
+from .tracking import read_json, read_status, write_json
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +156,24 @@ def _duration(seconds: float) -> str:
 
 
 def write_plan(study: Study, overrides: list[str]) -> None:
+    """plan.json: this invocation's plan, plus every run id any sweep planned into the folder.
+
+    The ids let `modexp analyze` tell a study's runs (a later sweep may add a capacity to the same folder)
+    from stray ones, e.g. a `modexp train` into the same sweep name with another batch size.
+    """
     study.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = read_json(study.dir / "plan.json")
+    except (OSError, ValueError):
+        previous = {}
+    planned = set(previous.get("planned_ids", [])) | {r.run_id for r in study.plan.runs}
     write_json(
         study.dir / "plan.json",
         {
             "overrides": overrides,
             "runs": [r.row() for r in study.plan.runs],
             "skipped": study.plan.skipped,
+            "planned_ids": sorted(planned),
         },
     )
 

@@ -242,6 +242,21 @@ def test_damaged_runs_degrade_gracefully(tmp_path: Path) -> None:
     )  # 20 runs, one without params
 
 
+def test_runs_no_sweep_planned_stay_out_of_the_fits(tmp_path: Path) -> None:
+    """A `modexp train` into a sweep's folder (other batch size, other data) must not bend its isoFLOP curves."""
+    sweep = make_sweep(tmp_path, budgets=(1e11, 1e12), unbracketed_budget=None)
+    done = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
+    stray = done[0]
+    plan = json.loads((sweep / "plan.json").read_text())
+    (sweep / "plan.json").write_text(json.dumps({**plan, "planned_ids": done[1:]}))
+    res = analysis.analyze(sweep, figures=False)
+    assert stray not in set(res.results["run_id"]) and len(res.results) == len(done) - 1
+    assert "1 done run(s) no sweep planned into this folder left out" in res.summary and stray in res.summary
+    # A folder with no sweep's plan (runs from `modexp train` only) is analysed whole.
+    (sweep / "plan.json").unlink()
+    assert len(analysis.analyze(sweep, figures=False).results) == len(done)
+
+
 # ------------------------------------------------------------------ errors: one line naming the thing
 
 

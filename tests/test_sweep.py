@@ -549,3 +549,20 @@ def test_sigterm_during_the_interrupt_record_still_marks_the_run_interrupted(
     assert sent == [signal.SIGINT, signal.SIGTERM]
     assert rc == 130
     assert status(run_dir)["state"] == "interrupted", status(run_dir)
+
+
+def test_plan_json_remembers_every_run_planned_into_the_folder(tmp_path: Path) -> None:
+    """A second sweep adding a capacity to the same folder keeps the first one's runs in the study."""
+    from modexp.cli import build_study
+    from modexp.sweep import write_plan
+
+    common = ["sweep=smoke", f"runs_dir={tmp_path}"]
+    first = build_study([*common, "model.capacity=0.125"])
+    write_plan(first, ["model.capacity=0.125"])
+    second = build_study([*common, "model.capacity=0.5"])
+    write_plan(second, ["model.capacity=0.5"])
+    plan = json.loads((second.dir / "plan.json").read_text())
+    assert plan["overrides"] == ["model.capacity=0.5"]
+    assert {r["run_id"] for r in plan["runs"]} == {s.run_id for s in second.plan.runs}
+    every = {s.run_id for s in first.plan.runs} | {s.run_id for s in second.plan.runs}
+    assert set(plan["planned_ids"]) == every and len(every) > len(second.plan.runs)
