@@ -15,9 +15,10 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from modexp.analysis import BASELINE, baseline_reference
-from modexp.units import sci
+from modexp.units import sci, si
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -64,22 +65,45 @@ def save(fig: Figure, out_dir: Path, name: str) -> Path:
     return png
 
 
-def _legend_budget_variant(
-    ax: Axes, colours: dict, styles: dict, extra: list | None = None, loc="upper right"
-):
+def _legend_budget_variant(ax: Axes, colours: dict, styles: dict, extra: list | None = None) -> None:
+    """Two legends beside the axes (right), never over the points."""
     budget_handles = [Line2D([], [], color=c, lw=2, label=f"C = {sci(b)} FLOPs") for b, c in colours.items()]
     variant_handles = [
         Line2D([], [], color="0.3", marker=s["marker"], ls=s["ls"], label=v) for v, s in styles.items()
     ]
-    first = ax.legend(handles=budget_handles, title="training budget", loc=loc, fontsize=8)
+    first = ax.legend(
+        handles=budget_handles,
+        title="training budget",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+        fontsize=8,
+    )
     ax.add_artist(first)
-    ax.legend(handles=variant_handles + (extra or []), title="variant", loc="upper center", fontsize=8)
+    ax.legend(
+        handles=variant_handles + (extra or []),
+        title="variant",
+        loc="lower left",
+        bbox_to_anchor=(1.02, 0),
+        fontsize=8,
+    )
+
+
+def _log_ticks(axis, flops: bool = False) -> None:
+    """Labels at 1, 2 and 5 per decade (1 only over wide ranges): matplotlib's default labels only decades,
+    often just two on a sweep's axis. FLOPs read as 2e11, sizes as 20k."""
+    lo, hi = axis.get_view_interval()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 0
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: sci(v, 2) if flops else si(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def isoflop_curves(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Loss against parameters per budget with fitted parabolas and optima (paper Fig. 4, left)."""
-    fig, ax = _figure(ax, (8, 5.5))
+    fig, ax = _figure(ax, (10, 5.5))
     colours, styles = _budget_colours(df["budget"]), _variant_styles(df["variant"])
+    optima: set[str] = set()
     for (variant, budget), runs in df.groupby(["variant", "budget"]):
         colour, style = colours[budget], styles[variant]
         runs = runs.sort_values("params")
@@ -93,6 +117,7 @@ def isoflop_curves(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None)
             10**x, np.polyval([fit.fit_c2, fit.fit_c1, fit.fit_c0], x), color=colour, ls=style["ls"], lw=1.2
         )
         if np.isfinite(fit.n_opt):
+            optima.add("bracketed" if fit.bracketed else "unbracketed")
             ax.plot(
                 fit.n_opt,
                 fit.loss_opt,
@@ -108,10 +133,26 @@ def isoflop_curves(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None)
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("isoFLOP curves: loss against model size at fixed training FLOPs")
-    star = Line2D(
-        [], [], marker="*", ms=12, color="0.3", ls="none", label="fitted optimum (hollow: unbracketed)"
-    )
-    _legend_budget_variant(ax, colours, styles, extra=[star])
+    stars = []  # only what the plot shows: no star entry where no parabola has a minimum
+    if "bracketed" in optima:
+        stars.append(
+            Line2D([], [], marker="*", ms=12, color="0.3", mec="black", ls="none", label="fitted optimum")
+        )
+    if "unbracketed" in optima:
+        stars.append(
+            Line2D(
+                [],
+                [],
+                marker="*",
+                ms=12,
+                color="0.3",
+                mfc="none",
+                ls="none",
+                label="unbracketed (extrapolated)",
+            )
+        )
+    _legend_budget_variant(ax, colours, styles, extra=stars)
+    _log_ticks(ax.xaxis)
     ax.grid(alpha=0.3, which="both")
     return fig
 
@@ -171,8 +212,10 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
                     label=f"{variant}: ∝ C^{law.exponent:.3f} [{law.exponent_lo:.2f}, {law.exponent_hi:.2f}]",
                 )
         ax.set_xscale("log")
+        _log_ticks(ax.xaxis, flops=True)
         if quantity != "loss_opt":
             ax.set_yscale("log")
+            _log_ticks(ax.yaxis)
         ax.set_xlabel("training budget C (FLOPs)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -184,7 +227,7 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
 
 def normalised(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Loss and forward FLOPs per token relative to each budget's isoFLOP-optimal baseline (Fig. 4, right)."""
-    fig, ax = _figure(ax, (8, 5.5))
+    fig, ax = _figure(ax, (10, 5.5))
     ref = baseline_reference(df, fits)
     data = df[df["budget"].isin(ref.index)].copy()
     data["x"] = data["forward_flops_per_token"] / data["budget"].map(ref["fpt_ref"])
@@ -199,6 +242,9 @@ def normalised(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> 
     ax.axhline(1, color="0.5", lw=0.8)
     ax.axvline(1, color="0.5", lw=0.8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # ratios: 0.2, 0.5, 1, 2
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("forward FLOPs per token ÷ optimal baseline's")
     ax.set_ylabel("validation loss ÷ optimal baseline's")
     ax.set_title(
@@ -255,6 +301,7 @@ def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
             runs["params"], speed[runs.index], color=style["colour"], marker=style["marker"], label=variant
         )
     ax.set_xscale("log")
+    _log_ticks(ax.xaxis)
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel("training steps per second (median step)")
     ax.set_title("Training speed per run", fontsize=10)
