@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from modexp.errors import ModexpError
-from modexp.units import sci, si
+from modexp.units import count, sci, si
 
 try:  # L-BFGS-B makes many tiny BLAS calls; a multithreaded OpenBLAS makes them ~10x slower on a busy CPU
     from threadpoolctl import threadpool_limits
@@ -214,7 +214,7 @@ def scan_sweep(sweep_dir: Path) -> Collection:
     rows, stray = _planned_only(sweep_dir, rows)
     if stray:
         notes.append(
-            f"{len(stray)} done run(s) no sweep planned into this folder left out (e.g. from `modexp train`; "
+            f"{count(len(stray), 'done run')} no sweep planned into this folder left out (e.g. from `modexp train`; "
             f"their settings may differ from the study's): {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''}"
         )
     table = pd.DataFrame(rows)
@@ -665,7 +665,7 @@ def _fits_section(fits: pd.DataFrame) -> list[str]:
         lines.append(
             f"  {row.variant:<22} C={sci(row.budget)}  N*={si(row.n_opt)} [{si(row.n_opt_lo)}, {si(row.n_opt_hi)}]"
             f"  D*={si(row.d_opt)}  L*={row.loss_opt:.4f} [{row.loss_opt_lo:.4f}, {row.loss_opt_hi:.4f}]"
-            f"  ({row.n_runs} runs){flag}"
+            f"  ({count(row.n_runs, 'run')}){flag}"
         )
     return lines
 

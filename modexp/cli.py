@@ -170,13 +170,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     run_dir = sweep_dir(cfg) / spec.run_id
     write_run(run_dir, run_config(dict_cfg, spec), spec)
     try:
-        summary = train_run(run_dir, corpus)
+        train_run(run_dir, corpus)
     except RunLocked as exc:
         raise ModexpError(str(exc)) from None
     except NonFiniteLoss as exc:
         raise ModexpError(f"run failed: {exc} (see {run_dir / 'status.json'})") from None
-    print(run_dir)
-    logging.getLogger("modexp").info("val_loss %.4f", summary["val_loss"])
+    print(run_dir)  # the log already said "done <run>: val_loss ..."; stdout carries the folder, for scripts
     return 0
 
 

@@ -19,7 +19,7 @@ from .units import sci
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 _NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile"}
-_MOD_ONLY = (
+MOD_ONLY = (
     "capacity",
     "route_every",
     "router_weight",
@@ -131,7 +131,7 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, An
     data = {k: v for k, v in asdict(cfg.data).items() if k != "cache_dir"}
     arch = asdict(model)
     if model.routing == "none":  # a baseline is the same run whatever MoD settings sit beside it
-        for key in _MOD_ONLY:
+        for key in MOD_ONLY:
             arch.pop(key)
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .model.config import ModelConfig
-from .plan import RunSpec
+from .plan import MOD_ONLY, RunSpec
 from .tracking import read_json, read_status, write_json
 
 EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
@@ -38,7 +38,10 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> None:
     tmp = run_dir / f".config.yaml.{os.getpid()}.tmp"
     OmegaConf.save(cfg, tmp, resolve=True)
     os.replace(tmp, run_dir / "config.yaml")
-    write_json(run_dir / "run.json", asdict(spec))
+    record = asdict(spec)
+    if spec.model.routing == "none":  # a baseline has no router: its record carries no inert MoD settings
+        record["model"] = {k: v for k, v in record["model"].items() if k not in MOD_ONLY}
+    write_json(run_dir / "run.json", record)
     if not (run_dir / "status.json").exists():
         write_json(run_dir / "status.json", {"state": "planned"})
 

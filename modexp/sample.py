@@ -269,20 +269,32 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
     return model.to(device).eval()
 
 
-def render_routing(text_bytes: list[int], masks: list[torch.Tensor], layers: list[int]) -> str:
-    """One line per routed block under the text: '#' under each character the block processed, '.' else.
+GLYPHS = {ord("\n"): "↵", ord("\t"): "→", ord("\r"): "←"}  # one column each, so the mask lines stay aligned
 
-    Each byte is shown as one printable character (non-printable and non-ASCII bytes as '?'), so the columns
-    of the text line and of the mask lines stay aligned.
+
+def render_routing(
+    text_bytes: list[int], masks: list[torch.Tensor], layers: list[int], width: int = 96
+) -> str:
+    """Under the text, one line per routed block: '#' under each byte the block processed, '.' else.
+
+    Each byte is one column: newlines and tabs as ↵ and →, other control and non-ASCII bytes as '?'. Long text
+    wraps every `width` columns; each block's share of processed tokens closes the picture.
     """
-    shown = "".join(chr(byte) if 32 <= byte < 127 else "?" for byte in text_bytes)
-    width = max(len(f"block {layer}") for layer in layers) if layers else 5
-    lines = [f"{'text':>{width}} |{shown}|"]
-    for layer, mask in zip(layers, masks):
-        marks = "".join("#" if taken else "." for taken in mask.tolist())
-        share = sum(mask.tolist()) / max(1, len(mask))
-        lines.append(f"{f'block {layer}':>{width}} |{marks}| {share:.0%} processed")
-    return "\n".join(lines)
+    shown = "".join(GLYPHS.get(b, chr(b) if 32 <= b < 127 else "?") for b in text_bytes)
+    label = max(len(f"block {layer}") for layer in layers) if layers else 5
+    marks = ["".join("#" if taken else "." for taken in mask.tolist()) for mask in masks]
+    chunks = []
+    for start in range(0, len(shown), width):
+        lines = [f"{'text':>{label}} |{shown[start : start + width]}|"]
+        lines += [
+            f"{f'block {layer}':>{label}} |{m[start : start + width]}|" for layer, m in zip(layers, marks)
+        ]
+        chunks.append("\n".join(lines))
+    shares = [
+        f"block {layer}: {sum(mask.tolist()) / max(1, len(mask)):.0%} processed"
+        for layer, mask in zip(layers, masks)
+    ]
+    return "\n\n".join(chunks) + "\n\n" + ", ".join(shares)
 
 
 def sample_cli(

@@ -22,6 +22,7 @@ from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
 from .rundir import run_state, write_run
 from .tracking import read_json, read_status, write_json
+from .units import count
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def run_sweep(
     todo, failed_before = pending_runs(study, retry_failed)
     done = len(study.plan.runs) - len(todo) - len(failed_before)
     print(
-        f"[sweep] {study.dir}: {len(study.plan.runs)} runs planned, {done} done, {len(todo)} to run"
+        f"[sweep] {study.dir}: {count(len(study.plan.runs), 'run')} planned, {done} done, {len(todo)} to run"
         + (f", {len(failed_before)} failed (rerun with --retry-failed)" if failed_before else ""),
         file=sys.stderr,
     )
@@ -255,6 +256,6 @@ def finish(study: Study) -> int:
         )
         return 1
     print(
-        f"[sweep] all {n_done} runs done. Table: {study.dir / 'results.csv'}  Figures: {study.dir / 'plots'}"
+        f"[sweep] {'1 run' if n_done == 1 else f'all {n_done} runs'} done. Table: {study.dir / 'results.csv'}  Figures: {study.dir / 'plots'}"
     )
     return 0

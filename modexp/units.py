@@ -34,3 +34,8 @@ def duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def count(n: int, noun: str) -> str:
+    """1 run, 3 runs."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -251,7 +251,7 @@ def test_runs_no_sweep_planned_stay_out_of_the_fits(tmp_path: Path) -> None:
     (sweep / "plan.json").write_text(json.dumps({**plan, "planned_ids": done[1:]}))
     res = analysis.analyze(sweep, figures=False)
     assert stray not in set(res.results["run_id"]) and len(res.results) == len(done) - 1
-    assert "1 done run(s) no sweep planned into this folder left out" in res.summary and stray in res.summary
+    assert "1 done run no sweep planned into this folder left out" in res.summary and stray in res.summary
     # A folder with no sweep's plan (runs from `modexp train` only) is analysed whole.
     (sweep / "plan.json").unlink()
     assert len(analysis.analyze(sweep, figures=False).results) == len(done)

@@ -3,6 +3,7 @@ block's cache holds only the tokens it took."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
-from modexp.sample import Decoder, generate, load_model, next_token, sample_cli
+from modexp.sample import Decoder, generate, load_model, next_token, render_routing, sample_cli
 
 VOCAB = 64
 
@@ -237,7 +238,9 @@ def test_sample_cli(tmp_path: Path) -> None:
     shown = sample_cli(str(tmp_path / "run"), "héllo", show_routing=True, **args)
     text, _, table = shown.partition("\n\n")
     assert text == plain
-    lines = table.splitlines()
+    picture, shares = table.rsplit("\n\n", 1)
+    assert re.fullmatch(r"block 1: \d+% processed, block 3: \d+% processed", shares), shares
+    lines = picture.splitlines()
     assert [line.split("|")[0].strip() for line in lines] == ["text", "block 1", "block 3"]
     n_bytes = len("héllo".encode()) + 12
     for line in lines:
@@ -245,6 +248,18 @@ def test_sample_cli(tmp_path: Path) -> None:
     assert set(lines[1].split("|")[1]) <= {"#", "."}
     with pytest.raises(ModexpError, match="does not exist"):
         sample_cli(str(tmp_path / "missing"), "x", show_routing=False, **args)
+
+
+def test_render_routing_keeps_columns_aligned_and_wraps() -> None:
+    text = list(b"def f():\n\treturn 1\n") * 8  # 176 bytes with newlines and tabs
+    masks = [torch.arange(len(text)) % 8 == 0, torch.zeros(len(text), dtype=torch.bool)]
+    picture = render_routing(text, masks, [1, 3], width=50)
+    chunks = picture.split("\n\n")
+    assert len(chunks) == 4 + 1  # ceil(176 / 50) pictures, then the shares
+    first = chunks[0].splitlines()
+    assert first[0].split("|")[1].startswith("def f():↵→return 1↵")  # no '?' for newlines and tabs
+    assert all(len(line.split("|")[1]) == 50 for line in first)
+    assert chunks[-1] == "block 1: 12% processed, block 3: 0% processed"
 
 
 def test_sample_cli_dense_and_non_byte_model(tmp_path: Path) -> None:
