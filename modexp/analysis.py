@@ -7,7 +7,10 @@ The method (shared spec, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
   budget / train_flops_per_token(n_opt): that needs no FLOP convention, so an external table is fitted
   exactly like our own sweeps (it is Chinchilla's Approach 2 for D).
 - Interval: bootstrap over runs (resample the budget's runs with replacement, refit, 5th-95th
-  percentile of the vertices), N_BOOT resamples from a seed fixed per (variant, budget): deterministic.
+  percentile of the minima), N_BOOT resamples from a seed fixed per (variant, budget): deterministic.
+  Each replicate's minimum is taken within its sampled sizes (its vertex, else the better edge): a
+  near-flat resample would otherwise put it decades away. boot_interior is the share of replicates
+  whose minimum was a true vertex.
 - `bracketed` is False when the params parabola has fewer than 3 distinct sizes, opens downward, or
   puts its vertex within EDGE_MARGIN of either end of the sampled log10 sizes (or beyond): such a
   minimum is an extrapolation and is left out of the power laws.
@@ -80,7 +83,10 @@ FITS_COLUMNS = [
     "d_opt_lo",
     "d_opt_hi",
     "n_sizes",
+    "params_min",
+    "params_max",
     "n_boot",
+    "boot_interior",
     "reason",
     "fit_c2",
     "fit_c1",
@@ -137,7 +143,7 @@ class Parabola:
 
 @dataclass
 class IsoflopFits:
-    """Per (variant, budget) fits, plus each group's bootstrap vertices (n_boot x [log10 n, log10 d, loss])."""
+    """Per (variant, budget) fits, plus each group's bootstrap minima (n_boot x [log10 n, log10 d, loss, interior])."""
 
     table: pd.DataFrame
     boot: dict[tuple[str, float], np.ndarray]
@@ -398,16 +404,38 @@ def _group_rng(seed: int, variant: str, budget: float) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{variant}|{budget:.9g}".encode())])
 
 
+def _minimum_within(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> tuple[float, float, bool]:
+    """The parabola's minimum over [lo, hi] (sampled sizes), and whether it is interior (a true vertex).
+
+    A resample of five runs often keeps three sizes whose parabola is nearly flat or opens downward; its
+    vertex then lands decades away (we saw N* = 1e-32 and a loss of -4). Nothing beyond the sampled sizes
+    was measured, so each replicate answers within them, and an edge answer says "at least" or "at most".
+    """
+    if np.unique(x).size < 3:
+        return math.nan, math.nan, False
+    coef, x_min, _ = _vertex(x, y)
+    if np.isfinite(x_min) and lo < x_min < hi:
+        return x_min, float(np.polyval(coef, x_min)), True
+    edges = np.array([lo, hi])
+    values = np.polyval(coef, edges)
+    best = int(np.argmin(values))
+    return float(edges[best]), float(values[best]), False
+
+
 def _bootstrap(
     x_n: np.ndarray, x_d: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Refit both parabolas on runs resampled with replacement: rows of [log10 n, log10 d, loss]."""
-    out = np.full((n_boot, 3), np.nan)
+    """Refit both parabolas on runs resampled with replacement: rows of [log10 n, log10 d, loss, interior]."""
+    out = np.full((n_boot, 4), np.nan)
     if y.size < 3:
         return out
     for b, idx in enumerate(rng.integers(0, y.size, size=(n_boot, y.size))):
-        _, out[b, 0], out[b, 2] = _vertex(x_n[idx], y[idx])
-        out[b, 1] = _vertex(x_d[idx], y[idx])[1]
+        # Within the replicate's own sizes: a concave fit of three large sizes, extended to the smallest
+        # size it never saw, would invent a loss far below every run.
+        xn, xd = x_n[idx], x_d[idx]
+        out[b, 0], out[b, 2], interior = _minimum_within(xn, y[idx], xn.min(), xn.max())
+        out[b, 1] = _minimum_within(xd, y[idx], xd.min(), xd.max())[0]
+        out[b, 3] = float(interior) if np.isfinite(out[b, 0]) else math.nan
     return out
 
 
@@ -443,7 +471,11 @@ def _fit_group(
         "d_opt_lo": 10**d_lo,
         "d_opt_hi": 10**d_hi,
         "n_sizes": int(np.unique(x_n).size),
+        "params_min": float(10 ** x_n.min()),
+        "params_max": float(10 ** x_n.max()),
         "n_boot": int(np.isfinite(boot[:, 0]).sum()),
+        # Share of usable replicates whose minimum lay inside the sampled sizes (1: the interval is a vertex's).
+        "boot_interior": float(np.nanmean(boot[:, 3])) if np.isfinite(boot[:, 3]).any() else math.nan,
         "reason": by_size.reason,
         **dict(zip(("fit_c2", "fit_c1", "fit_c0"), by_size.coef)),
         **dict(zip(("tok_c2", "tok_c1", "tok_c0"), by_tokens.coef)),
@@ -662,10 +694,19 @@ def _fits_section(fits: pd.DataFrame) -> list[str]:
     ]
     for row in fits.itertuples():
         flag = "" if row.bracketed else f"  UNBRACKETED ({row.reason}; not in the power law)"
+        interior = getattr(row, "boot_interior", math.nan)
+        if row.bracketed and np.isfinite(interior) and interior < 0.95:
+            flag += f"  [interval: {interior:.0%} of resamples found a minimum inside the sizes, the rest an edge]"
+        if row.bracketed or "smallest" not in row.reason and "largest" not in row.reason:
+            optimum = (
+                f"N*={si(row.n_opt)} [{si(row.n_opt_lo)}, {si(row.n_opt_hi)}]  D*={si(row.d_opt)}"
+                f"  L*={row.loss_opt:.4f} [{row.loss_opt_lo:.4f}, {row.loss_opt_hi:.4f}]"
+            )
+        else:  # the vertex is an extrapolation: say on which side of the sampled sizes, not a made-up number
+            side = f"<= {si(row.params_min)}" if "smallest" in row.reason else f">= {si(row.params_max)}"
+            optimum = f"N* {side} (beyond the sampled sizes; fitted vertex {si(row.n_opt)})"
         lines.append(
-            f"  {row.variant:<22} C={sci(row.budget)}  N*={si(row.n_opt)} [{si(row.n_opt_lo)}, {si(row.n_opt_hi)}]"
-            f"  D*={si(row.d_opt)}  L*={row.loss_opt:.4f} [{row.loss_opt_lo:.4f}, {row.loss_opt_hi:.4f}]"
-            f"  ({count(row.n_runs, 'run')}){flag}"
+            f"  {row.variant:<22} C={sci(row.budget)}  {optimum}  ({count(row.n_runs, 'run')}){flag}"
         )
     return lines
 

@@ -122,6 +122,26 @@ def test_bootstrap_is_seeded_and_deterministic(result: analysis.AnalysisResult) 
     assert np.array_equal(other["n_opt"], again["n_opt"])  # the point estimate does not depend on the seed
 
 
+def test_bootstrap_intervals_stay_within_the_sampled_sizes() -> None:
+    """Five noisy runs near a flat optimum: resamples with three sizes used to put vertices decades away
+    (N* = 1e-32, a negative loss). Every replicate's minimum now lies within the sampled sizes."""
+    params = np.array([7.5e3, 1.3e4, 2.2e4, 3e4, 4e4])
+    loss = np.array([2.300, 2.262, 2.266, 2.279, 2.275])
+    df = pd.DataFrame(
+        {
+            "variant": "baseline",
+            "budget": 1e11,
+            "params": params,
+            "tokens": 1e11 / (6 * params),
+            "val_loss": loss,
+        }
+    )
+    row = analysis.fit_isoflops(df).table.iloc[0]
+    assert params.min() <= row.n_opt_lo <= row.n_opt_hi <= params.max()
+    assert loss.min() - 0.05 < row.loss_opt_lo <= row.loss_opt_hi < loss.max() + 0.05
+    assert 0 < row.boot_interior < 1  # some resamples answered at an edge, and the table says how many
+
+
 def test_power_law_needs_two_bracketed_budgets() -> None:
     rows = [
         {
