@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from . import flops
 from .config import Config, to_typed
@@ -63,6 +64,25 @@ def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=True)
+
+
+def split_predictor_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(every other parameter, the causal-routing predictors' parameters)."""
+    trunk, predictor = [], []
+    for name, param in model.named_parameters():
+        (predictor if ".predictor." in name else trunk).append(param)
+    return trunk, predictor
+
+
+def clip_gradients(trunk: list[nn.Parameter], predictor: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the model's and the predictors' gradients each by its own norm; return the model's norm.
+
+    One global norm would let the predictor's gradient scale the trunk's update whenever clipping bites, and
+    the predictor must never change the language model (mod-method.md).
+    """
+    if predictor:
+        torch.nn.utils.clip_grad_norm_(predictor, max_norm)
+    return torch.nn.utils.clip_grad_norm_(trunk, max_norm)
 
 
 def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str, float]:
@@ -279,6 +299,7 @@ def _train(
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         save_checkpoint(ckpt_path, state)
 
+    trunk_params, predictor_params = split_predictor_params(model)
     progress = _Progress(spec, start_step)
     step_times: list[float] = []
     t_start = time.perf_counter()
@@ -298,7 +319,7 @@ def _train(
                 out = step_model(x, y)
             loss = out.loss + out.aux_loss if out.aux_loss is not None else out.loss
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            grad_norm = clip_gradients(trunk_params, predictor_params, cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1

@@ -564,3 +564,27 @@ def test_lr_schedule_as_the_trainer_uses_it(steps: int) -> None:
     warmup = min(1000, max(1, round(0.05 * steps)))
     assert lr_at(steps - 1, steps, 3e-3, warmup, 0.1) == pytest.approx(3e-4)
     assert lr_at(0, steps, 3e-3, warmup, 0.1) == pytest.approx(3e-3 / warmup)
+
+
+def test_predictor_gradients_never_scale_the_trunk_update() -> None:
+    """With one global clip norm a large predictor gradient would shrink the LM's step: clipped apart."""
+    import torch
+
+    from modexp.model import ModelConfig, Transformer
+    from modexp.train import clip_gradients, split_predictor_params
+
+    cfg = ModelConfig(vocab_size=256, seq_len=32, d_model=32, n_layers=4, n_heads=2, routing="topk")
+    model = Transformer(cfg)
+    tokens = torch.randint(0, 256, (2, 33))
+    out = model(tokens[:, :-1], tokens[:, 1:])
+    (out.loss + 1e4 * out.aux_loss).backward()  # a predictor gradient far above the clip threshold
+    trunk, predictor = split_predictor_params(model)
+    assert predictor and len(trunk) + len(predictor) == len(list(model.parameters()))
+    before = [p.grad.clone() for p in trunk]
+    expected = torch.stack([p.grad.norm() for p in trunk]).norm()
+    scale = min(1.0, 1.0 / (float(expected) + 1e-6))
+    norm = clip_gradients(trunk, predictor, max_norm=1.0)
+    assert float(norm) == pytest.approx(float(expected))  # what is logged is the model's own norm
+    for b, p in zip(before, trunk):
+        torch.testing.assert_close(p.grad, b * scale)
+    assert float(torch.stack([p.grad.norm() for p in predictor]).norm()) <= 1.0 + 1e-4
