@@ -60,8 +60,8 @@ def save(fig: Figure, out_dir: Path, name: str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{name}.png"
-    fig.savefig(png, dpi=150)
-    fig.savefig(out_dir / f"{name}.svg")
+    fig.savefig(png, dpi=150, bbox_inches="tight")  # legends sit beside the axes: keep them whole
+    fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
     return png
 
 
