@@ -74,7 +74,7 @@ def plan_rows(study, convention: str = "exact") -> list[dict]:
 def print_plan(study, fmt: str, convention: str = "exact") -> None:
     import pandas as pd
 
-    from .units import duration, sci
+    from .units import count, duration, sci
 
     rows = plan_rows(study, convention)
     left_out = [
@@ -117,7 +117,7 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     total = frame["flops"].sum()
     print(
-        f"\n{len(rows)} run{'s' if len(rows) != 1 else ''}, {sci(total)} FLOPs in all, "
+        f"\n{count(len(rows), 'run')}, {sci(total)} FLOPs in all, "
         f"about {duration(frame['est_time_s'].sum())} at {sci(study.configs[0][1].sweep.flops_per_second, 2)} "
         "FLOP/s (sweep.flops_per_second; one run at a time)"
     )

@@ -229,8 +229,9 @@ def to_typed(cfg: DictConfig) -> Config:
     """DictConfig -> Config dataclasses, with the model's and ours own checks; errors as one line."""
     try:
         # Merging onto the schema also types a config read back from a run folder's config.yaml.
-        _refuse_unknown_keys(cfg, OmegaConf.structured(Config))
-        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+        schema = OmegaConf.structured(Config)
+        _refuse_unknown_keys(cfg, schema)
+        typed = OmegaConf.to_object(OmegaConf.merge(schema, cfg))
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", "") or "a required key"
         raise ModexpError(f"{key} is not set: give it on the command line, e.g. {key}=...") from None

@@ -44,7 +44,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,11 @@ def _where(cfg: DataConfig) -> str:
     return f"data.path={cfg.path}" if cfg.name != "stdlib" else "data.name=stdlib"
 
 
-def _check_settings(cfg: DataConfig, seq_len: int) -> None:
+def _source_kind(cfg: DataConfig) -> str:
+    return "a UTF-8 text file or a directory of them" if cfg.name == "text" else "a directory of *.bin shards"
+
+
+def _check_settings(cfg: DataConfig, seq_len: int, need_path: bool = True) -> None:
     if cfg.name not in NAMES:
         raise ModexpError(f"data.name={cfg.name!r} is not known: use one of {', '.join(NAMES)}")
     if cfg.token_dtype not in TOKEN_DTYPES:
@@ -193,13 +197,8 @@ def _check_settings(cfg: DataConfig, seq_len: int) -> None:
         )
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ModexpError(f"seq_len={seq_len!r} is not allowed: it must be a positive integer")
-    if cfg.name != "stdlib" and not cfg.path:
-        what = (
-            "a UTF-8 text file or a directory of them"
-            if cfg.name == "text"
-            else "a directory of *.bin shards"
-        )
-        raise ModexpError(f"data.path is not set: data.name={cfg.name} needs {what}")
+    if need_path and cfg.name != "stdlib" and not cfg.path:
+        raise ModexpError(f"data.path is not set: data.name={cfg.name} needs {_source_kind(cfg)}")
 
 
 def check_data(cfg: DataConfig, seq_len: int) -> None:
@@ -208,16 +207,9 @@ def check_data(cfg: DataConfig, seq_len: int) -> None:
     A plan needs no data (`modexp plan sweep=paper` before the corpus is tokenised), so an unset path passes
     here; loading the corpus refuses it.
     """
-    if cfg.name != "stdlib" and not cfg.path:
-        return _check_settings(replace(cfg, path="(not needed to plan)"), seq_len)
-    _check_settings(cfg, seq_len)
-    if cfg.name != "stdlib" and not Path(cfg.path).expanduser().exists():
-        what = (
-            "a UTF-8 text file or a directory of them"
-            if cfg.name == "text"
-            else "a directory of *.bin shards"
-        )
-        raise ModexpError(f"data.path={cfg.path} does not exist: give {what}")
+    _check_settings(cfg, seq_len, need_path=False)
+    if cfg.name != "stdlib" and cfg.path and not Path(cfg.path).expanduser().exists():
+        raise ModexpError(f"data.path={cfg.path} does not exist: give {_source_kind(cfg)}")
 
 
 def _stat(path: Path) -> tuple[int, int]:

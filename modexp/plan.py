@@ -258,13 +258,13 @@ def single_run(cfg: Config) -> RunSpec:
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
     run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
-    step_flops = run.flops / run.num_sequences * cfg.train.batch_size
-    least = step_flops * cfg.sweep.min_steps
-    scale = 10 ** (math.floor(math.log10(least)) - 1)
-    least = math.ceil(least / scale) * scale  # rounded up to two digits, so the advice is enough
     if abs(run.flops / run.budget - 1) > 0.01 or run.steps < cfg.sweep.min_steps:
         # Too few steps cannot train sensibly (warm-up and decay need room), and under one sequence the run
         # would spend more than its budget: the same rule as the sweep's (sweep.min_steps).
+        step_flops = run.flops / run.num_sequences * cfg.train.batch_size
+        least = step_flops * cfg.sweep.min_steps
+        scale = 10 ** (math.floor(math.log10(least)) - 1)
+        least = math.ceil(least / scale) * scale  # rounded up to two digits, so the advice is enough
         raise ModexpError(
             f"budget={sci(cfg.budget)} buys {run.steps} step(s) of this model, fewer than sweep.min_steps="
             f"{cfg.sweep.min_steps} (one step of {run.batch_size} x {run.model.seq_len} tokens costs "

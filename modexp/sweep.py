@@ -22,7 +22,7 @@ from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
 from .rundir import run_state, write_run
 from .tracking import read_json, read_status, write_json
-from .units import count
+from .units import count, duration
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class LiveView:
         elapsed = now - self.started
         eta = ""
         if 0 < flops_done < flops_total and elapsed > 5:
-            eta = f" | ETA {_duration(elapsed * (flops_total - flops_done) / flops_done)}"
+            eta = f" | ETA {duration(elapsed * (flops_total - flops_done) / flops_done)}"
         line = (
             f"[sweep] done {counts['done']} running {counts['running']} failed {counts['failed']} "
             f"pending {counts['pending']} of {len(self.total)}{eta}"
@@ -145,15 +145,6 @@ def _last_loss(run_dir: Path) -> float | None:
         if record.get("kind") == "train":
             return record["loss"]
     return None
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
 
 
 def write_plan(study: Study, overrides: list[str]) -> None:

@@ -124,7 +124,8 @@ def evaluate(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for mode in modes:
-            total, count, processed, agreed, decided = 0.0, 0, 0.0, 0.0, 0
+            total, count, decided = 0.0, 0, 0
+            processed = agreed = torch.zeros((), device=device)  # summed on the device: no sync per block
             for x, y in batches:
                 x, y = x.to(device), y.to(device)
                 with autocast:
@@ -133,15 +134,15 @@ def evaluate(
                 count += y.numel()
                 if mode == "causal":
                     for rec in out.routing:
-                        processed += rec.mask.sum().item()
-                        agreed += (rec.mask == rec.topk_mask).sum().item()
+                        processed = processed + rec.mask.sum()
+                        agreed = agreed + (rec.mask == rec.topk_mask).sum()
                         decided += rec.mask.numel()
             result["val_loss" if mode == "topk" else "val_loss_causal"] = total / count
             if decided:
                 # What causal routing really did at validation: the share of tokens the routed blocks processed
                 # (top-k processes exactly `capacity`) and how often it agreed with top-k membership.
-                result["val_causal_frac"] = processed / decided
-                result["val_causal_acc"] = agreed / decided
+                result["val_causal_frac"] = processed.item() / decided
+                result["val_causal_acc"] = agreed.item() / decided
     model.train()
     return result
 
