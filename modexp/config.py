@@ -39,7 +39,8 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 @dataclass
 class TrainConfig:
     batch_size: int = MISSING
-    lr: float = MISSING  # peak learning rate
+    lr: float = MISSING  # peak learning rate (when neither sweep.lr_grid nor train.lr_from sets it)
+    lr_from: str | None = None  # an earlier LR-grid study folder: each run's lr from its fitted lr*(N) per variant
     min_lr_ratio: float = MISSING  # cosine decays to this fraction of the peak
     warmup_fraction: float = MISSING  # linear warm-up over this share of the run's steps
     max_warmup_steps: int = MISSING
@@ -78,6 +79,8 @@ class SweepConfig:
     min_tokens_per_param: float = MISSING
     max_tokens_per_param: float = MISSING
     flops_per_second: float = MISSING  # throughput assumed for time estimates in the plan
+    max_epochs: float = MISSING  # refuse a plan whose largest run sees its training split more often
+    lr_grid: list[float] = field(default_factory=list)  # every planned point at each of these LRs (a study axis)
     ladder: LadderConfig = field(default_factory=LadderConfig)
 
 

@@ -18,7 +18,7 @@ from .model import ModelConfig
 from .units import sci
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
-_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile"}
+_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile", "lr_from"}  # lr_from: the lr it resolves to is
 MOD_ONLY = (
     "capacity",
     "route_every",
