@@ -20,7 +20,7 @@ FORMATS = ("table", "csv", "json")
 
 def build_study(overrides: list[str]):  # -> sweep.Study
     from .config import compose_config, expand_overrides, to_typed
-    from .plan import Plan, check_plan, plan_sweep
+    from .plan import Plan, plan_sweep, sort_runs
     from .rundir import sweep_dir
     from .sweep import Study, run_config
 
@@ -34,23 +34,32 @@ def build_study(overrides: list[str]):  # -> sweep.Study
             f"one sweep writes to one folder, but these overrides give {len(dirs)}: "
             "do not sweep runs_dir or sweep.name"
         )
-    runs, skipped, run_configs = {}, [], {}
+    runs, notes, run_configs = {}, [], {}
     for dict_cfg, typed in configs:
         plan = plan_sweep([typed])
+        for note in plan.notes + _count_epochs(plan, typed):
+            if note not in notes:
+                notes.append(note)
         for spec in plan.runs:
             if spec.run_id not in runs:
                 runs[spec.run_id] = spec
                 run_configs[spec.run_id] = run_config(dict_cfg, spec)
-        skipped += [s for s in plan.skipped if s not in skipped]
-    merged = Plan(
-        sorted(
-            runs.values(),
-            key=lambda r: (r.budget, r.variant != "baseline", r.variant, r.accounting["params"]),
-        ),
-        skipped,
-    )
-    check_plan(merged, [typed for _, typed in configs])
-    return Study(dirs.pop(), configs, merged, run_configs)
+    return Study(dirs.pop(), configs, Plan(sort_runs(runs.values()), notes), run_configs)
+
+
+def _count_epochs(plan, cfg) -> list[str]:  # (plan.Plan, config.Config) -> notes
+    """Each run's epochs over its corpus, refusing too many; a note instead while the corpus is not given."""
+    from .data import train_split_tokens
+    from .plan import set_epochs
+
+    train_tokens = train_split_tokens(cfg.data)
+    if train_tokens is None:
+        return [
+            f"epochs not known: data.path is not set, so sweep.max_epochs={cfg.sweep.max_epochs:g} "
+            "is not checked yet"
+        ]
+    set_epochs(plan.runs, train_tokens, cfg)
+    return []
 
 
 def plan_rows(study, convention: str = "exact") -> list[dict]:
@@ -74,23 +83,20 @@ def plan_rows(study, convention: str = "exact") -> list[dict]:
 def print_plan(study, fmt: str, convention: str = "exact") -> None:
     import pandas as pd
 
-    from .units import count, duration, sci
+    from .units import count, duration, sci, si
 
     rows = plan_rows(study, convention)
-    left_out = [
-        f"left out: budget {sci(s['budget'])} {s['variant']} {s['shape']}: {s['reason']}"
-        for s in study.plan.skipped
-    ]
     if fmt in ("json", "csv"):
-        # stdout stays machine-readable (JSON: a list of run objects); what the plan left out goes to stderr.
+        # stdout stays machine-readable (JSON: a list of run objects); the plan's notes go to stderr.
         if fmt == "json":
             print(json.dumps(rows, indent=2))
         else:
             print(pd.DataFrame(rows).to_csv(index=False), end="")
-        for line in left_out:
-            print(line, file=sys.stderr)
+        for note in study.plan.notes:
+            print(note, file=sys.stderr)
         return
     frame = pd.DataFrame(rows)
+    # The terminal table keeps what a reader scans for; csv and json carry every column (the FLOP accounting).
     shown = frame[
         [
             "run_id",
@@ -98,21 +104,22 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
             "budget",
             "shape",
             "params",
-            "non_embedding_params",
-            "train_flops_per_token",
             "tokens",
             "steps",
             "flops",
             "tokens_per_param",
+            "epochs",
             "est_time_s",
             "status",
         ]
         + [c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")]
     ]
-    shown = shown.assign(**{c: shown[c].map(sci) for c in ("budget", "flops", "train_flops_per_token")})
-    shown = shown.assign(est_time_s=shown["est_time_s"].map(duration)).rename(
-        columns={"est_time_s": "est_time"}
-    )
+    shown = shown.assign(
+        budget=shown["budget"].map(sci),
+        flops=shown["flops"].map(sci),
+        epochs=shown["epochs"].map(lambda v: "-" if pd.isna(v) else si(v)),
+        est_time_s=shown["est_time_s"].map(duration),
+    ).rename(columns={"est_time_s": "est_time"})
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     total = frame["flops"].sum()
@@ -121,8 +128,8 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
         f"about {duration(frame['est_time_s'].sum())} at {sci(study.configs[0][1].sweep.flops_per_second, 2)} "
         "FLOP/s (sweep.flops_per_second; one run at a time)"
     )
-    for line in left_out:
-        print(line)
+    for note in study.plan.notes:
+        print(note)
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -145,6 +152,8 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
                 f"would submit the runs not yet done as one SLURM job array: {resources(study.configs[0][1])}"
             )
         return 0
+    for note in study.plan.notes:  # the dry run's table shows them; a real sweep says them before it starts
+        print(note, file=sys.stderr)
     return run_sweep(
         study,
         overrides,
@@ -158,7 +167,7 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .config import compose_config, to_typed
     from .data import load_corpus
-    from .plan import single_run
+    from .plan import set_epochs, single_run
     from .rundir import sweep_dir, write_run
     from .sweep import run_config
     from .train import NonFiniteLoss, RunLocked, train_run
@@ -167,6 +176,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = to_typed(dict_cfg)
     spec = single_run(cfg)
     corpus = load_corpus(cfg.data, spec.model.seq_len)  # before the run folder: bad data leaves nothing
+    set_epochs([spec], len(corpus.train), cfg)  # the sweep's repetition limit holds for one run too
     run_dir = sweep_dir(cfg) / spec.run_id
     write_run(run_dir, run_config(dict_cfg, spec), spec)
     try:
@@ -190,6 +200,8 @@ def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
         sweep_dir=Path(args.sweep_dir) if args.sweep_dir else None,
         table=Path(args.table) if args.table else None,
         out=Path(args.out) if args.out else None,
+        loss=args.loss,
+        split_by=tuple(c for c in (args.split_by or "").split(",") if c),
     )
     print(result.summary)
     return 0
@@ -261,6 +273,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
     s.add_argument("--table", help="analyse a CSV with variant, budget, params, tokens, flops, val_loss")
     s.add_argument("--out", help="folder for fits and figures (default SWEEP_DIR/plots)")
+    s.add_argument(
+        "--loss",
+        choices=("causal", "topk"),
+        default="causal",
+        help="loss the figures and verdict use: causal (causal-routing val loss, the honest autoregressive "
+        "number; default) or topk (top-k routing val loss); the summary reports both verdicts",
+    )
+    s.add_argument(
+        "--split-by",
+        metavar="COL[,COL]",
+        help="draw separate curves per value of these result columns (e.g. beta2) instead of refusing to pool",
+    )
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")

@@ -396,6 +396,7 @@ def _train(
     if sample is not None:
         write_json(run_dir / "routing_sample.json", sample)
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
+    routed_by = model_cfg.causal_router if model_cfg.routing == "topk" else "none"
     summary = {
         **spec.row(),
         "sweep": spec.sweep,
@@ -408,6 +409,23 @@ def _train(
         "seq_len": seq_len,
         "vocab_size": model_cfg.vocab_size,
         "batch_size": spec.batch_size,
+        # The resolved hyperparameters: the analysis pools runs only over seed and lr, and refuses the rest.
+        "lr": cfg.train.lr,
+        "lr_rule": spec.lr_rule,
+        "schedule": "cosine",
+        "min_lr_ratio": cfg.train.min_lr_ratio,
+        "warmup_fraction": cfg.train.warmup_fraction,
+        "max_warmup_steps": cfg.train.max_warmup_steps,
+        "warmup_steps": warmup,
+        "weight_decay": cfg.train.weight_decay,
+        "beta1": cfg.train.beta1,
+        "beta2": cfg.train.beta2,
+        "grad_clip": cfg.train.grad_clip,
+        "precision": cfg.train.precision,
+        "eval_tokens": cfg.train.eval_tokens,
+        "seed": cfg.seed,
+        "aux_loss_weight": model_cfg.aux_loss_weight if routed_by == "aux_loss" else 0.0,
+        "predictor_hidden": model_cfg.predictor_hidden if routed_by == "predictor" else 0,
         "val_loss": last_eval.get("val_loss"),
         "val_loss_causal": last_eval.get("val_loss_causal"),
         "val_causal_frac": last_eval.get("val_causal_frac"),

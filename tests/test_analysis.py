@@ -24,7 +24,7 @@ from fixtures_results import (
 from modexp import analysis
 from modexp.errors import ModexpError
 
-FIGURES = ("isoflop", "optimal", "normalised", "learning_curves", "routing", "causal_acc")
+FIGURES = ("isoflop", "optimal", "verdict", "normalised", "learning_curves", "routing", "causal_acc")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def chinchilla(tmp_path_factory) -> analysis.AnalysisResult:
 
 
 def _law(laws: pd.DataFrame, variant: str, quantity: str) -> pd.Series:
-    rows = laws[(laws["variant"] == variant) & (laws["quantity"] == quantity)]
+    rows = laws[(laws["curve"] == variant) & (laws["quantity"] == quantity)]
     assert len(rows) == 1, f"no {quantity} power law for {variant}"
     return rows.iloc[0]
 
@@ -73,7 +73,7 @@ def test_approach2_recovers_chinchilla_exponent(chinchilla: analysis.AnalysisRes
 
 def test_approach3_recovers_chinchilla_law(chinchilla: analysis.AnalysisResult) -> None:
     # The points lie exactly on the law, so the Huber fit must find it (to well under 1%).
-    fit = chinchilla.approach3.set_index("variant").loc["baseline"]
+    fit = chinchilla.approach3.set_index("curve").loc["baseline"]
     assert fit["alpha"] == pytest.approx(ALPHA, rel=0.01)
     assert fit["beta"] == pytest.approx(BETA, rel=0.01)
     assert fit["E"] == pytest.approx(E, rel=0.01)
@@ -86,7 +86,7 @@ def test_external_table_skips_figures_it_cannot_draw(chinchilla: analysis.Analys
     assert set(chinchilla.figures) == {"isoflop", "optimal"}
     for name in ("isoflop", "optimal"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.svg").stat().st_size > 0
-    for name in ("normalised", "learning_curves", "routing", "causal_acc"):
+    for name in ("verdict", "normalised", "learning_curves", "routing", "causal_acc", "lr_transfer"):
         assert not (out / f"{name}.png").exists()
         assert f"figure {name}.png skipped" in chinchilla.summary
     for name in ("fits.csv", "power_laws.csv", "summary.txt", "results.csv", "results.parquet"):
@@ -102,44 +102,24 @@ def test_parabola_vertex_and_bracketing() -> None:
     assert exact.bracketed and exact.x_min == pytest.approx(2.2) and exact.y_min == pytest.approx(1.5)
 
     beyond = analysis.fit_parabola(x, (x - 3.5) ** 2)
-    assert not beyond.bracketed and beyond.reason == "vertex at or above the largest size"
-    assert beyond.x_min == pytest.approx(3.5)  # still reported, only flagged
-    # Inside the range but within EDGE_MARGIN (5% of 2 decades = 0.1) of the smallest size.
-    at_edge = analysis.fit_parabola(x, (x - 1.05) ** 2)
-    assert not at_edge.bracketed and at_edge.reason == "vertex at or below the smallest size"
-    down = analysis.fit_parabola(x, -((x - 2.0) ** 2))
+    assert not beyond.bracketed and beyond.reason == "lowest loss at the largest size" and beyond.bound == "above"
+    # The vertex sits inside the sampled range, but no run on its left is worse than the best: not bracketed.
+    at_edge = analysis.fit_parabola(x, (x - 1.2) ** 2)
+    assert not at_edge.bracketed and at_edge.bound == "below" and at_edge.reason == "lowest loss at the smallest size"
+    # Lowest run interior, but the best parabola is concave: its vertex is a maximum.
+    down = analysis.fit_parabola(x, [1.0, 2.0, 0.95, 2.0, 1.0])
     assert not down.bracketed and down.reason == "parabola opens downward" and math.isnan(down.x_min)
     two = analysis.fit_parabola([1.0, 1.0, 2.0, 2.0], [3.0, 3.1, 2.0, 2.1])
     assert not two.bracketed and two.reason == "fewer than 3 distinct sizes"
 
 
 def test_bootstrap_is_seeded_and_deterministic(result: analysis.AnalysisResult) -> None:
-    data = result.results
-    again = analysis.fit_isoflops(data).table
+    points = analysis.reduce_points(result.results, result.loss)
+    again = analysis.fit_isoflops(points).table
     pd.testing.assert_frame_equal(again, result.fits)
-    other = analysis.fit_isoflops(data, seed=1).table
+    other = analysis.fit_isoflops(points, seed=1).table
     assert not np.allclose(other["n_opt_lo"], again["n_opt_lo"], equal_nan=True)
-    assert np.array_equal(other["n_opt"], again["n_opt"])  # the point estimate does not depend on the seed
-
-
-def test_bootstrap_intervals_stay_within_the_sampled_sizes() -> None:
-    """Five noisy runs near a flat optimum: resamples with three sizes used to put vertices decades away
-    (N* = 1e-32, a negative loss). Every replicate's minimum now lies within the sampled sizes."""
-    params = np.array([7.5e3, 1.3e4, 2.2e4, 3e4, 4e4])
-    loss = np.array([2.300, 2.262, 2.266, 2.279, 2.275])
-    df = pd.DataFrame(
-        {
-            "variant": "baseline",
-            "budget": 1e11,
-            "params": params,
-            "tokens": 1e11 / (6 * params),
-            "val_loss": loss,
-        }
-    )
-    row = analysis.fit_isoflops(df).table.iloc[0]
-    assert params.min() <= row.n_opt_lo <= row.n_opt_hi <= params.max()
-    assert loss.min() - 0.05 < row.loss_opt_lo <= row.loss_opt_hi < loss.max() + 0.05
-    assert 0 < row.boot_interior < 1  # some resamples answered at an edge, and the table says how many
+    assert np.array_equal(other["n_opt"], again["n_opt"], equal_nan=True)  # the estimate ignores the seed
 
 
 def test_power_law_needs_two_bracketed_budgets() -> None:
@@ -160,7 +140,8 @@ def test_power_law_needs_two_bracketed_budgets() -> None:
     assert law["exponent"] == pytest.approx(0.0, abs=1e-9) and law["coefficient"] == pytest.approx(1e5)
     assert math.isnan(law["exponent_se"])  # two points: no residual degrees of freedom
     assert analysis.fit_power_laws(fits[fits["budget"] == 1e12]).empty
-    assert analysis.fit_approach3(pd.DataFrame(rows)).empty  # 6 points: too few for 5 parameters
+    points = analysis.reduce_points(pd.DataFrame(rows), "topk").table
+    assert analysis.fit_approach3(points).empty  # 6 points: too few for 5 parameters
 
 
 # ------------------------------------------------------------------ a sweep folder
@@ -175,7 +156,7 @@ def test_sweep_outputs(result: analysis.AnalysisResult, sweep: Path) -> None:
     assert analysis.FITS_COLUMNS[:11] == list(fits.columns[:11])
     laws = pd.read_csv(sweep / "power_laws.csv")
     assert list(laws.columns[:7]) == [
-        "variant",
+        "curve",
         "quantity",
         "exponent",
         "coefficient",
@@ -205,7 +186,8 @@ def test_sweep_fits_and_bracketing(result: analysis.AnalysisResult) -> None:
     fits = result.fits.set_index(["variant", "budget"])
     # The 3e12 baseline runs all sit 0.8-1.4 decades below the optimum: the minimum is not bracketed.
     assert not fits.loc[("baseline", 3e12), "bracketed"]
-    assert fits.loc[("baseline", 3e12), "reason"] == "vertex at or above the largest size"
+    assert fits.loc[("baseline", 3e12), "reason"] == "lowest loss at the largest size"
+    assert fits.loc[("baseline", 3e12), "bound"] == "above" and math.isnan(fits.loc[("baseline", 3e12), "n_opt"])
     assert fits.drop(("baseline", 3e12))["bracketed"].all()
     for (variant, budget), row in fits.drop(("baseline", 3e12)).iterrows():
         true_n = sweep_optimum(budget, variant != "baseline")
@@ -220,19 +202,20 @@ def test_sweep_fits_and_bracketing(result: analysis.AnalysisResult) -> None:
         law = _law(laws, variant, "n_opt")
         assert law["exponent"] == pytest.approx(A_OPT, abs=0.05)  # 0.2% loss noise, 3 budgets, 5 sizes
         assert law["interval"].startswith("bootstrap")
-    assert set(result.approach3["variant"]) == {"baseline", MOD_VARIANT}
+    assert set(result.approach3["curve"]) == {"baseline", MOD_VARIANT}
 
 
 def test_summary_names_variants_and_differences(result: analysis.AnalysisResult) -> None:
     text = result.summary
     assert "baseline" in text and MOD_VARIANT in text
     assert "1 failed" in text and "1 interrupted" in text and "baseline-nosummary" in text
-    assert "UNBRACKETED" in text and "Approach 3" in text
-    runs = result.results[result.results["budget"] == 1e12]
-    best = runs.groupby("variant")["val_loss"].min()
-    rel = 100 * (best[MOD_VARIANT] - best["baseline"]) / best["baseline"]
-    assert rel < 0 and f"{rel:+.2f}% vs baseline" in text
-    assert "steps/s" in text and "FLOP/token" in text and "causal-routing loss" in text
+    assert "UNBRACKETED" in text and "N* > " in text and "Approach 3" in text
+    assert text.index("Verdict on the causal loss") < text.index("Verdict on the topk loss") < text.index("isoFLOP optima")
+    assert f"{MOD_VARIANT} vs baseline: m = " in text
+    points = result.points[result.points["budget"] == 1e12]
+    best = points.groupby("curve")["loss"].min()
+    assert f"{best[MOD_VARIANT] - best['baseline']:+.4f} vs baseline" in text
+    assert "top-k" in text and "causal" in text
 
 
 def test_load_or_analyze_reads_back_tables(result: analysis.AnalysisResult, sweep: Path) -> None:

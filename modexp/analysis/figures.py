@@ -2,7 +2,8 @@
 
 Every function builds a matplotlib Figure directly, without pyplot's global state, so it renders in a
 headless process (Agg canvas) and displays in a notebook alike, and returns it; `save` writes PNG + SVG.
-Inputs are the tables of modexp.analysis: results (one row per run), fits, power laws, metrics.
+Inputs are the tables of modexp.analysis: results (one row per run), points (one per curve, budget and
+size), fits, power laws, the verdict, metrics. Curves are keyed by their `curve` label.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from modexp.analysis import BASELINE, baseline_reference
 from modexp.units import sci, si
+
+from .table import BASELINE
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -99,62 +101,90 @@ def _log_ticks(axis, flops: bool = False) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def isoflop_curves(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
-    """Loss against parameters per budget with fitted parabolas and optima (paper Fig. 4, left)."""
+def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """Loss against parameters per budget with fitted parabolas and optima (paper Fig. 4, left).
+
+    Points are seed means at the best LR (bars: seed spread; hollow: best LR at the edge of the grid).
+    A filled star is a bracketed optimum; a triangle at an end says the optimum lies beyond it.
+    """
     fig, ax = _figure(ax, (10, 5.5))
-    colours, styles = _budget_colours(df["budget"]), _variant_styles(df["variant"])
-    optima: set[str] = set()
-    for (variant, budget), runs in df.groupby(["variant", "budget"]):
-        colour, style = colours[budget], styles[variant]
-        runs = runs.sort_values("params")
-        ax.scatter(runs["params"], runs["val_loss"], color=colour, marker=style["marker"], s=28, zorder=3)
-        fit = fits[(fits["variant"] == variant) & (fits["budget"] == budget)]
-        if fit.empty or not np.isfinite(fit["fit_c2"].iloc[0]):
+    colours, styles = _budget_colours(points["budget"]), _variant_styles(points["curve"])
+    shown: set[str] = set()
+    for (curve, budget), group in points.groupby(["curve", "budget"]):
+        colour, style = colours[budget], styles[curve]
+        group = group.sort_values("params")
+        edge = group["lr_edge"].astype(bool).to_numpy() if "lr_edge" in group else np.zeros(len(group), bool)
+        spread = group["loss_std"].fillna(0).to_numpy() if "loss_std" in group else np.zeros(len(group))
+        if spread.any():
+            ax.errorbar(
+                group["params"], group["loss"], yerr=spread, color=colour, ls="none", lw=0.8, capsize=2
+            )
+        x, y = group["params"].to_numpy(), group["loss"].to_numpy()
+        ax.scatter(x[~edge], y[~edge], color=colour, marker=style["marker"], s=28, zorder=3)
+        if edge.any():
+            shown.add("lr_edge")
+            ax.scatter(
+                x[edge], y[edge], facecolors="none", edgecolors=colour, marker=style["marker"], s=28, zorder=3
+            )
+        fit = fits[(fits["curve"] == curve) & (fits["budget"] == budget)]
+        if fit.empty:
             continue
         fit = fit.iloc[0]
-        x = np.linspace(np.log10(runs["params"].min()) - 0.1, np.log10(runs["params"].max()) + 0.1, 100)
-        ax.plot(
-            10**x, np.polyval([fit.fit_c2, fit.fit_c1, fit.fit_c0], x), color=colour, ls=style["ls"], lw=1.2
-        )
-        if np.isfinite(fit.n_opt):
-            optima.add("bracketed" if fit.bracketed else "unbracketed")
+        if np.isfinite(fit.fit_c2):
+            xs = np.linspace(np.log10(x.min()) - 0.1, np.log10(x.max()) + 0.1, 100)
             ax.plot(
-                fit.n_opt,
-                fit.loss_opt,
-                marker="*",
-                ms=14,
+                10**xs,
+                np.polyval([fit.fit_c2, fit.fit_c1, fit.fit_c0], xs),
                 color=colour,
-                mfc=colour if fit.bracketed else "none",
-                mec="black" if fit.bracketed else colour,
+                ls=style["ls"],
+                lw=1.2,
+            )
+        if fit.bracketed:
+            shown.add("optimum")
+            ax.plot(
+                fit.n_opt, fit.loss_opt, marker="*", ms=14, color=colour, mec="black", ls="none", zorder=4
+            )
+        elif fit.bound in ("below", "above"):
+            shown.add("bound")
+            at = x.min() if fit.bound == "below" else x.max()
+            ax.plot(
+                at,
+                fit.loss_opt,
+                marker="<" if fit.bound == "below" else ">",
+                ms=11,
+                color=colour,
+                mec="black",
                 ls="none",
                 zorder=4,
             )
     ax.set_xscale("log")
     ax.set_xlabel("parameters (total)")
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel(f"validation loss (nats/token, {_loss_name(fits)})")
     ax.set_title("isoFLOP curves: loss against model size at fixed training FLOPs")
-    stars = []  # only what the plot shows: no star entry where no parabola has a minimum
-    if "bracketed" in optima:
-        stars.append(
+    extra = []  # only what the plot shows
+    if "optimum" in shown:
+        extra.append(
             Line2D([], [], marker="*", ms=12, color="0.3", mec="black", ls="none", label="fitted optimum")
         )
-    if "unbracketed" in optima:
-        stars.append(
+    if "bound" in shown:
+        extra.append(
             Line2D(
-                [],
-                [],
-                marker="*",
-                ms=12,
-                color="0.3",
-                mfc="none",
-                ls="none",
-                label="unbracketed (extrapolated)",
+                [], [], marker=">", ms=9, color="0.3", mec="black", ls="none", label="optimum beyond this end"
             )
         )
-    _legend_budget_variant(ax, colours, styles, extra=stars)
+    if "lr_edge" in shown:
+        extra.append(
+            Line2D([], [], marker="o", mfc="none", color="0.3", ls="none", label="best LR at the grid's edge")
+        )
+    _legend_budget_variant(ax, colours, styles, extra=extra)
     _log_ticks(ax.xaxis)
     ax.grid(alpha=0.3, which="both")
     return fig
+
+
+def _loss_name(fits: pd.DataFrame) -> str:
+    loss = str(fits["loss"].iloc[0]) if "loss" in fits and len(fits) else "topk"
+    return "causal routing" if loss == "causal" else "top-k routing"
 
 
 def _errorbars(ax: Axes, x, y, lo, hi, style: dict, label: str, filled) -> None:
@@ -176,30 +206,39 @@ def _errorbars(ax: Axes, x, y, lo, hi, style: dict, label: str, filled) -> None:
 
 
 def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
-    """Optimal parameters, tokens and loss against budget, with the fitted power laws."""
+    """Optimal parameters, tokens and loss against budget, with the fitted power laws.
+
+    Only bracketed optima are points; an optimum beyond the sampled sizes is a triangle at the size it
+    exceeds (pointing up) or falls below (pointing down), and its loss an upper bound (hollow).
+    """
     fig = Figure(figsize=(14, 4.5), layout="constrained")
     axes = fig.subplots(1, 3)
-    styles = _variant_styles(fits["variant"])
+    styles = _variant_styles(fits["curve"])
     panels = [
         ("n_opt", "optimal parameters N*", "N* (parameters)"),
         ("d_opt", "optimal training tokens D*", "D* (tokens)"),
         ("loss_opt", "loss at the optimum", "L* (nats/token)"),
     ]
     for ax, (quantity, title, ylabel) in zip(axes, panels):
-        for variant, group in fits.groupby("variant"):
-            group = group[np.isfinite(group[quantity])].sort_values("budget")
-            style = styles[variant]
+        for curve, group in fits.groupby("curve"):
+            style = styles[curve]
+            group = group.sort_values("budget")
+            drawn = group[np.isfinite(group[quantity])]
             _errorbars(
                 ax,
-                group["budget"],
-                group[quantity],
-                group[f"{quantity}_lo"],
-                group[f"{quantity}_hi"],
+                drawn["budget"],
+                drawn[quantity],
+                drawn[f"{quantity}_lo"],
+                drawn[f"{quantity}_hi"],
                 style,
-                str(variant),
-                group["bracketed"],
+                str(curve),
+                drawn["bracketed"],
             )
-            law = power_laws[(power_laws["variant"] == variant) & (power_laws["quantity"] == quantity)]
+            if quantity == "n_opt":
+                for bound, marker, column in (("below", "v", "params_min"), ("above", "^", "params_max")):
+                    rows = group[~group["bracketed"].astype(bool) & (group["bound"] == bound)]
+                    ax.scatter(rows["budget"], rows[column], marker=marker, color=style["colour"], s=40)
+            law = power_laws[(power_laws["curve"] == curve) & (power_laws["quantity"] == quantity)]
             fitted = group[group["bracketed"].astype(bool)]["budget"]
             if len(law) and len(fitted):
                 law = law.iloc[0]
@@ -209,7 +248,7 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
                     law.coefficient * c**law.exponent,
                     color=style["colour"],
                     ls=style["ls"],
-                    label=f"{variant}: ∝ C^{law.exponent:.3f} [{law.exponent_lo:.2f}, {law.exponent_hi:.2f}]",
+                    label=f"{curve}: ∝ C^{law.exponent:.3f} [{law.exponent_lo:.2f}, {law.exponent_hi:.2f}]",
                 )
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, flops=True)
@@ -220,24 +259,138 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, title="hollow: unbracketed, not fitted", title_fontsize=7)
-    fig.suptitle("isoFLOP optima against compute (bars: 5–95% bootstrap over runs)")
+        ax.legend(fontsize=7, title="▲▼/hollow: a bound, not fitted", title_fontsize=7)
+    fig.suptitle("isoFLOP optima against compute (bars: 5–95% bootstrap)")
     return fig
 
 
-def normalised(df: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
+def verdict(by_budget: pd.DataFrame) -> Figure:
+    """The verdict per budget: compute multiplier (left) and loss difference at equal compute (right)."""
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    pairs = by_budget.assign(pair=by_budget["curve"] + " vs " + by_budget["reference"])
+    styles = _variant_styles(pairs["pair"])
+    for pair, rows in pairs.groupby("pair"):
+        rows = rows.sort_values("budget")
+        style = styles[pair]
+        for ax, column in ((left, "multiplier"), (right, "delta_loss")):
+            drawn = rows[np.isfinite(rows[column])]
+            _errorbars(
+                ax,
+                drawn["budget"],
+                drawn[column],
+                drawn[f"{column}_lo"],
+                drawn[f"{column}_hi"],
+                style,
+                str(pair),
+                drawn["bracketed"] & ~drawn["extrapolated"] if column == "multiplier" else drawn["bracketed"],
+            )
+            ax.plot(drawn["budget"], drawn[column], color=style["colour"], ls=style["ls"], lw=1)
+    left.axhline(1, color="0.4", lw=0.8)
+    right.axhline(0, color="0.4", lw=0.8)
+    left.set_yscale("log")
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    left.yaxis.set_minor_formatter(
+        FuncFormatter(lambda v, _: f"{v:g}x" if v in (0.5, 0.8, 1.2, 1.5, 2, 3) else "")
+    )
+    left.set_ylabel("compute multiplier m (reference needs m x C)")
+    left.set_title("Compute the reference needs to match (above 1: the variant wins)", fontsize=10)
+    right.set_ylabel("dL* = L*(variant) - L*(reference) (nats)")
+    right.set_title("Loss difference at equal compute (below 0: the variant wins)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, flops=True)
+        ax.set_xlabel("training budget C (FLOPs)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, title="hollow: a bound or extrapolated", title_fontsize=7)
+    fig.suptitle(f"Verdict ({_loss_name(by_budget)} loss; bars: 5–95% bootstrap, paired over seeds)")
+    return fig
+
+
+def lr_transfer(grid: pd.DataFrame, laws: pd.DataFrame | None) -> Figure:
+    """Best learning rate against model size per variant (hollow: at the edge of the grid), and lr*(N)."""
+    fig, ax = _figure(None, (8, 5))
+    styles = _variant_styles(grid["variant"])
+    for variant, rows in grid.groupby("variant"):
+        style = styles[variant]
+        lr = rows["lr_star"].fillna(rows["lr"])
+        edge = rows["lr_edge"].astype(bool)
+        ax.scatter(
+            rows["params"][~edge],
+            lr[~edge],
+            color=style["colour"],
+            marker=style["marker"],
+            label=str(variant),
+        )
+        ax.scatter(
+            rows["params"][edge],
+            lr[edge],
+            facecolors="none",
+            edgecolors=style["colour"],
+            marker=style["marker"],
+        )
+        law = laws[laws["variant"] == variant] if laws is not None else pd.DataFrame()
+        if len(law):
+            law = law.iloc[0]
+            n = np.geomspace(rows["params"].min() / 1.3, rows["params"].max() * 1.3, 50)
+            ax.plot(
+                n,
+                law.coefficient * n**law.exponent,
+                color=style["colour"],
+                ls=style["ls"],
+                label=f"{variant}: lr* = {law.coefficient:.3g} N^{law.exponent:.2f}",
+            )
+    ax.axhspan(
+        grid["lr_tried_min"].min(), grid["lr_tried_max"].max(), color="0.9", zorder=0, label="LRs tried"
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_ticks(ax.xaxis)
+    ax.set_xlabel("parameters (total)")
+    ax.set_ylabel("best peak learning rate")
+    ax.set_title("Learning-rate transfer: best LR per size (hollow: at the grid's edge, not fitted)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def baseline_reference(points: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """Per budget, the isoFLOP-optimal baseline: loss and forward FLOPs/token at its fitted optimum.
+
+    Uses the bracketed parabola vertex (FLOPs/token interpolated in log-log between the baseline points);
+    where the baseline fit is unbracketed, the best baseline point stands in. Indexed by budget.
+    """
+    rows = []
+    base = points[points["curve"] == BASELINE]
+    for budget, group in base.groupby("budget"):
+        group = group.sort_values("params")
+        fit = fits[(fits["curve"] == BASELINE) & (fits["budget"] == budget)]
+        if len(fit) and bool(fit["bracketed"].iloc[0]):
+            n_opt, loss = float(fit["n_opt"].iloc[0]), float(fit["loss_opt"].iloc[0])
+            fpt = np.log10(group["forward_flops_per_token"])
+            log_fpt = np.interp(np.log10(n_opt), np.log10(group["params"]), fpt)
+            rows.append({"budget": budget, "loss_ref": loss, "fpt_ref": 10**log_fpt})
+        else:
+            best = group.loc[group["loss"].idxmin()]
+            rows.append(
+                {"budget": budget, "loss_ref": best["loss"], "fpt_ref": best["forward_flops_per_token"]}
+            )
+    return pd.DataFrame(rows, columns=["budget", "loss_ref", "fpt_ref"]).set_index("budget")
+
+
+def normalised(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Loss and forward FLOPs per token relative to each budget's isoFLOP-optimal baseline (Fig. 4, right)."""
     fig, ax = _figure(ax, (10, 5.5))
-    ref = baseline_reference(df, fits)
-    data = df[df["budget"].isin(ref.index)].copy()
+    ref = baseline_reference(points, fits)
+    data = points[points["budget"].isin(ref.index)].copy()
     data["x"] = data["forward_flops_per_token"] / data["budget"].map(ref["fpt_ref"])
-    data["y"] = data["val_loss"] / data["budget"].map(ref["loss_ref"])
-    colours, styles = _budget_colours(data["budget"]), _variant_styles(data["variant"])
-    for (variant, budget), runs in data.groupby(["variant", "budget"]):
-        runs = runs.sort_values("params")
-        style = styles[variant]
+    data["y"] = data["loss"] / data["budget"].map(ref["loss_ref"])
+    colours, styles = _budget_colours(data["budget"]), _variant_styles(data["curve"])
+    for (curve, budget), group in data.groupby(["curve", "budget"]):
+        group = group.sort_values("params")
+        style = styles[curve]
         ax.plot(
-            runs["x"], runs["y"], color=colours[budget], marker=style["marker"], ls=style["ls"], lw=1, ms=5
+            group["x"], group["y"], color=colours[budget], marker=style["marker"], ls=style["ls"], lw=1, ms=5
         )
     ax.axhline(1, color="0.5", lw=0.8)
     ax.axvline(1, color="0.5", lw=0.8)

@@ -1,0 +1,383 @@
+"""isoFLOP fits: a parabola per (curve, budget), bootstrap intervals, power laws, Approach 3.
+
+The method (shared spec, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
+
+- Per (curve, budget): a parabola of the points' loss against log10(params). Its vertex is n_opt and
+  loss_opt. d_opt is the vertex of a second parabola against log10(tokens) (no FLOP convention needed).
+- Bracketed means the lowest-loss point is interior, with a higher-loss point on each side, and the parabola
+  opens upward with its vertex inside the sampled sizes. Otherwise the optimum is a bound: `bound` says
+  "below" (N* < smallest size) or "above" (N* > largest), n_opt and d_opt are NaN, loss_opt is the best
+  point's loss (an upper bound on L*), and the budget is left out of the power laws.
+- Interval: a bootstrap. Replicate b draws the study's seeds with replacement (the same draw for every
+  curve, so comparisons are paired over seeds), redoes each point's reduction, then resamples the points
+  of the budget and refits. Replicate minima are not clamped: a vertex beyond the sampled sizes stays there,
+  a parabola opening downward puts N* at 0 or infinity on the side of the lower edge. The 5th-95th
+  percentiles are order statistics, so an interval can say "below the smallest size". A replicate's loss
+  is its vertex's when interior, else the fitted loss at the nearer edge (an upper bound). boot_interior is
+  the share of replicates whose vertex lay inside the sizes.
+- Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2), with a
+  bootstrap interval on the exponent from the same replicates.
+- Approach 3 cross-check: L = E + A/N^alpha + B/D^beta by a Huber loss (delta 1e-3) on log-loss, L-BFGS from
+  Hoffmann's grid of starts; implied a = beta / (alpha + beta).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, special, stats
+
+from .points import Group, Points, reduce_points
+
+try:  # L-BFGS-B makes many tiny BLAS calls; a multithreaded OpenBLAS makes them ~10x slower on a busy CPU
+    from threadpoolctl import threadpool_limits
+except ImportError:  # optional: without it the fit is right, only slower
+    threadpool_limits = None
+
+N_BOOT = 200
+SEED = 0
+PERCENTILES = (5.0, 95.0)
+MIN_POWER_LAW_BUDGETS = 2
+MIN_A3_POINTS = 10  # Approach 3 has 5 free parameters
+MIN_A3_BUDGETS = 2
+A3_DELTA = 1e-3
+A3_STARTS = 8  # L-BFGS runs from the best points of Hoffmann's grid (4500 points; the best few share a basin)
+A3_TOL = 1e-12  # the objective is ~1e-8 near a good fit: scipy's default tolerances would stop at the start
+
+FITS_COLUMNS = [
+    "curve",
+    "variant",
+    "budget",
+    "n_opt",
+    "d_opt",
+    "loss_opt",
+    "bracketed",
+    "bound",
+    "n_opt_lo",
+    "n_opt_hi",
+    "loss_opt_lo",
+    "loss_opt_hi",
+    "n_points",
+    "n_runs",
+    "n_seeds",
+    "lr_edge_points",
+    "d_opt_lo",
+    "d_opt_hi",
+    "n_sizes",
+    "params_min",
+    "params_max",
+    "n_boot",
+    "boot_interior",
+    "reason",
+    "loss",
+    "fit_c2",
+    "fit_c1",
+    "fit_c0",
+    "tok_c2",
+    "tok_c1",
+    "tok_c0",
+]
+POWER_LAW_COLUMNS = [
+    "curve",
+    "quantity",
+    "exponent",
+    "coefficient",
+    "exponent_lo",
+    "exponent_hi",
+    "n_budgets",
+    "exponent_se",
+    "interval",
+]
+A3_COLUMNS = ["curve", "E", "A", "B", "alpha", "beta", "a_opt", "b_opt", "n_points", "n_budgets", "objective"]
+
+
+@dataclass(frozen=True)
+class Parabola:
+    """loss = c2 x^2 + c1 x + c0 with x = log10(size); vertex at (x_min, y_min); bound: below | above | ''."""
+
+    coef: tuple[float, float, float]
+    x_min: float
+    y_min: float
+    bracketed: bool
+    reason: str
+    bound: str
+
+
+@dataclass
+class IsoflopFits:
+    """Per (curve, budget) fits, plus each group's bootstrap replicates (n_boot x [log10 n, log10 d, loss, interior])."""
+
+    table: pd.DataFrame
+    boot: dict[tuple[str, float], np.ndarray]
+
+
+def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Least-squares parabola; vertex (nan, nan) when under 3 distinct x or not opening upward."""
+    if np.unique(x).size < 3:
+        return np.full(3, np.nan), math.nan, math.nan
+    coef = np.polyfit(x, y, 2)
+    if not coef[0] > 0:
+        return coef, math.nan, math.nan
+    x_min = -coef[1] / (2 * coef[0])
+    return coef, float(x_min), float(np.polyval(coef, x_min))
+
+
+def fit_parabola(x, y) -> Parabola:
+    """Fit loss against log10(size); bracketed only when the lowest point is interior and the vertex lies inside."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    coef, x_min, y_min = _vertex(x, y)
+    lowest = x[np.argmin(y)]
+    bound = "below" if lowest == x.min() else "above" if lowest == x.max() else ""
+    if np.unique(x).size < 3:
+        reason = "fewer than 3 distinct sizes"
+    elif bound:
+        reason = f"lowest loss at the {'smallest' if bound == 'below' else 'largest'} size"
+    elif not coef[0] > 0:
+        reason = "parabola opens downward"
+    elif not x.min() < x_min < x.max():
+        reason = "vertex outside the sampled sizes"
+        bound = "below" if x_min <= x.min() else "above"
+    else:
+        reason = ""
+    return Parabola(
+        tuple(float(c) for c in coef), x_min, y_min, bracketed=not reason, reason=reason, bound=bound
+    )
+
+
+def replicate_minimum(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> tuple[float, float, bool]:
+    """(x*, loss*, interior) of one bootstrap replicate, not clamped to [lo, hi] (see the module docstring)."""
+    if np.unique(x).size < 3:
+        return math.nan, math.nan, False
+    coef = np.polyfit(x, y, 2)
+    edges = np.polyval(coef, [lo, hi])
+    if not coef[0] > 0:  # no minimum: the loss keeps falling past the lower edge
+        return (
+            (-math.inf, float(edges[0]), False) if edges[0] < edges[1] else (math.inf, float(edges[1]), False)
+        )
+    x_min = -coef[1] / (2 * coef[0])
+    if lo < x_min < hi:
+        return float(x_min), float(np.polyval(coef, x_min)), True
+    return float(x_min), float(edges[0] if x_min <= lo else edges[1]), False
+
+
+def seed_weights(seeds: list, n_boot: int, seed: int) -> np.ndarray:
+    """Row b counts how often each seed was drawn in replicate b (one shared draw: curves stay paired)."""
+    rng = np.random.default_rng([seed, len(seeds)])
+    draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+    return np.stack([np.bincount(d, minlength=len(seeds)) for d in draws]).astype(float)
+
+
+def _group_rng(seed: int, curve: str, budget: float) -> np.random.Generator:
+    # A seed per group: adding a curve or a budget leaves every other group's point resampling unchanged.
+    return np.random.default_rng([seed, zlib.crc32(f"{curve}|{budget:.9g}".encode())])
+
+
+def _bootstrap(group: Group, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of [log10 n, log10 d, loss, interior], one per replicate (weights: seed counts per replicate)."""
+    x_n, x_d = np.log10(group.params), np.log10(group.tokens)
+    losses = group.reduce(weights)
+    out = np.full((len(weights), 4), np.nan)
+    if x_n.size < 3:
+        return out
+    for b, idx in enumerate(rng.integers(0, x_n.size, size=(len(weights), x_n.size))):
+        keep = idx[np.isfinite(losses[b, idx])]
+        if keep.size < 3:
+            continue
+        y = losses[b, keep]
+        out[b, 0], out[b, 2], interior = replicate_minimum(x_n[keep], y, x_n.min(), x_n.max())
+        out[b, 1] = replicate_minimum(x_d[keep], y, x_d.min(), x_d.max())[0]
+        out[b, 3] = float(interior) if not math.isnan(out[b, 0]) else math.nan
+    return out
+
+
+def percentiles(values: np.ndarray) -> tuple[float, float]:
+    """5th and 95th percentiles as order statistics: infinite replicates (beyond the sizes) count, NaN do not."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(values, PERCENTILES, method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def _exp10(x: float) -> float:
+    return float(np.power(10.0, x))  # 0 or inf for a bound at -inf or inf, where 10**x would overflow
+
+
+def _fit_group(curve: str, budget: float, rows: pd.DataFrame, boot: np.ndarray, loss: str) -> dict:
+    x_n, x_d = np.log10(rows["params"].to_numpy(float)), np.log10(rows["tokens"].to_numpy(float))
+    y = rows["loss"].to_numpy(float)
+    by_size, by_tokens = fit_parabola(x_n, y), fit_parabola(x_d, y)
+    (n_lo, n_hi), (d_lo, d_hi), (l_lo, l_hi) = (percentiles(boot[:, k]) for k in range(3))
+    ok = by_size.bracketed
+    return {
+        "curve": curve,
+        "variant": str(rows["variant"].iloc[0]),
+        "budget": budget,
+        "n_opt": 10**by_size.x_min if ok else math.nan,
+        "d_opt": 10**by_tokens.x_min if ok and by_tokens.bracketed else math.nan,
+        "loss_opt": by_size.y_min if ok else float(y.min()),
+        "bracketed": ok,
+        "bound": by_size.bound,
+        "n_opt_lo": _exp10(n_lo),
+        "n_opt_hi": _exp10(n_hi),
+        "loss_opt_lo": l_lo,
+        "loss_opt_hi": l_hi,
+        "n_points": int(y.size),
+        "n_runs": int(rows["n_runs"].sum()),
+        "n_seeds": int(rows["n_seeds"].max()),
+        "lr_edge_points": int(rows["lr_edge"].sum()),
+        "d_opt_lo": _exp10(d_lo),
+        "d_opt_hi": _exp10(d_hi),
+        "n_sizes": int(np.unique(x_n).size),
+        "params_min": float(10 ** x_n.min()),
+        "params_max": float(10 ** x_n.max()),
+        "n_boot": int(np.isfinite(boot[:, 2]).sum()),
+        "boot_interior": float(np.nanmean(boot[:, 3])) if np.isfinite(boot[:, 3]).any() else math.nan,
+        "reason": by_size.reason,
+        "loss": loss,
+        **dict(zip(("fit_c2", "fit_c1", "fit_c0"), by_size.coef)),
+        **dict(zip(("tok_c2", "tok_c1", "tok_c0"), by_tokens.coef)),
+    }
+
+
+def fit_isoflops(points: Points | pd.DataFrame, n_boot: int = N_BOOT, seed: int = SEED) -> IsoflopFits:
+    """Parabola fits per (curve, budget) with bootstrap intervals; see the module docstring.
+
+    Given runs (a DataFrame) rather than Points, reduces them first under the top-k loss (val_loss).
+    """
+    if isinstance(points, pd.DataFrame):
+        points = reduce_points(points, "topk")
+    weights = seed_weights(points.seeds, n_boot, seed)
+    rows, boot = [], {}
+    for (curve, budget), group_rows in points.table.groupby(["curve", "budget"], sort=True):
+        key = (str(curve), float(budget))
+        boot[key] = _bootstrap(points.groups[key], weights, _group_rng(seed, *key))
+        rows.append(_fit_group(*key, group_rows.sort_values("params"), boot[key], points.loss))
+    return IsoflopFits(table=pd.DataFrame(rows, columns=FITS_COLUMNS), boot=boot)
+
+
+def _power_law_row(curve: str, quantity: str, used: pd.DataFrame, boot: dict | None) -> dict:
+    log_c = np.log10(used["budget"].to_numpy(float))
+    log_q = np.log10(used[quantity].to_numpy(float))
+    reg = stats.linregress(log_c, log_q)
+    row = {
+        "curve": curve,
+        "quantity": quantity,
+        "exponent": float(reg.slope),
+        "coefficient": float(10**reg.intercept),
+        "n_budgets": int(len(used)),
+        "exponent_se": float(reg.stderr) if len(used) > 2 else math.nan,
+    }
+    column = {"n_opt": 0, "d_opt": 1}[quantity]
+    if boot is not None:
+        # Replicate b of every budget gives one regression; replicates with a minimum beyond the sizes drop.
+        reps = np.stack([boot[(curve, float(c))][:, column] for c in used["budget"]])
+        reps = reps[:, np.isfinite(reps).all(axis=0)]
+        slopes = np.polyfit(log_c, reps, 1)[0] if reps.shape[1] else np.array([])
+        row["exponent_lo"], row["exponent_hi"] = percentiles(slopes)
+        row["interval"] = f"bootstrap {PERCENTILES[0]:g}-{PERCENTILES[1]:g}% ({slopes.size} replicates)"
+    elif len(used) > 2:
+        half = stats.t.ppf(PERCENTILES[1] / 100, len(used) - 2) * reg.stderr
+        row["exponent_lo"], row["exponent_hi"] = reg.slope - half, reg.slope + half
+        row["interval"] = f"t {PERCENTILES[1] - PERCENTILES[0]:g}% from the regression's standard error"
+    else:
+        row["exponent_lo"] = row["exponent_hi"] = math.nan
+        row["interval"] = "none (2 budgets and no bootstrap)"
+    return row
+
+
+def fit_power_laws(
+    fits: pd.DataFrame, boot: dict[tuple[str, float], np.ndarray] | None = None
+) -> pd.DataFrame:
+    """N* = k C^a and D* = k' C^b per curve over bracketed budgets (curves with fewer are left out)."""
+    rows = []
+    for curve, group in fits.groupby("curve", sort=True):
+        for quantity in ("n_opt", "d_opt"):
+            used = group[
+                group["bracketed"].astype(bool) & np.isfinite(group[quantity]) & (group[quantity] > 0)
+            ]
+            if len(used) >= MIN_POWER_LAW_BUDGETS:
+                rows.append(_power_law_row(str(curve), quantity, used, boot))
+    return pd.DataFrame(rows, columns=POWER_LAW_COLUMNS)
+
+
+def _a3_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> tuple:
+    """Hoffmann's objective: sum of Huber(LSE(a - alpha log N, b - beta log D, e) - log L), and gradient."""
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    lse = np.logaddexp.reduce(terms, axis=0)
+    resid = lse - log_l
+    weights = np.exp(terms - lse)  # d LSE / d term
+    dres = np.clip(resid, -A3_DELTA, A3_DELTA)  # d Huber / d resid
+    grad = np.array(
+        [
+            np.sum(dres * weights[0]),
+            np.sum(dres * weights[1]),
+            np.sum(dres * weights[2]),
+            -np.sum(dres * weights[0] * log_n),
+            -np.sum(dres * weights[1] * log_d),
+        ]
+    )
+    return float(np.sum(special.huber(A3_DELTA, resid))), grad
+
+
+def _a3_grid() -> np.ndarray:
+    # Hoffmann et al. (2022), appendix D.2: the grid of initialisations for (a, b, e, alpha, beta).
+    ab, e, exps = np.arange(0, 26, 5.0), np.arange(-1, 1.01, 0.5), np.arange(0, 2.01, 0.5)
+    return np.array(np.meshgrid(ab, ab, e, exps, exps, indexing="ij")).reshape(5, -1).T
+
+
+def _a3_grid_losses(grid: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> np.ndarray:
+    a, b, e, alpha, beta = (grid[:, k, None] for k in range(5))
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.broadcast_to(e, a.shape[:1] + log_n.shape)])
+    resid = np.logaddexp.reduce(terms, axis=0) - log_l
+    return special.huber(A3_DELTA, resid).sum(axis=1)
+
+
+def fit_approach3_points(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> dict:
+    """Fit L = E + A/N^alpha + B/D^beta to points; returns E, A, B, alpha, beta, a_opt, b_opt, objective."""
+    log_n, log_d, log_l = np.log(params), np.log(tokens), np.log(loss)
+    grid = _a3_grid()
+    starts = grid[np.argsort(_a3_grid_losses(grid, log_n, log_d, log_l))[:A3_STARTS]]
+    with threadpool_limits(1) if threadpool_limits else nullcontext():
+        runs = [
+            optimize.minimize(
+                _a3_objective,
+                start,
+                args=(log_n, log_d, log_l),
+                jac=True,
+                method="L-BFGS-B",
+                options={"maxiter": 5000, "ftol": A3_TOL, "gtol": A3_TOL},
+            )
+            for start in starts
+        ]
+    best = min(runs, key=lambda res: res.fun)
+    a, b, e, alpha, beta = best.x
+    return {
+        "E": math.exp(e),
+        "A": math.exp(a),
+        "B": math.exp(b),
+        "alpha": alpha,
+        "beta": beta,
+        "a_opt": beta / (alpha + beta) if alpha + beta else math.nan,
+        "b_opt": alpha / (alpha + beta) if alpha + beta else math.nan,
+        "objective": float(best.fun),
+    }
+
+
+def fit_approach3(points: pd.DataFrame) -> pd.DataFrame:
+    """Approach 3 per curve with at least MIN_A3_POINTS points over MIN_A3_BUDGETS budgets."""
+    rows = []
+    for curve, group in points.groupby("curve", sort=True):
+        if len(group) < MIN_A3_POINTS or group["budget"].nunique() < MIN_A3_BUDGETS:
+            continue
+        fit = fit_approach3_points(*(group[c].to_numpy(float) for c in ("params", "tokens", "loss")))
+        rows.append(
+            {"curve": str(curve), **fit, "n_points": len(group), "n_budgets": group["budget"].nunique()}
+        )
+    return pd.DataFrame(rows, columns=A3_COLUMNS)

@@ -1,0 +1,240 @@
+"""From runs to the points of isoFLOP curves, never pooling silently (shared spec, "Hyperparameters, noise").
+
+A point is (curve, budget, size). A curve is a variant, or a variant and the values of the columns the user
+splits by. Within a point:
+- runs that differ only in seed are averaged (mean, spread and count are kept);
+- runs that differ only in learning rate are reduced to the best LR's (seed-averaged) loss; a best LR at the
+  smallest or largest LR tried there is flagged (lr_edge: the point is LR-unbracketed);
+- any other recorded setting that differs (SETTING_COLUMNS) is refused in one line naming it.
+
+The loss is the causal-routing validation loss by default (the honest autoregressive likelihood for MoD;
+baselines have no routing, so theirs is val_loss), or the top-k loss. Each (curve, budget) keeps its losses
+as an array [point, LR, seed] so the bootstrap can resample seeds paired across curves and redo the reduction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from modexp.errors import ModexpError
+from modexp.units import sci, si
+
+from .table import BASELINE
+
+LOSSES = {"causal": "val_loss_causal", "topk": "val_loss"}
+DEFAULT_LOSS = "causal"
+# Run settings that must agree within a point. lr and seed are the two axes a point reduces over.
+SETTING_COLUMNS = (
+    "batch_size",
+    "beta1",
+    "beta2",
+    "weight_decay",
+    "warmup_fraction",
+    "max_warmup_steps",
+    "min_lr_ratio",
+    "schedule",
+    "grad_clip",
+    "precision",
+    "seq_len",
+    "vocab_size",
+    "d_ff",
+    "routing",
+    "capacity",
+    "route_every",
+    "router_weight",
+    "causal_router",
+    "aux_loss_weight",
+    "predictor_hidden",
+    "eval_tokens",
+    "corpus_fingerprint",
+)
+POINT_KEY = ("curve", "budget", "params")
+
+
+@dataclass
+class Group:
+    """One (curve, budget): its sizes and losses[point, lr, seed] (NaN where no run)."""
+
+    params: np.ndarray
+    tokens: np.ndarray
+    losses: np.ndarray
+
+    def reduce(self, seed_weights: np.ndarray) -> np.ndarray:
+        """Point losses for each row of seed_weights (B, seeds): weighted seed mean, then the best LR -> (B, P)."""
+        have = np.isfinite(self.losses)
+        total = np.einsum("pls,bs->bpl", np.where(have, self.losses, 0.0), seed_weights)
+        weight = np.einsum("pls,bs->bpl", have.astype(float), seed_weights)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(weight > 0, total / weight, np.inf)
+        best = mean.min(axis=2)
+        return np.where(np.isfinite(best), best, np.nan)
+
+
+@dataclass
+class Points:
+    """The reduced table (one row per point), each group's arrays, the seeds seen, and what was noted."""
+
+    table: pd.DataFrame
+    groups: dict[tuple[str, float], Group]
+    seeds: list
+    loss: str
+    notes: list[str] = field(default_factory=list)
+
+
+def loss_column(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ModexpError(f"loss={loss} is not allowed: choose one of {', '.join(LOSSES)}")
+    return LOSSES[loss]
+
+
+def _unrouted(df: pd.DataFrame) -> pd.Series:
+    if "routing" in df:
+        return df["routing"].fillna("none").astype(str).eq("none")
+    return df["variant"].eq(BASELINE)
+
+
+def run_losses(df: pd.DataFrame, loss: str) -> pd.Series:
+    """Each run's loss under `loss`; NaN for a routed run that has no causal-routing loss."""
+    column = loss_column(loss)
+    if column == "val_loss":
+        return df["val_loss"].astype(float)
+    causal = pd.to_numeric(df[column], errors="coerce") if column in df else pd.Series(np.nan, index=df.index)
+    return causal.where(~_unrouted(df), df["val_loss"]).astype(float)
+
+
+def curve_labels(df: pd.DataFrame, split_by: tuple[str, ...]) -> pd.Series:
+    for column in split_by:
+        if column not in df:
+            raise ModexpError(
+                f"--split-by {column}: the results have no such column (they have {', '.join(map(str, df.columns))})"
+            )
+    if not split_by:
+        return df["variant"].astype(str)
+    suffix = (
+        df[list(split_by)]
+        .astype(str)
+        .apply(lambda row: ", ".join(f"{c}={v}" for c, v in zip(split_by, row)), axis=1)
+    )
+    return df["variant"].astype(str) + " [" + suffix + "]"
+
+
+def reference_curve(curve: str, variant: str, reference: str) -> str:
+    """The curve of variant `reference` with the same split values as `curve`."""
+    return reference + curve[len(variant) :]
+
+
+def _describe(row: pd.Series) -> str:
+    return f"{row['curve']} at budget {sci(row['budget'])}, {si(row['params'])} params"
+
+
+def _check_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> None:
+    key = list(POINT_KEY)
+    for column in [c for c in SETTING_COLUMNS if c in df and c not in split_by]:
+        values = df[column].map(
+            lambda v: "null" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+        )
+        counts = values.groupby([df[k] for k in key]).nunique()
+        if (counts > 1).any():
+            where = counts[counts > 1].index[0]
+            point = df[(df[key] == pd.Series(where, index=key)).all(axis=1)]
+            seen = ", ".join(sorted(map(str, values[point.index].unique())))
+            raise ModexpError(
+                f"{column} differs within one point ({_describe(point.iloc[0])}: {seen}): modexp pools only seeds "
+                f"and learning rates; split the curves by it (modexp analyze DIR --split-by {column}) "
+                "or analyze those runs apart"
+            )
+    lr = df["lr"] if "lr" in df else pd.Series(np.nan, index=df.index)
+    seed = df["seed"] if "seed" in df else pd.Series(np.nan, index=df.index)
+    twins = df.assign(_lr=lr.fillna(-1), _seed=seed.fillna(-1)).duplicated(key + ["_lr", "_seed"], keep=False)
+    if twins.any():
+        first = df[twins].iloc[0]
+        raise ModexpError(
+            f"{int(twins.sum())} runs share curve, budget, size, learning rate and seed ({_describe(first)}): "
+            "they differ in something the table does not record; give them a seed or lr column, "
+            "or a column to --split-by"
+        )
+
+
+def _lr_star(lrs: np.ndarray, means: np.ndarray, best: int) -> float:
+    """The best LR refined by a parabola in ln(lr) through the best grid point and its two neighbours."""
+    if best == 0 or best == len(lrs) - 1:
+        return math.nan
+    x, y = np.log(lrs[best - 1 : best + 2]), means[best - 1 : best + 2]
+    c2, c1, _ = np.polyfit(x, y, 2)
+    vertex = -c1 / (2 * c2) if c2 > 0 else math.nan
+    return float(np.exp(vertex)) if x[0] <= vertex <= x[-1] else float(lrs[best])
+
+
+def reduce_points(df: pd.DataFrame, loss: str = DEFAULT_LOSS, split_by: tuple[str, ...] = ()) -> Points:
+    """One row per (curve, budget, size): see the module docstring. Raises ModexpError on hidden pooling."""
+    df = df.copy()
+    df["curve"] = curve_labels(df, tuple(split_by))
+    df["loss"] = run_losses(df, loss)
+    notes = []
+    missing = df["loss"].isna()
+    if missing.any():
+        curves = sorted(df.loc[missing, "curve"].unique())
+        notes.append(
+            f"{int(missing.sum())} run(s) of {', '.join(curves)} have no {loss_column(loss)} "
+            f"(causal_router=none?): left out of the {loss} fits"
+        )
+        df = df[~missing]
+    if df.empty:
+        raise ModexpError(f"no run has a {loss_column(loss)}: analyze with --loss topk")
+    _check_settings(df, tuple(split_by))
+    df["lr"] = pd.to_numeric(df["lr"], errors="coerce") if "lr" in df else np.nan
+    df["seed"] = df["seed"] if "seed" in df else 0
+    seeds = sorted(df["seed"].fillna(-1).unique().tolist())
+    seed_index = {s: i for i, s in enumerate(seeds)}
+
+    rows, groups = [], {}
+    for (curve, budget), runs in df.groupby(["curve", "budget"], sort=True):
+        params = np.sort(runs["params"].unique())
+        lrs = np.sort(runs["lr"].dropna().unique()) if runs["lr"].notna().any() else np.array([np.nan])
+        losses = np.full((params.size, lrs.size, len(seeds)), np.nan)
+        for run in runs.itertuples():
+            p = int(np.searchsorted(params, run.params))
+            lr_i = 0 if np.isnan(lrs[0]) else int(np.searchsorted(lrs, run.lr))
+            losses[p, lr_i, seed_index[-1 if pd.isna(run.seed) else run.seed]] = run.loss
+        tokens = runs.groupby("params")["tokens"].mean().reindex(params).to_numpy(float)
+        groups[(str(curve), float(budget))] = Group(params.astype(float), tokens, losses)
+        for p, size in enumerate(params):
+            rows.append(_point_row(runs[runs["params"] == size], losses[p], lrs))
+    table = pd.DataFrame(rows).reset_index(drop=True)
+    return Points(table=table, groups=groups, seeds=seeds, loss=loss, notes=notes)
+
+
+def _point_row(runs: pd.DataFrame, losses: np.ndarray, lrs: np.ndarray) -> dict:
+    """losses: [lr, seed] of one point."""
+    with np.errstate(invalid="ignore"):
+        means = np.array([np.nanmean(row) if np.isfinite(row).any() else np.inf for row in losses])
+    best = int(np.argmin(means))
+    tried = np.flatnonzero(np.isfinite(means))
+    at_best = losses[best][np.isfinite(losses[best])]
+    chosen = runs if np.isnan(lrs[best]) else runs[runs["lr"] == lrs[best]]
+    row = chosen.iloc[0].to_dict()
+    row.pop("seed", None)
+    row.pop("run_id", None)
+    row.update(
+        loss=float(means[best]),
+        loss_std=float(np.std(at_best, ddof=1)) if at_best.size > 1 else math.nan,
+        n_seeds=int(at_best.size),
+        n_runs=int(len(runs)),
+        lr=float(lrs[best]),
+        n_lrs=int(tried.size),
+        lr_tried_min=float(lrs[tried].min()) if tried.size else math.nan,
+        lr_tried_max=float(lrs[tried].max()) if tried.size else math.nan,
+        lr_edge=bool(tried.size > 1 and best in (tried[0], tried[-1])),
+        lr_star=_lr_star(lrs[tried], means[tried], int(np.searchsorted(tried, best)))
+        if tried.size > 2
+        else math.nan,
+        run_ids=" ".join(map(str, chosen["run_id"])) if "run_id" in chosen else "",
+    )
+    for column in ("val_loss", "val_loss_causal"):
+        if column in chosen:
+            row[column] = float(pd.to_numeric(chosen[column], errors="coerce").mean())
+    return row

@@ -1,0 +1,210 @@
+"""The plain-text report `modexp analyze` prints and writes to summary.txt: the verdict first, then the fits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from modexp.units import count, sci, si
+
+from .fits import MIN_A3_BUDGETS, MIN_A3_POINTS, MIN_POWER_LAW_BUDGETS, PERCENTILES
+from .points import LOSSES
+from .table import BASELINE
+from .verdict import Verdict
+
+
+def curve_order(curves: Iterable[str]) -> list[str]:
+    """Baseline curves first, then the rest alphabetically."""
+    return sorted(set(curves), key=lambda c: (not c.startswith(BASELINE), c))
+
+
+def _size(value: float, lo: float, hi: float) -> str:
+    """A size, or a bound when it lies beyond the sampled sizes [lo, hi]."""
+    if not math.isfinite(value) or value < lo * 0.999:
+        return f"<{si(lo)}"
+    if value > hi * 1.001:
+        return f">{si(hi)}"
+    return si(value)
+
+
+def _interval(lo: float, hi: float, fmt: str = "{:.2f}") -> str:
+    return f"[{fmt.format(lo)}, {fmt.format(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else "[n/a]"
+
+
+def _verdict_section(verdict: Verdict, loss: str) -> list[str]:
+    pct = f"{PERCENTILES[0]:g}-{PERCENTILES[1]:g}%"
+    lines = [
+        f"Verdict on the {loss} loss ({LOSSES[loss]}): the compute multiplier m is how many times its own budget "
+        f"the reference would need to reach the variant's optimal loss (m > 1: the variant is better); "
+        f"dL = L*(variant) - L*(reference) at equal compute; [{pct}] bootstrap, paired over seeds:"
+    ]
+    if verdict.overall.empty:
+        return lines + ["  no comparison: the study needs a baseline (or random) curve beside a variant"]
+    for pair in verdict.overall.itertuples():
+        flags = [
+            w for w, on in (("extrapolated", pair.extrapolated), ("unbracketed", not pair.bracketed)) if on
+        ]
+        lines.append(
+            f"  {pair.curve} vs {pair.reference}: m = {pair.multiplier:.2f}x "
+            f"{_interval(pair.multiplier_lo, pair.multiplier_hi)} (geometric mean over "
+            f"{count(pair.n_budgets, 'budget')}){'  [' + ', '.join(flags) + ']' if flags else ''}"
+        )
+        rows = verdict.by_budget[
+            (verdict.by_budget["curve"] == pair.curve) & (verdict.by_budget["reference"] == pair.reference)
+        ]
+        for row in rows.itertuples():
+            marks = []
+            if row.extrapolated:
+                marks.append("extrapolated beyond the reference's budgets")
+            if not row.bracketed:
+                marks.append("an optimum is only a bound")
+            lines.append(
+                f"    C={sci(row.budget)}  m = {row.multiplier:.2f}x {_interval(row.multiplier_lo, row.multiplier_hi)}"
+                f"  dL = {row.delta_loss:+.4f} {_interval(row.delta_loss_lo, row.delta_loss_hi, '{:+.4f}')} nats"
+                f"  (L* {row.loss_opt:.4f} vs {row.reference_loss_opt:.4f})"
+                + (f"  [{'; '.join(marks)}]" if marks else "")
+            )
+    return lines
+
+
+def _best_points_section(points: pd.DataFrame) -> list[str]:
+    lines = ["Best point per budget and curve (loss: mean over seeds at the best learning rate):"]
+    for budget, group in points.groupby("budget", sort=True):
+        lines.append(f"  budget {sci(budget)} FLOPs")
+        best = group.loc[group.groupby("curve")["loss"].idxmin()].set_index("curve", drop=False)
+        base = best.loc[BASELINE, "loss"] if BASELINE in best.index else None
+        for curve in curve_order(best.index):
+            row = best.loc[curve]
+            text = f"    {curve:<22} loss {row['loss']:.4f}  params {si(row['params'])}"
+            if row["n_seeds"] > 1:
+                text += f"  ({row['n_seeds']} seeds, sd {row['loss_std']:.4f})"
+            if np.isfinite(row["lr"]):
+                text += f"  lr {row['lr']:.3g}" + (" (edge of the LR grid)" if row["lr_edge"] else "")
+            if pd.notna(row.get("val_loss_causal")) and pd.notna(row.get("val_loss")):
+                text += f"  top-k {row['val_loss']:.4f} / causal {row['val_loss_causal']:.4f}"
+                if pd.notna(row.get("val_causal_frac")):
+                    text += f" ({100 * row['val_causal_frac']:.1f}% processed)"
+            if base is not None and curve != BASELINE:
+                text += f"  {row['loss'] - base:+.4f} vs baseline"
+            lines.append(text)
+    return lines
+
+
+def _fits_section(fits: pd.DataFrame) -> list[str]:
+    lines = [
+        "isoFLOP optima (parabola in log10 params; bracketed = lowest point interior; "
+        f"[{PERCENTILES[0]:g}-{PERCENTILES[1]:g}%] bootstrap, not clamped to the sampled sizes):"
+    ]
+    for row in fits.itertuples():
+        lo, hi = row.params_min, row.params_max
+        interval = f"[{_size(row.n_opt_lo, lo, hi)}, {_size(row.n_opt_hi, lo, hi)}]"
+        if row.bracketed:
+            optimum = (
+                f"N*={si(row.n_opt)} {interval}  D*={si(row.d_opt) if np.isfinite(row.d_opt) else 'n/a'}"
+                f"  L*={row.loss_opt:.4f} {_interval(row.loss_opt_lo, row.loss_opt_hi, '{:.4f}')}"
+            )
+            flag = ""
+            if np.isfinite(row.boot_interior) and row.boot_interior < 0.95:
+                flag = f"  [{row.boot_interior:.0%} of resamples found a minimum inside the sizes]"
+        else:
+            side = (
+                f"< {si(lo)}"
+                if row.bound == "below"
+                else f"> {si(hi)}"
+                if row.bound == "above"
+                else "unknown"
+            )
+            optimum = f"N* {side}  L* <= {row.loss_opt:.4f}"
+            flag = f"  UNBRACKETED ({row.reason}; a bound, not in the power law)"
+        if row.lr_edge_points:
+            flag += f"  [{row.lr_edge_points} point(s) LR-unbracketed: best LR at the edge of the grid]"
+        runs = count(row.n_runs, "run") + (f", {row.n_seeds} seeds" if row.n_seeds > 1 else "")
+        lines.append(f"  {row.curve:<22} C={sci(row.budget)}  {optimum}  ({runs}){flag}")
+    return lines
+
+
+def _power_law_section(laws: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
+    lines = ["Power laws (least squares of log10 optimum on log10 C over bracketed budgets):"]
+    for row in laws.itertuples():
+        symbol = "N*" if row.quantity == "n_opt" else "D*"
+        lines.append(
+            f"  {row.curve:<22} {symbol} = {row.coefficient:.3g} C^{row.exponent:.3f} "
+            f"{_interval(row.exponent_lo, row.exponent_hi, '{:.3f}')}  ({row.n_budgets} budgets; {row.interval})"
+        )
+    for curve in curve_order(fits["curve"]):
+        if curve not in set(laws["curve"]):
+            n = int(fits[fits["curve"] == curve]["bracketed"].sum())
+            lines.append(f"  {curve:<22} no power law: {n} bracketed budget(s), need {MIN_POWER_LAW_BUDGETS}")
+    return lines
+
+
+def _approach3_section(a3: pd.DataFrame) -> list[str]:
+    if a3.empty:
+        return [
+            f"Approach 3: not fitted (needs {MIN_A3_POINTS} points over {MIN_A3_BUDGETS} budgets per curve)."
+        ]
+    lines = ["Approach 3 cross-check (L = E + A/N^alpha + B/D^beta, Huber on log loss):"]
+    for row in a3.itertuples():
+        lines.append(
+            f"  {row.curve:<22} E={row.E:.3f} A={row.A:.4g} B={row.B:.4g} alpha={row.alpha:.3f} "
+            f"beta={row.beta:.3f}  implied a={row.a_opt:.3f}, b={row.b_opt:.3f}  ({row.n_points} points)"
+        )
+    return lines
+
+
+def _lr_section(lr_laws: pd.DataFrame | None, lr_rules: list[str]) -> list[str]:
+    lines = []
+    if lr_rules:
+        lines += ["Learning rates of this study:"] + [f"  {rule}" for rule in lr_rules]
+    if lr_laws is not None and not lr_laws.empty:
+        lines += [
+            "LR grid: lr*(N) fitted to the interior best LRs (use it with train.lr_from=<this folder>):"
+        ]
+        for row in lr_laws.itertuples():
+            lines.append(
+                f"  {row.variant:<22} lr* = {row.coefficient:.4g} N^{row.exponent:.3f}  "
+                f"({row.n_points} points, {si(row.params_min)}-{si(row.params_max)} params, "
+                f"grid {row.lr_min:g}-{row.lr_max:g})"
+            )
+    return lines
+
+
+def format_summary(
+    source: str,
+    runs: pd.DataFrame,
+    points: pd.DataFrame,
+    fits: pd.DataFrame,
+    laws: pd.DataFrame,
+    a3: pd.DataFrame,
+    verdicts: dict[str, Verdict],
+    loss: str,
+    states: dict[str, int] | None,
+    notes: list[str],
+    lr_laws: pd.DataFrame | None = None,
+    lr_rules: list[str] | None = None,
+) -> str:
+    """The whole report; `verdicts` maps each loss analysed to its verdict, `loss` is the one fitted in detail."""
+    lines = [f"modexp analysis of {source}"]
+    lines.append(
+        f"curves: {', '.join(curve_order(points['curve']))}; budgets: "
+        f"{', '.join(sci(b) for b in sorted(points['budget'].unique()))}; "
+        f"fits and figures use the {loss} loss ({LOSSES[loss]})"
+    )
+    if states is not None:
+        lines.append(
+            "runs: "
+            + ", ".join(f"{n} {s}" for s, n in sorted(states.items(), key=lambda kv: kv[0] != "done"))
+        )
+    sections = [_verdict_section(verdicts[loss], loss)]
+    sections += [_verdict_section(v, other) for other, v in verdicts.items() if other != loss]
+    sections += [_best_points_section(points), _fits_section(fits), _lr_section(lr_laws, lr_rules or [])]
+    sections += [_power_law_section(laws, fits), _approach3_section(a3)]
+    for section in sections:
+        if section:
+            lines += [""] + section
+    if notes:
+        lines += ["", "Notes:"] + [f"  - {note}" for note in notes]
+    return "\n".join(lines) + "\n"

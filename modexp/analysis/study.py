@@ -1,0 +1,304 @@
+"""`modexp analyze`: runs -> points -> fits -> verdict -> files, figures and the summary."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modexp.errors import ModexpError
+
+from .fits import (
+    A3_COLUMNS,
+    FITS_COLUMNS,
+    N_BOOT,
+    POWER_LAW_COLUMNS,
+    SEED,
+    fit_approach3,
+    fit_isoflops,
+    fit_power_laws,
+)
+from .lrlaw import fit_lr_laws, grid_points
+from .points import DEFAULT_LOSS, LOSSES, loss_column, reduce_points
+from .report import format_summary
+from .table import (
+    _load_metrics,
+    _newest_summary_mtime,
+    load_routing_sample,
+    load_table,
+    pick_routing_run,
+    scan_sweep,
+)
+from .verdict import OVERALL_COLUMNS, VERDICT_COLUMNS, Verdict, compute_verdict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysisResult:
+    summary: str
+    results: pd.DataFrame  # one row per run
+    points: pd.DataFrame  # one row per (curve, budget, size), under `loss`
+    fits: pd.DataFrame  # under `loss`
+    power_laws: pd.DataFrame
+    approach3: pd.DataFrame
+    verdict: pd.DataFrame  # by budget, under `loss`
+    verdict_overall: pd.DataFrame
+    loss: str
+    out_dir: Path
+    figure_dir: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    sweep_dir: Path | None = None
+    lr_laws: pd.DataFrame | None = None
+
+
+def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
+    # Parquet wants one type per column; a summary key that is a number in one run and text in another
+    # (or null vs text) is written as text.
+    out = df.copy()
+    for column in [c for c in out.columns if pd.api.types.is_object_dtype(out[c])]:
+        kinds = {
+            type(v) for v in out[column] if v is not None and not (isinstance(v, float) and math.isnan(v))
+        }
+        if len(kinds) > 1:
+            out[column] = out[column].map(lambda v: None if v is None else str(v))
+    return out
+
+
+def _write_results(df: pd.DataFrame, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / "results.csv", index=False)
+    _arrow_safe(df).to_parquet(folder / "results.parquet", index=False)
+
+
+def _losses_available(df: pd.DataFrame) -> list[str]:
+    has_causal = (
+        loss_column("causal") in df
+        and pd.to_numeric(df[loss_column("causal")], errors="coerce").notna().any()
+    )
+    return list(LOSSES) if has_causal else ["topk"]
+
+
+def _lr_rules(df: pd.DataFrame) -> list[str]:
+    if "lr_rule" not in df:
+        return []
+    rules = df.dropna(subset=["lr_rule"]).groupby("variant")["lr_rule"].unique()
+    return [f"{variant}: {'; '.join(map(str, sorted(values)))}" for variant, values in rules.items()]
+
+
+def _figure_skips(
+    points: pd.DataFrame, fits: pd.DataFrame, verdict: Verdict, metrics: pd.DataFrame | None, sample, grid
+) -> dict[str, str]:
+    """Why each figure cannot be drawn from this data ('' when it can)."""
+    has_metrics = metrics is not None and not metrics.empty
+    fpt = "forward_flops_per_token"
+    return {
+        "isoflop": "",
+        "optimal": "" if fits["bracketed"].any() else "no budget has a bracketed optimum",
+        "verdict": ""
+        if np.isfinite(verdict.by_budget["multiplier"].to_numpy(float)).any()
+        else "no comparison",
+        "normalised": (
+            "no baseline runs"
+            if "baseline" not in set(points["variant"])
+            else f"the table has no {fpt} column"
+            if fpt not in points or points[fpt].isna().all()
+            else ""
+        ),
+        "lr_transfer": ""
+        if grid is not None and not grid.empty
+        else "no LR grid (one learning rate per point)",
+        "learning_curves": "" if has_metrics else "no metrics.jsonl (external table or no metrics written)",
+        "routing": "" if sample is not None else "no MoD run with a routing_sample.json",
+        "causal_acc": (
+            ""
+            if has_metrics and "causal_acc" in metrics and metrics["causal_acc"].notna().any()
+            else "no causal_acc in any metrics.jsonl"
+        ),
+    }
+
+
+def make_figures(
+    result: AnalysisResult, metrics: pd.DataFrame | None, sample: dict | None, grid
+) -> list[str]:
+    """Write every figure the data allows as PNG + SVG into result.figure_dir; return notes on the rest."""
+    from . import figures  # matplotlib is imported only when figures are drawn
+
+    verdict = Verdict(result.verdict, result.verdict_overall)
+    builders = {
+        "isoflop": lambda: figures.isoflop_curves(result.points, result.fits),
+        "optimal": lambda: figures.optimal_scaling(result.fits, result.power_laws),
+        "verdict": lambda: figures.verdict(result.verdict),
+        "normalised": lambda: figures.normalised(result.points, result.fits),
+        "lr_transfer": lambda: figures.lr_transfer(grid, result.lr_laws),
+        "learning_curves": lambda: figures.learning_curves(metrics, result.results),
+        "routing": lambda: figures.routing(sample),
+        "causal_acc": lambda: figures.causal_accuracy(metrics, result.results),
+    }
+    notes = []
+    for name, reason in _figure_skips(result.points, result.fits, verdict, metrics, sample, grid).items():
+        if reason:
+            notes.append(f"figure {name}.png skipped: {reason}")
+            continue
+        try:
+            result.figures[name] = figures.save(builders[name](), result.figure_dir, name)
+        except Exception as err:  # a figure must never cost the fits and tables already computed
+            logger.warning("figure %s failed", name, exc_info=True)
+            notes.append(f"figure {name}.png failed: {type(err).__name__}: {err}")
+    return notes
+
+
+def analyze(
+    sweep_dir: Path | None = None,
+    table: Path | None = None,
+    out: Path | None = None,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    figures: bool = True,
+    loss: str = DEFAULT_LOSS,
+    split_by: tuple[str, ...] = (),
+) -> AnalysisResult:
+    """Collect (or read a table), reduce, fit, compare, draw and summarise; writes every output.
+
+    Sweep mode: results.csv/.parquet go into the sweep folder; points.csv, fits.csv, verdict.csv,
+    power_laws.csv, approach3.csv and summary.txt into `out` (default the sweep folder); figures into `out`
+    (default <sweep>/plots). Table mode: everything into `out` (default <table dir>/<table stem>-analysis).
+    """
+    if (sweep_dir is None) == (table is None):
+        raise ModexpError("analyze needs exactly one of a sweep folder or --table FILE.csv")
+    loss_column(loss)  # a bad --loss fails before anything is read or written
+    notes: list[str] = []
+    metrics, sample, states = None, None, None
+    if table is not None:
+        table = Path(table)
+        df = load_table(table)
+        out_dir = Path(out) if out else table.with_name(f"{table.stem}-analysis")
+        fig_dir, source, results_dir = out_dir, f"table {table}", out_dir
+    else:
+        sweep_dir = Path(sweep_dir)
+        collection = scan_sweep(sweep_dir)
+        df, states, notes = collection.table, collection.states, list(collection.notes)
+        out_dir = Path(out) if out else sweep_dir
+        fig_dir, source, results_dir = (
+            (Path(out) if out else sweep_dir / "plots"),
+            f"sweep {sweep_dir}",
+            sweep_dir,
+        )
+
+    available = _losses_available(df)
+    if loss not in available:
+        notes.append(f"no run has a {loss_column(loss)}: fits and figures use the top-k loss instead")
+        loss = "topk"
+    per_loss = {}
+    for name in [loss] + [other for other in available if other != loss]:
+        points = reduce_points(df, name, tuple(split_by))
+        iso = fit_isoflops(points, n_boot=n_boot, seed=seed)
+        per_loss[name] = (points, iso, compute_verdict(iso.table, iso.boot))
+    points, iso, verdict = per_loss[loss]
+    notes += points.notes
+    laws = fit_power_laws(iso.table, iso.boot)
+    a3 = fit_approach3(points.table)
+    grid = grid_points(points.table)
+    lr_laws = fit_lr_laws(grid) if not grid.empty else None
+    if not grid.empty:
+        edge = int(grid["lr_edge"].sum())
+        if edge:
+            notes.append(
+                f"{edge} of {len(grid)} points have their best LR at the edge of the grid (LR-unbracketed): "
+                "their loss is an upper bound; widen the grid there"
+            )
+
+    # Nothing is written until every fit succeeded: a refused analysis leaves the folder as it was.
+    _write_results(df, results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points.table.to_csv(out_dir / "points.csv", index=False)
+    pd.concat([iso_.table for _, iso_, _ in per_loss.values()]).to_csv(out_dir / "fits.csv", index=False)
+    pd.concat([v.by_budget for _, _, v in per_loss.values()]).to_csv(out_dir / "verdict.csv", index=False)
+    pd.concat([v.overall for _, _, v in per_loss.values()]).to_csv(
+        out_dir / "verdict_overall.csv", index=False
+    )
+    laws.to_csv(out_dir / "power_laws.csv", index=False)
+    a3.to_csv(out_dir / "approach3.csv", index=False)
+    if lr_laws is not None:
+        lr_laws.to_csv(out_dir / "lr_laws.csv", index=False)
+
+    result = AnalysisResult(
+        summary="",
+        results=df,
+        points=points.table,
+        fits=iso.table,
+        power_laws=laws,
+        approach3=a3,
+        verdict=verdict.by_budget,
+        verdict_overall=verdict.overall,
+        loss=loss,
+        out_dir=out_dir,
+        figure_dir=fig_dir,
+        notes=notes,
+        sweep_dir=sweep_dir,
+        lr_laws=lr_laws,
+    )
+    if sweep_dir is not None:
+        metrics, metric_notes = _load_metrics(sweep_dir, df["run_id"])
+        notes += metric_notes
+        routing_run = pick_routing_run(df, sweep_dir)
+        sample = load_routing_sample(sweep_dir / routing_run) if routing_run else None
+        if routing_run:
+            notes.append(f"routing figure drawn from run {routing_run}")
+    if figures:
+        notes += make_figures(result, metrics, sample, grid)
+        if result.figures:
+            notes.append(f"figures (PNG + SVG) in {fig_dir}: {', '.join(result.figures)}")
+
+    verdicts = {name: v for name, (_, _, v) in per_loss.items()}
+    result.summary = format_summary(
+        source, df, points.table, iso.table, laws, a3, verdicts, loss, states, notes, lr_laws, _lr_rules(df)
+    )
+    (out_dir / "summary.txt").write_text(result.summary)
+    logger.info("analysis written to %s", out_dir)
+    return result
+
+
+OUTPUTS = ("results.parquet", "points.csv", "fits.csv", "verdict.csv", "verdict_overall.csv", "summary.txt")
+
+
+def load_or_analyze(sweep_dir: Path) -> AnalysisResult:
+    """Read the tables a previous analyze() left in the sweep folder, or analyze again if they are stale."""
+    sweep_dir = Path(sweep_dir)
+    files = {name: sweep_dir / name for name in OUTPUTS + ("power_laws.csv", "approach3.csv")}
+    if not all(p.is_file() for p in files.values()) or min(
+        p.stat().st_mtime for p in files.values()
+    ) < _newest_summary_mtime(sweep_dir):
+        return analyze(sweep_dir)
+    points = pd.read_csv(files["points.csv"])
+    loss = str(pd.read_csv(files["fits.csv"])["loss"].iloc[0])
+    fits = pd.read_csv(files["fits.csv"], keep_default_na=True).fillna({"reason": "", "bound": ""})
+    verdict = pd.read_csv(files["verdict.csv"])
+    overall = pd.read_csv(files["verdict_overall.csv"])
+    lr_path = sweep_dir / "lr_laws.csv"
+    return AnalysisResult(
+        summary=files["summary.txt"].read_text(),
+        results=pd.read_parquet(files["results.parquet"]),
+        points=points,
+        fits=fits[fits["loss"] == loss].reset_index(drop=True),
+        power_laws=pd.read_csv(files["power_laws.csv"]).reindex(columns=POWER_LAW_COLUMNS),
+        approach3=pd.read_csv(files["approach3.csv"]).reindex(columns=A3_COLUMNS),
+        verdict=verdict[verdict["loss"] == loss].reindex(columns=VERDICT_COLUMNS).reset_index(drop=True),
+        verdict_overall=overall[overall["loss"] == loss]
+        .reindex(columns=OVERALL_COLUMNS)
+        .reset_index(drop=True),
+        loss=loss,
+        out_dir=sweep_dir,
+        figure_dir=sweep_dir / "plots",
+        sweep_dir=sweep_dir,
+        lr_laws=pd.read_csv(lr_path) if lr_path.is_file() else None,
+    )
+
+
+__all__ = ["AnalysisResult", "FITS_COLUMNS", "analyze", "load_or_analyze"]
