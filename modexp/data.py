@@ -212,6 +212,43 @@ def check_data(cfg: DataConfig, seq_len: int) -> None:
         raise ModexpError(f"data.path={cfg.path} does not exist: give {_source_kind(cfg)}")
 
 
+# (settings, every source's stat) -> training tokens: a process planning many times reads each corpus once.
+_TRAIN_TOKENS: dict[tuple[Any, ...], int] = {}
+
+
+def train_split_tokens(cfg: DataConfig) -> int | None:
+    """Tokens in the corpus's training split, counted by the preparation's own split rules, writing nothing.
+
+    For planning (how often a run repeats its data): byte-level sources are read (tens of MB), shards only
+    stat'ed. None while data.path is unset, since a plan needs no data; a bad source refuses as loading would.
+    """
+    if cfg.name != "stdlib" and not cfg.path:
+        return None
+    root, files = _list_shards(cfg) if cfg.name == "tokens" else _list_text(cfg)
+    key = (cfg.name, str(root), cfg.val_fraction, cfg.token_dtype, tuple((r, *_stat(p)) for r, p in files))
+    if key not in _TRAIN_TOKENS:
+        count = _count_shard_train if cfg.name == "tokens" else _count_text_train
+        _TRAIN_TOKENS[key] = count(cfg, root, files)
+    return _TRAIN_TOKENS[key]
+
+
+def _count_text_train(cfg: DataConfig, root: Path, files: list[tuple[str, Path]]) -> int:
+    texts, _ = _accepted_texts(cfg, root, files)
+    if len(texts) == 1:
+        return _train_part(len(texts[0][1]), cfg.val_fraction)
+    val = _split_by_file([rel for rel, _ in texts], cfg.val_fraction)
+    return sum(len(data) + len(DOC_SEP) for rel, data in texts if rel not in val)
+
+
+def _count_shard_train(cfg: DataConfig, root: Path, files: list[tuple[str, Path]]) -> int:
+    shards = [path for _, path in files]
+    lengths = [len(_open_shard(path, cfg)) for path in shards]
+    is_val, n_train = _shard_split(cfg, shards, sum(lengths))
+    if n_train is None:
+        n_train = sum(n for n, in_val in zip(lengths, is_val, strict=True) if not in_val)
+    return n_train
+
+
 def _stat(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
@@ -312,7 +349,10 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
-def _prepare_text(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+def _accepted_texts(
+    cfg: DataConfig, root: Path, files: list[tuple[str, Path]]
+) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The non-empty UTF-8 files as (relative path, bytes), and the skipped ones; refuses a corpus of no text."""
     # Byte-level corpora are small (tens of MB), so the accepted files are held in memory at once.
     texts, skipped = [], []
     for rel, path in files:
@@ -326,15 +366,25 @@ def _prepare_text(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], ou
         raise ModexpError(
             f"data.path={cfg.path} is not UTF-8 text: give a UTF-8 text file or a directory of them"
         )
-    if skipped:
-        level = logging.INFO if cfg.name == "stdlib" else logging.WARNING
-        log.log(
-            level, "skipped %d binary or non-UTF-8 file(s) under %s, e.g. %s", len(skipped), root, skipped[:3]
-        )
     if not texts:
         raise ModexpError(
             f"{_where(cfg)} holds no UTF-8 text ({len(files)} file(s), {len(skipped)} skipped as binary "
             "or not UTF-8): give a UTF-8 text file or a directory of them"
+        )
+    return texts, skipped
+
+
+def _train_part(n: int, val_fraction: float) -> int:
+    """Tokens before the tail split's cut: the last val_fraction of n is val."""
+    return n - int(n * val_fraction)
+
+
+def _prepare_text(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+    texts, skipped = _accepted_texts(cfg, root, files)
+    if skipped:
+        level = logging.INFO if cfg.name == "stdlib" else logging.WARNING
+        log.log(
+            level, "skipped %d binary or non-UTF-8 file(s) under %s, e.g. %s", len(skipped), root, skipped[:3]
         )
 
     train, val = _Sink(out / "train.bin", 1), _Sink(out / "val.bin", 1)
@@ -348,7 +398,7 @@ def _prepare_text(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], ou
             split, n_val_files = "by_file_sha1", len(val_rels)
         else:
             data = texts[0][1]
-            cut = len(data) - int(len(data) * cfg.val_fraction)
+            cut = _train_part(len(data), cfg.val_fraction)
             train.write(memoryview(data)[:cut])
             val.write(memoryview(data)[cut:])
             split, n_val_files = "tail_of_file", 0
@@ -392,6 +442,20 @@ def _open_shard(path: Path, cfg: DataConfig) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
 
 
+def _shard_split(cfg: DataConfig, shards: list[Path], total: int) -> tuple[list[bool], int | None]:
+    """Which shards are val, and (when none is) how many leading tokens are train; refuses unusable splits."""
+    is_val = [fnmatch.fnmatch(p.name, "*val*") for p in shards]
+    if total == 0:
+        raise ModexpError(f"data.path={cfg.path} holds no tokens: its *.bin shards are empty")
+    if not any(is_val):
+        return is_val, _train_part(total, cfg.val_fraction)
+    if all(is_val):
+        raise ModexpError(
+            f"data.path={cfg.path} has only validation shards (*val*): add training shards beside them"
+        )
+    return is_val, None
+
+
 def _prepare_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
     shards = [path for _, path in files]
     arrays = [_open_shard(p, cfg) for p in shards]
@@ -402,18 +466,8 @@ def _prepare_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], 
             "all shards must be uint16 or all uint32"
         )
     dtype = arrays[0].dtype
-    is_val = [fnmatch.fnmatch(p.name, "*val*") for p in shards]
-    total = sum(len(a) for a in arrays)
-    if total == 0:
-        raise ModexpError(f"data.path={cfg.path} holds no tokens: its *.bin shards are empty")
-    if any(is_val):
-        if all(is_val):
-            raise ModexpError(
-                f"data.path={cfg.path} has only validation shards (*val*): add training shards beside them"
-            )
-        n_train_target, split = None, "val_shards"
-    else:
-        n_train_target, split = total - int(total * cfg.val_fraction), "tail_of_tokens"
+    is_val, n_train_target = _shard_split(cfg, shards, sum(len(a) for a in arrays))
+    split = "val_shards" if n_train_target is None else "tail_of_tokens"
 
     train, val = _Sink(out / "train.bin", dtype.itemsize), _Sink(out / "val.bin", dtype.itemsize)
     with train.file, val.file:

@@ -8,17 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import flops
-from .config import Config, LadderConfig
+from .config import Config, LadderConfig, SweepConfig
 from .errors import ModexpError
 from .model import ModelConfig
-from .units import sci
+from .units import sci, si
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
-_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile", "lr_from"}  # lr_from: the lr it resolves to is
+# lr_from too: the lr it resolves to is in the identity, wherever it came from.
+_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile", "lr_from"}
 MOD_ONLY = (
     "capacity",
     "route_every",
@@ -57,6 +59,7 @@ class RunSpec:
     tokens: int
     flops: float  # FLOPs the run will spend (within 1% of budget)
     accounting: dict[str, Any] = field(default_factory=dict)
+    epochs: float | None = None  # passes over the training split; None while the corpus is not known
 
     @property
     def tokens_per_param(self) -> float:
@@ -80,13 +83,14 @@ class RunSpec:
             "flops": self.flops,
             "flops_error": self.flops / self.budget - 1.0,
             "tokens_per_param": self.tokens_per_param,
+            "epochs": self.epochs,
         }
 
 
 @dataclass
 class Plan:
     runs: list[RunSpec]
-    skipped: list[dict[str, Any]]  # shapes left out, each with budget, variant, shape and reason
+    notes: list[str]  # one line per (budget, variant) whose sizes are fewer than asked or off-centre, and why
 
 
 def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
@@ -104,22 +108,21 @@ def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
 
 
 def variant_model(base: ModelConfig, variant: str, shape: Shape | None) -> ModelConfig:
-    routing = ROUTING_OF[variant]
-    changes: dict[str, Any] = {"routing": routing}
+    """base with the variant's routing (and shape); ValueError when they do not fit (ModelConfig.validate)."""
+    changes: dict[str, Any] = {"routing": ROUTING_OF[variant]}
     if shape is not None:
         changes.update(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads)
-    model = replace(base, **changes)
-    if routing != "none" and model.route_every > model.n_layers:
-        # A shallow ladder rung cannot honour a long routing interval; say so rather than train a baseline.
-        raise ValueError(f"route_every={model.route_every} routes no block of n_layers={model.n_layers}")
-    return model
+    return replace(base, **changes)
 
 
-def variant_name(model: ModelConfig) -> str:
-    if model.routing == "none":
+def variant_name(model: ModelConfig, routing: str | None = None) -> str:
+    """A run's label from model's routing settings. routing (default: model.routing) names a variant without
+    building its model, which a base shape shallower than route_every would refuse."""
+    routing = routing or model.routing
+    if routing == "none":
         return "baseline"
-    name = f"{'mod' if model.routing == 'topk' else 'random'}_c{model.capacity:g}_e{model.route_every}"
-    if model.routing == "topk":
+    name = f"{'mod' if routing == 'topk' else 'random'}_c{model.capacity:g}_e{model.route_every}"
+    if routing == "topk":
         name += {"sigmoid": "", "linear": "_lin"}[model.router_weight]
         name += {"predictor": "", "aux_loss": "_aux", "none": "_nocausal"}[model.causal_router]
     return name
@@ -163,94 +166,146 @@ def make_run(cfg: Config, model: ModelConfig, budget: float, variant: str | None
     )
 
 
-def _nearest(shapes: list[Shape], params: list[int], centre: float, n: int) -> list[int]:
-    """Indices of the n consecutive ladder rungs whose sizes sit most evenly around centre (log scale)."""
-    if n >= len(shapes):
-        return list(range(len(shapes)))
+def plan_sweep(cfgs: list[Config]) -> Plan:
+    """One Plan for several composed configs (one per sweep-override combination), deduplicated by run id."""
+    runs: dict[str, RunSpec] = {}
+    notes: list[str] = []
+    for cfg in cfgs:
+        shapes = ladder_shapes(cfg.sweep.ladder)
+        for budget in cfg.sweep.budgets:
+            for variant in cfg.sweep.variants:
+                chosen, note = _ladder_runs(cfg, shapes, budget, variant)
+                for run in chosen:
+                    runs.setdefault(run.run_id, run)
+                if note and note not in notes:
+                    notes.append(note)
+    return Plan(sort_runs(runs.values()), notes)
+
+
+def sort_runs(runs: Iterable[RunSpec]) -> list[RunSpec]:
+    """Plan order: by budget, the baseline first, then by variant and size."""
+    return sorted(runs, key=lambda r: (r.budget, r.variant != "baseline", r.variant, r.accounting["params"]))
+
+
+@dataclass
+class _Rung:
+    """One ladder shape at one (budget, variant), and why it cannot be trained sensibly (None: it can)."""
+
+    shape: Shape
+    params: int
+    run: RunSpec | None  # None when the variant cannot be built on this shape
+    reason: str | None
+
+
+def _ladder_runs(
+    cfg: Config, shapes: list[Shape], budget: float, variant: str
+) -> tuple[list[RunSpec], str | None]:
+    """sizes_per_budget consecutive admissible rungs centred on the expected optimum, and a note if not.
+
+    Filtering before choosing keeps the ladder its full size: a window chosen first and filtered afterwards
+    loses its large side, exactly where MoD's optimum is expected.
+    """
+    rungs = [_rung(cfg, shape, budget, variant) for shape in shapes]
+    fit = [r for r in rungs if r.reason is None]
+    label = variant_name(cfg.model, ROUTING_OF[variant])
+    if not fit:
+        reasons = sorted({r.reason for r in rungs if r.reason})
+        raise ModexpError(
+            f"budget {sci(budget)}: no shape of the ladder fits variant {label} "
+            f"({'; '.join(reasons[:2]) or 'no shapes'}); change sweep.budgets or sweep.ladder"
+        )
+    centre = _expected_optimum(cfg, budget, variant)
+    n = cfg.sweep.sizes_per_budget
+    chosen = [fit[i] for i in _centred([r.params for r in fit], centre, n)]
+    centred = [rungs[i] for i in _centred([r.params for r in rungs], centre, n)]
+    note = _ladder_note(f"budget {sci(budget)} {label}", rungs, chosen, centred, n)
+    return [r.run for r in chosen if r.run], note  # admissible rungs all have a run
+
+
+def _rung(cfg: Config, shape: Shape, budget: float, variant: str) -> _Rung:
+    if ROUTING_OF[variant] != "none" and cfg.model.route_every > shape.n_layers:
+        # A shallow rung cannot honour a long routing interval: it would train a baseline under MoD's name.
+        params = flops.count(variant_model(cfg.model, "baseline", shape)).params
+        return _Rung(shape, params, None, f"route_every={cfg.model.route_every} > n_layers={shape.n_layers}")
+    run = make_run(cfg, variant_model(cfg.model, variant, shape), budget)
+    return _Rung(shape, run.accounting["params"], run, _unsensible(run, cfg.sweep))
+
+
+def _expected_optimum(cfg: Config, budget: float, variant: str) -> float:
+    """Parameters at ~tokens_per_param tokens per parameter (C = 6 N D); routed variants' sit higher."""
+    centre = math.sqrt(budget / (6 * cfg.sweep.tokens_per_param))
+    return centre if variant == "baseline" else centre * cfg.sweep.mod_size_shift
+
+
+def _centred(params: list[int], centre: float, n: int) -> list[int]:
+    """Indices of the n consecutive sizes whose ends sit most evenly around centre (log scale).
+
+    Near an end of the list the best window is the one at that end: it slides rather than shrinks.
+    """
+    if n >= len(params):
+        return list(range(len(params)))
     best = min(
-        range(len(shapes) - n + 1),
+        range(len(params) - n + 1),
         key=lambda i: abs(0.5 * (math.log(params[i]) + math.log(params[i + n - 1])) - math.log(centre)),
     )
     return list(range(best, best + n))
 
 
-def plan_sweep(cfgs: list[Config]) -> Plan:
-    """One Plan for several composed configs (one per sweep-override combination), deduplicated by run id."""
-    runs: dict[str, RunSpec] = {}
-    skipped: list[dict[str, Any]] = []
-    for cfg in cfgs:
-        sweep = cfg.sweep
-        shapes = ladder_shapes(sweep.ladder)
-        for budget in sweep.budgets:
-            for variant in sweep.variants:
-                models = []
-                for s in shapes:
-                    try:
-                        models.append(variant_model(cfg.model, variant, s))
-                    except ValueError as exc:
-                        skipped.append(_skip(budget, variant, s.name, str(exc)))
-                if not models:
-                    continue
-                params = [flops.count(m).params for m in models]
-                # Centre on ~tokens_per_param tokens per parameter (C = 6 N D); MoD's optimum sits higher.
-                centre = math.sqrt(budget / (6 * sweep.tokens_per_param))
-                if variant != "baseline":
-                    centre *= sweep.mod_size_shift
-                for i in _nearest([_shape_of(m) for m in models], params, centre, sweep.sizes_per_budget):
-                    run = make_run(cfg, models[i], budget)
-                    reason = _unsensible(
-                        run, sweep.min_steps, sweep.min_tokens_per_param, sweep.max_tokens_per_param
-                    )
-                    if reason:
-                        skipped.append(_skip(budget, run.variant, run.shape, reason))
-                    else:
-                        runs.setdefault(run.run_id, run)
-    ordered = sorted(
-        runs.values(), key=lambda r: (r.budget, r.variant != "baseline", r.variant, r.accounting["params"])
-    )
-    return Plan(ordered, _dedupe(skipped))
+def _ladder_note(
+    head: str, rungs: list[_Rung], chosen: list[_Rung], centred: list[_Rung], n: int
+) -> str | None:
+    """One line when a (budget, variant) got fewer than n sizes, or n sizes off-centre; None when centred."""
+    lo, hi = rungs.index(chosen[0]), rungs.index(chosen[-1])
+    smaller, larger = _blocked(rungs[:lo][::-1], "smaller"), _blocked(rungs[hi + 1 :], "larger")
+    span = f"{chosen[0].shape.name}..{chosen[-1].shape.name}"
+    if len(chosen) < n:
+        return f"{head}: {len(chosen)} of {n} sizes fit ({span}): {smaller}; {larger}"
+    if [r.shape for r in chosen] == [r.shape for r in centred]:
+        return None
+    if centred[-1].params > chosen[-1].params:
+        return f"{head}: sizes {span} sit off-centre, below the expected optimum: {larger}"
+    return f"{head}: sizes {span} sit off-centre, above the expected optimum: {smaller}"
 
 
-def _shape_of(model: ModelConfig) -> Shape:
-    return Shape(model.d_model, model.n_layers, model.n_heads)
+def _blocked(beyond: list[_Rung], side: str) -> str:
+    """Why the ladder stops on one side: the nearest rung there that fails a limit (beyond: nearest first)."""
+    first = next((r for r in beyond if r.reason), None)
+    if first is None:
+        return f"no {side} rung in sweep.ladder.widths"
+    return f"{side} ones fail, e.g. {first.shape.name}: {first.reason}"
 
 
-def _skip(budget: float, variant: str, shape: str, reason: str) -> dict[str, Any]:
-    return {"budget": budget, "variant": variant, "shape": shape, "reason": reason}
-
-
-def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen, out = set(), []
-    for row in rows:
-        key = json.dumps(row, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
-
-
-def _unsensible(run: RunSpec, min_steps: int, min_tpp: float, max_tpp: float) -> str | None:
-    if run.steps < min_steps:
-        return f"{run.steps} steps < sweep.min_steps={min_steps}"
-    if run.tokens_per_param < min_tpp:
-        return f"{run.tokens_per_param:.2g} tokens/param < sweep.min_tokens_per_param={min_tpp:g}"
-    if run.tokens_per_param > max_tpp:
-        return f"{run.tokens_per_param:.3g} tokens/param > sweep.max_tokens_per_param={max_tpp:g}"
+def _unsensible(run: RunSpec, sweep: SweepConfig) -> str | None:
+    tpp = run.tokens_per_param
+    if run.steps < sweep.min_steps:
+        return f"{run.steps} steps < sweep.min_steps={sweep.min_steps}"
+    if tpp < sweep.min_tokens_per_param:
+        return f"{si(tpp)} tokens/param < sweep.min_tokens_per_param={sweep.min_tokens_per_param:g}"
+    if tpp > sweep.max_tokens_per_param:
+        return f"{si(tpp)} tokens/param > sweep.max_tokens_per_param={sweep.max_tokens_per_param:g}"
     return None
 
 
-def check_plan(plan: Plan, cfgs: list[Config]) -> None:
-    """Every budget must have at least one run per variant, or the study cannot compare anything there."""
-    for cfg in cfgs:
-        for budget in cfg.sweep.budgets:
-            for variant in cfg.sweep.variants:
-                label = variant_name(replace(cfg.model, routing=ROUTING_OF[variant]))
-                if not any(r.budget == budget and r.variant == label for r in plan.runs):
-                    reasons = sorted({s["reason"] for s in plan.skipped if s["budget"] == budget})
-                    raise ModexpError(
-                        f"budget {sci(budget)}: no shape of the ladder fits variant {label} "
-                        f"({'; '.join(reasons[:2]) or 'no shapes'}); change sweep.budgets or sweep.ladder"
-                    )
+def set_epochs(runs: list[RunSpec], train_tokens: int, cfg: Config) -> None:
+    """Record each run's passes over the training split; refuse when the largest run exceeds sweep.max_epochs.
+
+    Repeated tokens are worth less than fresh ones beyond ~4 epochs (Muennighoff et al. 2023): past that, the
+    losses measure data repetition as well as model size, and the isoFLOP curves bend for a reason they do
+    not show.
+    """
+    for run in runs:
+        run.epochs = run.tokens / train_tokens
+    largest = max(runs, key=lambda r: r.tokens)
+    max_epochs = cfg.sweep.max_epochs
+    if largest.tokens > max_epochs * train_tokens:
+        corpus = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
+        least = sci(largest.tokens / max_epochs)
+        raise ModexpError(
+            f"run {largest.run_id} would see its training data {si(largest.epochs)} times, more than "
+            f"sweep.max_epochs={max_epochs:g}: it trains on {sci(largest.tokens)} tokens and {corpus} has "
+            f"{sci(train_tokens)} training tokens. Give a corpus of at least {least} training tokens "
+            "(data=tokens data.path=DIR), smaller budgets, or raise sweep.max_epochs"
+        )
 
 
 def single_run(cfg: Config) -> RunSpec:

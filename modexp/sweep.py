@@ -164,7 +164,7 @@ def write_plan(study: Study, overrides: list[str]) -> None:
         {
             "overrides": overrides,
             "runs": [r.row() for r in study.plan.runs],
-            "skipped": study.plan.skipped,
+            "notes": study.plan.notes,
             "planned_ids": sorted(planned),
         },
     )

@@ -136,7 +136,7 @@ def test_plan_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
-def test_plan_json_is_a_list_and_left_out_shapes_go_to_stderr(
+def test_plan_json_is_a_list_and_notes_go_to_stderr(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import json
@@ -144,7 +144,7 @@ def test_plan_json_is_a_list_and_left_out_shapes_go_to_stderr(
     rc, out, err = run_main(["plan", "sweep=paper", f"runs_dir={tmp_path}", "--format", "json"], capsys)
     assert rc == 0
     assert isinstance(json.loads(out), list)
-    assert err.startswith("left out: budget 6e18"), err  # the paper ladder leaves shapes out, with reasons
+    assert err.startswith("budget 6e18 baseline: 5 of 6 sizes fit"), err  # why the paper ladder falls short
 
 
 def test_plan_table_summary_reads_like_prose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,9 +16,22 @@ import pytest
 
 from modexp.cli import build_study, main
 from modexp.config import compose_config, to_typed
+from modexp.data import load_corpus
 from modexp.plan import plan_sweep
+from modexp.sweep import write_plan
+from modexp.units import sci, si
 
 PRESETS = ("smoke", "demo", "cpu", "gpu", "paper")
+# Ladders in which the centred window would run past the limits: 4 sizes are asked for, the MoD window centred
+# 3x higher runs into sweep.min_tokens_per_param on its large side (the old planner then kept only 3).
+TIGHT = [
+    "sweep=smoke",
+    "sweep.budgets=[1e11,1e12]",
+    "sweep.sizes_per_budget=4",
+    "sweep.mod_size_shift=3",
+    "sweep.min_tokens_per_param=2",
+    "sweep.max_tokens_per_param=200",
+]
 ROW_KEYS = {
     "run_id",
     "variant",
@@ -31,6 +44,7 @@ ROW_KEYS = {
     "steps",
     "flops",
     "tokens_per_param",
+    "epochs",
     "est_time_s",
     "status",
 }
@@ -55,14 +69,47 @@ def by_key(runs) -> dict[tuple[float, str, str], str]:
     return {(r.budget, r.variant, r.shape): r.run_id for r in runs}
 
 
+def preset(name: str) -> list[str]:
+    # The gpu preset's runs would repeat the embedded stdlib corpus ~44 times: it plans only past that guard.
+    return [f"sweep={name}", *(["sweep.max_epochs=1000"] if name == "gpu" else [])]
+
+
+def sizes(runs) -> dict[tuple[float, str], list[str]]:
+    """(budget, variant) -> its shapes, smallest first."""
+    out: dict[tuple[float, str], list[str]] = {}
+    for r in runs:
+        out.setdefault((r.budget, r.variant), []).append(r.shape)
+    return out
+
+
+def assert_full_or_noted(s) -> None:
+    """Every (budget, variant) has sizes_per_budget sizes, or exactly one note saying how many fit."""
+    n = s.configs[0][1].sweep.sizes_per_budget
+    for (budget, variant), shapes in sizes(s.plan.runs).items():
+        head = f"budget {sci(budget)} {variant}: "
+        short = [note for note in s.plan.notes if note.startswith(head) and " sizes fit " in note]
+        if len(shapes) == n:
+            assert not short, short
+        else:
+            assert len(short) == 1, (budget, variant, shapes, s.plan.notes)
+            assert short[0].startswith(f"{head}{len(shapes)} of {n} sizes fit ({shapes[0]}..{shapes[-1]})")
+
+
+def text_corpus(tmp_path: Path, n_bytes: int) -> Path:
+    """One UTF-8 file of n_bytes: its training split is the first 95% (data.val_fraction=0.05)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(("the quick brown fox jumps over the lazy dog\n" * (n_bytes // 44 + 1))[:n_bytes])
+    return path
+
+
 # --- presets -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_composes_and_plans_within_one_percent(preset: str, tmp_path: Path) -> None:
-    s = study(tmp_path, f"sweep={preset}")
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_composes_and_plans_within_one_percent(name: str, tmp_path: Path) -> None:
+    s = study(tmp_path, *preset(name))
     cfg = s.configs[0][1]
-    assert cfg.sweep.name == preset
+    assert cfg.sweep.name == name
     runs = s.plan.runs
     assert runs
     for r in runs:
@@ -76,6 +123,7 @@ def test_every_preset_composes_and_plans_within_one_percent(preset: str, tmp_pat
     for budget in cfg.sweep.budgets:
         variants = {r.variant.split("_")[0] for r in runs if r.budget == budget}
         assert variants == set(cfg.sweep.variants), budget
+    assert_full_or_noted(s)
     assert not (tmp_path / "runs").exists()  # planning writes nothing
 
 
@@ -118,9 +166,9 @@ def test_smoke_has_two_sizes_per_budget_and_variant() -> None:
             assert len(shapes) >= 2, (budget, variant, shapes)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_mod_ladder_reaches_further_up(preset: str) -> None:
-    s = build_study([f"sweep={preset}", "runs_dir=/nonexistent/never"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_mod_ladder_reaches_further_up(name: str) -> None:
+    s = build_study([*preset(name), "runs_dir=/nonexistent/never"])
     for budget in {r.budget for r in s.plan.runs}:
         base = [r.accounting["params"] for r in s.plan.runs if r.budget == budget and r.variant == "baseline"]
         mod = [
@@ -130,29 +178,186 @@ def test_mod_ladder_reaches_further_up(preset: str) -> None:
         assert max(mod) > max(base), (budget, max(mod), max(base))
 
 
-@pytest.mark.parametrize("preset", ["demo", "cpu", "gpu", "paper"])
-def test_study_presets_plan_at_least_three_sizes(preset: str) -> None:
-    s = build_study([f"sweep={preset}", "runs_dir=/nonexistent/never"])
+@pytest.mark.parametrize("name", ["demo", "cpu", "gpu", "paper"])
+def test_study_presets_plan_at_least_three_sizes(name: str) -> None:
+    s = build_study([*preset(name), "runs_dir=/nonexistent/never"])
     for budget in s.configs[0][1].sweep.budgets:
         for variant in {r.variant for r in s.plan.runs}:
             n = sum(1 for r in s.plan.runs if r.budget == budget and r.variant == variant)
-            assert n >= 3, (preset, budget, variant, n)
+            assert n >= 3, (name, budget, variant, n)
 
 
-def test_left_out_shapes_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    s = study(tmp_path, "sweep=paper")
-    assert s.plan.skipped
-    for skip in s.plan.skipped:
-        assert set(skip) == {"budget", "variant", "shape", "reason"}
-        assert "sweep." in skip["reason"]  # names the setting that left it out
-    planned = {(r.budget, r.variant, r.shape) for r in s.plan.runs}
-    assert not planned & {(k["budget"], k["variant"], k["shape"]) for k in s.plan.skipped}
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_honest_presets_include_the_random_routing_control(name: str) -> None:
+    s = build_study([*preset(name), "runs_dir=/nonexistent/never"])
+    for budget in s.configs[0][1].sweep.budgets:
+        assert any(r.budget == budget and r.variant == "random_c0.125_e2" for r in s.plan.runs), budget
 
-    rc, out, err = run_main(["plan", "sweep=paper", f"runs_dir={tmp_path / 'runs'}"], capsys)
+
+def test_demo_ladders_are_whole() -> None:
+    """The demo's 1e11 MoD ladder once lost d8 (too many tokens/param) and planned 5 sizes; now it slides up."""
+    s = build_study(["sweep=demo", "runs_dir=/nonexistent/never"])
+    ladders = sizes(s.plan.runs)
+    assert all(len(shapes) == 6 for shapes in ladders.values()), ladders
+    assert ladders[(1e11, "mod_c0.125_e2")] == ["d12-l4", "d16-l4", "d20-l4", "d24-l4", "d32-l4", "d40-l4"]
+    assert s.plan.notes == [
+        "budget 1e11 mod_c0.125_e2: sizes d12-l4..d40-l4 sit off-centre, above the expected optimum: "
+        "smaller ones fail, e.g. d8-l4: 265 tokens/param > sweep.max_tokens_per_param=250"
+    ]
+
+
+# --- full ladders -----------------------------------------------------------------------------------
+
+
+def test_ladders_keep_their_size_when_the_centre_runs_past_a_limit(tmp_path: Path) -> None:
+    s = study(tmp_path, *TIGHT)
+    ladders = sizes(s.plan.runs)
+    assert set(ladders) == {(b, v) for b in (1e11, 1e12) for v in ("baseline", "mod_c0.125_e2")}
+    assert all(len(shapes) == 4 for shapes in ladders.values()), ladders
+    # MoD's window slid down to the largest sizes that fit rather than losing its large side, and one line
+    # says so, naming the next rung up and the limit it fails.
+    widths = s.configs[0][1].sweep.ladder.widths
+    for budget in (1e11, 1e12):
+        mod = [r for r in s.plan.runs if r.budget == budget and r.variant == "mod_c0.125_e2"]
+        next_up = min(w for w in widths if w > mod[-1].model.d_model)
+        lines = [n for n in s.plan.notes if n.startswith(f"budget {sci(budget)} mod_c0.125_e2: ")]
+        assert len(lines) == 1, s.plan.notes
+        assert f"sizes {mod[0].shape}..{mod[-1].shape} sit off-centre, below the expected optimum" in lines[0]
+        assert f"larger ones fail, e.g. d{next_up}-l4: " in lines[0]
+        assert "sweep.min_tokens_per_param=2" in lines[0]
+    assert not [n for n in s.plan.notes if "baseline" in n]  # the baseline's centred ladders fit whole
+
+
+def test_fewer_admissible_sizes_are_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = study(tmp_path, *TIGHT, "sweep.sizes_per_budget=8")
+    ladders = sizes(s.plan.runs)
+    assert all(4 < len(shapes) < 8 for shapes in ladders.values()), ladders  # all that fit, both sides
+    assert_full_or_noted(s)
+    assert len(s.plan.notes) == len(ladders)
+    widths = sorted(s.configs[0][1].sweep.ladder.widths)
+    for budget, variant in ladders:
+        # every size that fits is planned: the rungs just outside the ladder are the ones that fail
+        planned = [r.model.d_model for r in s.plan.runs if (r.budget, r.variant) == (budget, variant)]
+        below = max(w for w in widths if w < planned[0])
+        above = min(w for w in widths if w > planned[-1])
+        (note,) = [n for n in s.plan.notes if n.startswith(f"budget {sci(budget)} {variant}: ")]
+        assert f"smaller ones fail, e.g. d{below}-l4: " in note and "sweep.max_tokens_per_param=200" in note
+        assert f"larger ones fail, e.g. d{above}-l4: " in note and "sweep.min_tokens_per_param=2" in note
+
+    argv = ["plan", *TIGHT, "sweep.sizes_per_budget=8", f"runs_dir={tmp_path / 'runs'}"]
+    rc, out, err = run_main(argv, capsys)
     assert rc == 0, err
-    left_out = [line for line in out.splitlines() if line.startswith("left out:")]
-    assert len(left_out) == len(s.plan.skipped)
-    assert any("tokens/param" in line for line in left_out)
+    assert out.splitlines()[-len(s.plan.notes) :] == s.plan.notes  # after the table and its total
+    rc, out, err = run_main([*argv, "--format", "csv"], capsys)
+    assert rc == 0 and err.splitlines() == s.plan.notes
+    assert len(pd.read_csv(io.StringIO(out))) == len(s.plan.runs)
+    rc, out, err = run_main(["sweep", "--dry-run", *argv[1:]], capsys)
+    assert rc == 0 and all(note in out.splitlines() for note in s.plan.notes)
+    assert not (tmp_path / "runs").exists()
+
+    write_plan(s, [])
+    assert json.loads((s.dir / "plan.json").read_text())["notes"] == s.plan.notes
+
+
+def test_terminal_table_leaves_the_flop_accounting_to_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(["plan", "sweep=smoke", f"runs_dir={tmp_path / 'runs'}"], capsys)
+    assert rc == 0, err
+    header = out.splitlines()[0].split()
+    assert "epochs" in header
+    assert "non_embedding_params" not in header and "train_flops_per_token" not in header
+
+
+# --- data repetition ---------------------------------------------------------------------------------
+
+
+def test_epochs_are_tokens_over_the_training_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = text_corpus(tmp_path, 400_000)
+    over = ["sweep=smoke", "data=text", f"data.path={corpus}"]
+    s = study(tmp_path, *over)
+    n_train = 400_000 - 20_000
+    for r in s.plan.runs:
+        assert r.epochs == pytest.approx(r.tokens / n_train), r.run_id
+    assert 0 < max(r.epochs for r in s.plan.runs) <= 4
+    assert not (tmp_path / "runs").exists()  # counted, not prepared
+    cfg = s.configs[0][1]
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    assert len(load_corpus(cfg.data, 64).train) == n_train  # the count is what preparation gives
+
+    rc, out, err = run_main(["plan", *over, f"runs_dir={tmp_path / 'runs'}", "--format", "csv"], capsys)
+    assert rc == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame["epochs"]) == pytest.approx([r.epochs for r in s.plan.runs])
+
+
+def test_epochs_count_a_directory_split_by_file(tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"part{i}.txt").write_text("word " * (2_000 + 100 * i))
+    s = study(tmp_path, "sweep=smoke", "data=text", f"data.path={folder}", "sweep.max_epochs=1000")
+    cfg = s.configs[0][1]
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    n_train = len(load_corpus(cfg.data, 64).train)
+    assert n_train < sum(f.stat().st_size + 1 for f in folder.iterdir())  # some files are held out for val
+    for r in s.plan.runs:
+        assert r.epochs == pytest.approx(r.tokens / n_train), r.run_id
+
+
+def test_too_many_epochs_refuse_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = text_corpus(tmp_path, 40_000)
+    over = ["sweep=smoke", "data=text", f"data.path={corpus}", f"runs_dir={tmp_path / 'runs'}"]
+    largest = max(study(tmp_path, *over, "sweep.max_epochs=1000").plan.runs, key=lambda r: r.tokens)
+    rc, out, err = run_main(["plan", *over], capsys)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("modexp: error: "), err
+    line = lines[0]
+    assert f"run {largest.run_id} would see its training data {si(largest.tokens / 38_000)} times" in line
+    assert f"sweep.max_epochs=4: it trains on {sci(largest.tokens)} tokens" in line
+    assert f"data.path={corpus} has 3.8e4 training tokens" in line
+    assert f"at least {sci(largest.tokens / 4)} training tokens (data=tokens data.path=DIR)" in line
+    assert "smaller budgets" in line and "raise sweep.max_epochs" in line
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+    rc, _, err = run_main(["sweep", "--dry-run", *over], capsys)
+    assert rc == 2 and "sweep.max_epochs=4" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_refuses_too_many_epochs_before_its_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = text_corpus(tmp_path, 2_000)  # 1,900 training bytes; the run trains on ~13k tokens
+    runs = tmp_path / "runs"
+    argv = ["train", "sweep=smoke", "budget=2e9", "model.d_model=16", "model.n_heads=2", f"runs_dir={runs}"]
+    rc, out, err = run_main([*argv, "data=text", f"data.path={corpus}"], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "sweep.max_epochs=4" in lines[0] and "1.9e3 training tokens" in lines[0], err
+    assert not (runs / "smoke").exists()
+
+
+def test_gpu_preset_needs_a_corpus_of_its_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    rc, out, err = run_main(["plan", "sweep=gpu", f"runs_dir={runs}"], capsys)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "sweep.max_epochs=4" in lines[0] and "data.name=stdlib has " in lines[0], err
+    rc, out, err = run_main(["plan", "sweep=gpu", "sweep.max_epochs=1000", f"runs_dir={runs}"], capsys)
+    assert rc == 0, err
+    assert_full_or_noted(study(tmp_path, "sweep=gpu", "sweep.max_epochs=1000"))
+    assert not runs.exists()
+
+
+def test_unknown_corpus_plans_with_a_note(tmp_path: Path) -> None:
+    s = study(tmp_path, "sweep=paper")  # data=tokens without data.path: a plan needs no data
+    assert all(r.epochs is None for r in s.plan.runs)
+    assert "epochs not known: data.path is not set, so sweep.max_epochs=4 is not checked yet" in s.plan.notes
 
 
 # --- run ids -----------------------------------------------------------------------------------------
