@@ -108,6 +108,7 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
             "steps",
             "flops",
             "tokens_per_param",
+            "lr",
             "epochs",
             "est_time_s",
             "status",

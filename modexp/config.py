@@ -268,6 +268,15 @@ def check(cfg: Config) -> None:
             raise ModexpError(
                 f"sweep.budgets contains {budget}: every budget must be a positive number of FLOPs, e.g. 1e12"
             )
+    for lr in cfg.sweep.lr_grid:
+        if not lr > 0:
+            raise ModexpError(f"sweep.lr_grid contains {lr}: every learning rate must be positive, e.g. [1e-3,3e-3]")
+    if cfg.sweep.lr_grid and cfg.train.lr_from:
+        raise ModexpError(
+            "sweep.lr_grid and train.lr_from are both set: a run takes its LR from the grid or from the law, not both"
+        )
+    if not cfg.sweep.max_epochs > 0:
+        raise ModexpError(f"sweep.max_epochs={cfg.sweep.max_epochs} is not allowed: it must be positive (default 4)")
     for variant in cfg.sweep.variants:
         if variant not in VARIANTS:
             raise ModexpError(f"sweep.variants contains {variant!r}: choose from {', '.join(VARIANTS)}")

@@ -59,6 +59,8 @@ class RunSpec:
     tokens: int
     flops: float  # FLOPs the run will spend (within 1% of budget)
     accounting: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None  # the run's peak learning rate (its config's train.lr)
+    lr_rule: str = "train.lr"  # how that LR was chosen: train.lr | sweep.lr_grid | the law of train.lr_from
     epochs: float | None = None  # passes over the training split; None while the corpus is not known
 
     @property
@@ -83,6 +85,8 @@ class RunSpec:
             "flops": self.flops,
             "flops_error": self.flops / self.budget - 1.0,
             "tokens_per_param": self.tokens_per_param,
+            "lr": self.lr,
+            "lr_rule": self.lr_rule,
             "epochs": self.epochs,
         }
 
@@ -139,8 +143,20 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, An
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
-def make_run(cfg: Config, model: ModelConfig, budget: float, variant: str | None = None) -> RunSpec:
-    """Tokens and steps for one (budget, model): the FLOPs spent land within half a sequence of the budget."""
+def make_run(
+    cfg: Config,
+    model: ModelConfig,
+    budget: float,
+    variant: str | None = None,
+    lr: float | None = None,
+    lr_rule: str = "train.lr",
+) -> RunSpec:
+    """Tokens and steps for one (budget, model): the FLOPs spent land within half a sequence of the budget.
+
+    `lr` (default train.lr) is the run's peak learning rate; it is part of the run's identity.
+    """
+    if lr is not None:
+        cfg = replace(cfg, train=replace(cfg.train, lr=lr))
     count = flops.count(model)
     seq_flops = count.train_per_token * model.seq_len
     num_sequences = max(1, round(budget / seq_flops))
@@ -163,6 +179,8 @@ def make_run(cfg: Config, model: ModelConfig, budget: float, variant: str | None
         tokens=num_sequences * model.seq_len,
         flops=num_sequences * seq_flops,
         accounting=flops.describe(model),
+        lr=cfg.train.lr,
+        lr_rule=lr_rule,
     )
 
 
@@ -172,14 +190,35 @@ def plan_sweep(cfgs: list[Config]) -> Plan:
     notes: list[str] = []
     for cfg in cfgs:
         shapes = ladder_shapes(cfg.sweep.ladder)
+        law = load_lr_law(cfg)
         for budget in cfg.sweep.budgets:
             for variant in cfg.sweep.variants:
                 chosen, note = _ladder_runs(cfg, shapes, budget, variant)
                 for run in chosen:
-                    runs.setdefault(run.run_id, run)
+                    for lr, rule in run_lrs(cfg, law, run.variant, run.accounting["params"]):
+                        tuned = make_run(cfg, run.model, budget, lr=lr, lr_rule=rule)
+                        runs.setdefault(tuned.run_id, tuned)
                 if note and note not in notes:
                     notes.append(note)
     return Plan(sort_runs(runs.values()), notes)
+
+
+def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
+    """The lr*(N) laws of the study train.lr_from names (None when it names none)."""
+    if not cfg.train.lr_from:
+        return None
+    from .analysis.lrlaw import lr_law_from_study  # pandas and scipy: only for studies that transfer LRs
+
+    return lr_law_from_study(cfg.train.lr_from)
+
+
+def run_lrs(cfg: Config, law: Any, variant: str, params: float) -> list[tuple[float, str]]:
+    """(peak LR, how it was chosen) for each run of one point: the grid's LRs, the law's LR, or train.lr."""
+    if cfg.sweep.lr_grid:
+        return [(float(lr), "sweep.lr_grid") for lr in cfg.sweep.lr_grid]
+    if law is not None:
+        return [(law.lr(variant, params), law.describe(variant))]
+    return [(cfg.train.lr, "train.lr")]
 
 
 def sort_runs(runs: Iterable[RunSpec]) -> list[RunSpec]:
@@ -313,6 +352,10 @@ def single_run(cfg: Config) -> RunSpec:
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
     run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
+    law = load_lr_law(cfg)
+    if law is not None:
+        ((lr, rule),) = run_lrs(cfg, law, run.variant, run.accounting["params"])
+        run = make_run(cfg, cfg.model, cfg.budget, cfg.variant, lr=lr, lr_rule=rule)
     if abs(run.flops / run.budget - 1) > 0.01 or run.steps < cfg.sweep.min_steps:
         # Too few steps cannot train sensibly (warm-up and decay need room), and under one sequence the run
         # would spend more than its budget: the same rule as the sweep's (sweep.min_steps).

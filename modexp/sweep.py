@@ -47,6 +47,8 @@ def run_config(dict_cfg: DictConfig, spec: RunSpec) -> DictConfig:
         OmegaConf.update(cfg, f"model.{key}", value)
     cfg.budget = spec.budget
     cfg.variant = spec.variant
+    if spec.lr is not None:  # from sweep.lr_grid or train.lr_from's law: the config says what it trains with
+        cfg.train.lr = spec.lr
     return cfg
 
 
@@ -165,9 +167,19 @@ def write_plan(study: Study, overrides: list[str]) -> None:
             "overrides": overrides,
             "runs": [r.row() for r in study.plan.runs],
             "notes": study.plan.notes,
+            "lr_rules": sorted({f"{r.variant}: {r.lr_rule}" for r in study.plan.runs}),
+            "lr_laws": _lr_laws(study),
             "planned_ids": sorted(planned),
         },
     )
+
+
+def _lr_laws(study: Study) -> list[dict]:
+    """The fitted lr*(N) laws behind the plan, with their source, when train.lr_from set the LRs."""
+    from .plan import load_lr_law
+
+    laws = [load_lr_law(cfg) for _, cfg in study.configs]
+    return [law.record() for law in laws if law is not None]
 
 
 def run_sweep(

@@ -1,0 +1,82 @@
+"""The learning-rate transfer recipe end to end at smoke scale: an LR-grid study, then a study whose every run
+takes its LR from the grid's fitted lr*(N) per variant (README, "Learning rates")."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from modexp import analysis
+
+GRID = "[1e-3,3e-3,1e-2,3e-2,1e-1]"
+SMALL = [
+    "sweep=smoke",
+    "sweep.budgets=[1e10]",
+    "sweep.sizes_per_budget=3",
+    "launcher.workers=2",
+    "device=cpu",
+]
+
+
+def modexp(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "modexp.cli", *args, f"runs_dir={runs}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_lr_grid_then_transfer(tmp_path: Path) -> None:
+    grid = modexp(tmp_path, "sweep", *SMALL, f"sweep.lr_grid={GRID}", "sweep.name=lr-grid")
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    grid_dir = tmp_path / "lr-grid"
+    results = pd.read_csv(grid_dir / "results.csv")
+    assert len(results) == 2 * 3 * 5 and set(results["lr"]) == {1e-3, 3e-3, 1e-2, 3e-2, 1e-1}
+    assert (results["lr_rule"] == "sweep.lr_grid").all()
+    laws = pd.read_csv(grid_dir / "lr_laws.csv").set_index("variant")
+    assert set(laws.index) == {"baseline", "mod_c0.125_e2"}
+    assert (grid_dir / "plots" / "lr_transfer.png").is_file()
+    assert "lr* = " in (grid_dir / "summary.txt").read_text()
+
+    # The study: same ladder, each run's LR from the law, nothing else changed.
+    plan = modexp(tmp_path, "plan", *SMALL, f"train.lr_from={grid_dir}", "--format", "json")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    runs = json.loads(plan.stdout)
+    assert len(runs) == 2 * 3
+    for run in runs:
+        law = laws.loc[run["variant"]]
+        assert run["lr"] == pytest.approx(law["coefficient"] * run["params"] ** law["exponent"])
+        assert run["lr_rule"].startswith("lr = ") and str(grid_dir) in run["lr_rule"]
+    # A per-size LR: the law gives different LRs to different sizes (not one LR for the ladder).
+    assert len({round(r["lr"], 12) for r in runs}) == len(runs)
+
+    study = modexp(tmp_path, "sweep", *SMALL, f"train.lr_from={grid_dir}", "sweep.name=study")
+    assert study.returncode == 0, study.stderr[-3000:]
+    study_dir = tmp_path / "study"
+    plan_json = json.loads((study_dir / "plan.json").read_text())
+    assert plan_json["lr_laws"][0]["source"] == str(grid_dir)
+    trained = pd.read_csv(study_dir / "results.csv")
+    by_id = {r["run_id"]: r for r in runs}
+    for row in trained.itertuples():
+        assert math.isclose(row.lr, by_id[row.run_id]["lr"], rel_tol=1e-9)
+    summary = (study_dir / "summary.txt").read_text()
+    assert "Learning rates of this study:" in summary and str(grid_dir) in summary
+    result = analysis.load_or_analyze(study_dir)
+    assert (result.points["n_lrs"] == 1).all() and not result.points["lr_edge"].any()
+
+
+def test_lr_from_a_folder_without_a_grid_is_one_line(tmp_path: Path) -> None:
+    missing = modexp(tmp_path, "plan", "sweep=smoke", f"train.lr_from={tmp_path / 'nope'}")
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
