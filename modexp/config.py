@@ -37,10 +37,21 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 @dataclass
+class LrLawConfig:
+    """lr*(N) = coefficient * N^exponent, N the run's total parameters."""
+
+    coefficient: float = MISSING
+    exponent: float = MISSING
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = MISSING
     lr: float = MISSING  # peak learning rate (when neither sweep.lr_grid nor train.lr_from sets it)
-    lr_from: str | None = None  # an earlier LR-grid study folder: each run's lr from its fitted lr*(N) per variant
+    lr_from: str | None = (
+        None  # an earlier LR-grid study folder: each run's lr from its fitted lr*(N) per variant
+    )
+    lr_law: dict[str, LrLawConfig] = field(default_factory=dict)  # by variant kind (baseline, mod, random)
     min_lr_ratio: float = MISSING  # cosine decays to this fraction of the peak
     warmup_fraction: float = MISSING  # linear warm-up over this share of the run's steps
     max_warmup_steps: int = MISSING
@@ -80,7 +91,9 @@ class SweepConfig:
     max_tokens_per_param: float = MISSING
     flops_per_second: float = MISSING  # throughput assumed for time estimates in the plan
     max_epochs: float = MISSING  # refuse a plan whose largest run sees its training split more often
-    lr_grid: list[float] = field(default_factory=list)  # every planned point at each of these LRs (a study axis)
+    lr_grid: list[float] = field(
+        default_factory=list
+    )  # every planned point at each of these LRs (a study axis)
     ladder: LadderConfig = field(default_factory=LadderConfig)
 
 
@@ -209,10 +222,13 @@ def _explain(exc: BaseException, overrides: list[str]) -> str:
     return message
 
 
+OPEN_DICTS = ("launcher.extra", "train.lr_law")  # keys the schema cannot list: sbatch options, variant kinds
+
+
 def _hydra_form(override: str) -> str:
-    """launcher.extra takes any sbatch option, keys the schema cannot know: force-add them (Hydra's `++`)."""
+    """Force-add (Hydra's `++`) into dicts whose keys the schema cannot know, which struct mode would refuse."""
     key = override.split("=", 1)[0]
-    if key == "launcher.extra" or key.startswith("launcher.extra."):
+    if any(key == d or key.startswith(d + ".") for d in OPEN_DICTS):
         return "++" + override
     return override
 
@@ -270,13 +286,33 @@ def check(cfg: Config) -> None:
             )
     for lr in cfg.sweep.lr_grid:
         if not lr > 0:
-            raise ModexpError(f"sweep.lr_grid contains {lr}: every learning rate must be positive, e.g. [1e-3,3e-3]")
-    if cfg.sweep.lr_grid and cfg.train.lr_from:
-        raise ModexpError(
-            "sweep.lr_grid and train.lr_from are both set: a run takes its LR from the grid or from the law, not both"
+            raise ModexpError(
+                f"sweep.lr_grid contains {lr}: every learning rate must be positive, e.g. [1e-3,3e-3]"
+            )
+    rules = [
+        k
+        for k, on in (
+            ("sweep.lr_grid", cfg.sweep.lr_grid),
+            ("train.lr_from", cfg.train.lr_from),
+            ("train.lr_law", cfg.train.lr_law),
         )
+        if on
+    ]
+    if len(rules) > 1:
+        raise ModexpError(
+            f"{' and '.join(rules)} are all set: a run takes its LR from one rule; clear the others "
+            "(e.g. train.lr_law={})"
+        )
+    for kind, law in cfg.train.lr_law.items():
+        if kind not in VARIANTS or not law.coefficient > 0:
+            raise ModexpError(
+                f"train.lr_law.{kind} is not allowed: keys are {', '.join(VARIANTS)}, each with a positive "
+                "coefficient and an exponent, e.g. train.lr_law={baseline:{coefficient:0.5,exponent:-0.3}}"
+            )
     if not cfg.sweep.max_epochs > 0:
-        raise ModexpError(f"sweep.max_epochs={cfg.sweep.max_epochs} is not allowed: it must be positive (default 4)")
+        raise ModexpError(
+            f"sweep.max_epochs={cfg.sweep.max_epochs} is not allowed: it must be positive (default 4)"
+        )
     for variant in cfg.sweep.variants:
         if variant not in VARIANTS:
             raise ModexpError(f"sweep.variants contains {variant!r}: choose from {', '.join(VARIANTS)}")

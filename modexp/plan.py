@@ -20,7 +20,7 @@ from .units import sci, si
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 # lr_from too: the lr it resolves to is in the identity, wherever it came from.
-_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile", "lr_from"}
+_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile", "lr_from", "lr_law"}
 MOD_ONLY = (
     "capacity",
     "route_every",
@@ -204,12 +204,18 @@ def plan_sweep(cfgs: list[Config]) -> Plan:
 
 
 def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
-    """The lr*(N) laws of the study train.lr_from names (None when it names none)."""
-    if not cfg.train.lr_from:
+    """The lr*(N) laws of train.lr_from's study, or of train.lr_law (None when neither is set)."""
+    if not (cfg.train.lr_from or cfg.train.lr_law):
         return None
-    from .analysis.lrlaw import lr_law_from_study  # pandas and scipy: only for studies that transfer LRs
+    from .analysis.lrlaw import lr_law_from_config, lr_law_from_study  # pandas, scipy: only when transferring
 
-    return lr_law_from_study(cfg.train.lr_from)
+    if cfg.train.lr_from:
+        return lr_law_from_study(cfg.train.lr_from)
+    laws = {
+        variant_name(cfg.model, ROUTING_OF[kind]): (law.coefficient, law.exponent)
+        for kind, law in cfg.train.lr_law.items()
+    }
+    return lr_law_from_config(laws)
 
 
 def run_lrs(cfg: Config, law: Any, variant: str, params: float) -> list[tuple[float, str]]:

@@ -80,3 +80,36 @@ def test_lr_from_a_folder_without_a_grid_is_one_line(tmp_path: Path) -> None:
     missing = modexp(tmp_path, "plan", "sweep=smoke", f"train.lr_from={tmp_path / 'nope'}")
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+
+
+def test_lr_law_in_the_config_sets_each_runs_lr(tmp_path: Path) -> None:
+    law = "train.lr_law={baseline:{coefficient:2.0,exponent:-0.4},mod:{coefficient:3.0,exponent:-0.5}}"
+    plan = modexp(tmp_path, "plan", "sweep=smoke", law, "--format", "json")
+    assert plan.returncode == 0, plan.stderr
+    for run in json.loads(plan.stdout):
+        k, e = (2.0, -0.4) if run["variant"] == "baseline" else (3.0, -0.5)
+        assert run["lr"] == pytest.approx(k * run["params"] ** e) and "train.lr_law" in run["lr_rule"]
+    # The law is not part of a run's identity, the LR it gives is: the same LR is the same run.
+    plain = json.loads(modexp(tmp_path, "plan", "sweep=smoke", "--format", "json").stdout)
+    assert {r["run_id"] for r in plain}.isdisjoint(r["run_id"] for r in json.loads(plan.stdout))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (
+            ["train.lr_law={baseline:{coefficient:1.0,exponent:-0.4}}"],
+            "no learning-rate law for variant mod_c0.125_e2",
+        ),
+        (["train.lr_law={basline:{coefficient:1.0,exponent:-0.4}}"], "train.lr_law.basline is not allowed"),
+        (
+            ["sweep.lr_grid=[1e-3,3e-3]", "train.lr_from=runs/x"],
+            "sweep.lr_grid and train.lr_from are all set",
+        ),
+        (["sweep.lr_grid=[1e-3,0]"], "sweep.lr_grid contains 0.0"),
+    ],
+)
+def test_bad_lr_rules_are_one_line(tmp_path: Path, overrides: list[str], says: str) -> None:
+    out = modexp(tmp_path, "plan", "sweep=smoke", *overrides)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())

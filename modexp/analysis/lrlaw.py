@@ -49,15 +49,22 @@ class LrLaw:
         row = self.laws[self.laws["variant"] == variant]
         if row.empty:
             have = ", ".join(self.laws["variant"]) or "none"
+            fix = (
+                "give one for its variant kind, e.g. train.lr_law.mod={coefficient:0.5,exponent:-0.3}"
+                if self.points.empty
+                else "run the LR grid with that variant too"
+            )
+            where = self.source if self.points.empty else f"train.lr_from={self.source}"
             raise ModexpError(
-                f"train.lr_from={self.source} has no learning-rate law for variant {variant} (it has: {have}): "
-                f"run the LR grid with that variant too"
+                f"{where} has no learning-rate law for variant {variant} (it has: {have}): {fix}"
             )
         row = row.iloc[0]
         return float(row["coefficient"] * params ** row["exponent"])
 
     def describe(self, variant: str) -> str:
         row = self.laws[self.laws["variant"] == variant].iloc[0]
+        if self.points.empty:
+            return f"lr = {row['coefficient']:.4g} * N^{row['exponent']:.3f} from {self.source}"
         return (
             f"lr = {row['coefficient']:.4g} * N^{row['exponent']:.3f} fitted to {row['n_points']} best LRs "
             f"({si(row['params_min'])}-{si(row['params_max'])} params) of {self.source}"
@@ -110,6 +117,14 @@ def fit_lr_laws(grid: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=LAW_COLUMNS)
+
+
+def lr_law_from_config(laws: dict[str, tuple[float, float]]) -> LrLaw:
+    """Laws given as numbers (train.lr_law in a preset), keyed by variant label."""
+    rows = [{"variant": v, "coefficient": k, "exponent": e} for v, (k, e) in laws.items()]
+    return LrLaw(
+        laws=pd.DataFrame(rows).reindex(columns=LAW_COLUMNS), points=pd.DataFrame(), source="train.lr_law"
+    )
 
 
 def lr_law_from_study(study_dir: Path | str, loss: str = DEFAULT_LOSS) -> LrLaw:

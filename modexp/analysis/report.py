@@ -23,7 +23,9 @@ def curve_order(curves: Iterable[str]) -> list[str]:
 
 def _size(value: float, lo: float, hi: float) -> str:
     """A size, or a bound when it lies beyond the sampled sizes [lo, hi]."""
-    if not math.isfinite(value) or value < lo * 0.999:
+    if math.isnan(value):
+        return "n/a"
+    if value < lo * 0.999:  # 0 too: a replicate whose loss kept falling past the smallest size
         return f"<{si(lo)}"
     if value > hi * 1.001:
         return f">{si(hi)}"
