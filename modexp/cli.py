@@ -34,6 +34,7 @@ def build_study(overrides: list[str]):  # -> sweep.Study
             f"one sweep writes to one folder, but these overrides give {len(dirs)}: "
             "do not sweep runs_dir or sweep.name"
         )
+    _refuse_ignored_lr_sweep([typed for _, typed in configs])
     runs, notes, run_configs = {}, [], {}
     for dict_cfg, typed in configs:
         plan = plan_sweep([typed])
@@ -45,6 +46,30 @@ def build_study(overrides: list[str]):  # -> sweep.Study
                 runs[spec.run_id] = spec
                 run_configs[spec.run_id] = run_config(dict_cfg, spec)
     return Study(dirs.pop(), configs, Plan(sort_runs(runs.values()), notes), run_configs)
+
+
+def _refuse_ignored_lr_sweep(cfgs: list) -> None:  # list[config.Config]
+    """A comma sweep of train.lr under an LR rule would plan the same runs again and again: say so."""
+    if len({c.train.lr for c in cfgs}) < 2:
+        return
+    for cfg in cfgs:
+        rule = next(
+            (
+                k
+                for k, on in (
+                    ("sweep.lr_grid", cfg.sweep.lr_grid),
+                    ("train.lr_from", cfg.train.lr_from),
+                    ("train.lr_law", cfg.train.lr_law),
+                )
+                if on
+            ),
+            None,
+        )
+        if rule:
+            raise ModexpError(
+                f"train.lr is swept but {rule} sets every run's LR (the preset may set train.lr_law): "
+                "sweep sweep.lr_grid=[...] instead, or clear the rule, e.g. 'train.lr_law={}'"
+            )
 
 
 def _count_epochs(plan, cfg) -> list[str]:  # (plan.Plan, config.Config) -> notes

@@ -289,19 +289,11 @@ def check(cfg: Config) -> None:
             raise ModexpError(
                 f"sweep.lr_grid contains {lr}: every learning rate must be positive, e.g. [1e-3,3e-3]"
             )
-    rules = [
-        k
-        for k, on in (
-            ("sweep.lr_grid", cfg.sweep.lr_grid),
-            ("train.lr_from", cfg.train.lr_from),
-            ("train.lr_law", cfg.train.lr_law),
-        )
-        if on
-    ]
-    if len(rules) > 1:
+    # Precedence: sweep.lr_grid, then train.lr_from, then train.lr_law (a preset's measured law), then train.lr.
+    if cfg.sweep.lr_grid and cfg.train.lr_from:
         raise ModexpError(
-            f"{' and '.join(rules)} are all set: a run takes its LR from one rule; clear the others "
-            "(e.g. train.lr_law={})"
+            "sweep.lr_grid and train.lr_from are both set: a run takes its LR from the grid or from the "
+            "study's law, not both"
         )
     for kind, law in cfg.train.lr_law.items():
         if kind not in VARIANTS or not law.coefficient > 0:

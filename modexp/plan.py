@@ -204,7 +204,7 @@ def plan_sweep(cfgs: list[Config]) -> Plan:
 
 
 def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
-    """The lr*(N) laws of train.lr_from's study, or of train.lr_law (None when neither is set)."""
+    """The lr*(N) laws of train.lr_from's study, else of train.lr_law (None when neither is set)."""
     if not (cfg.train.lr_from or cfg.train.lr_law):
         return None
     from .analysis.lrlaw import lr_law_from_config, lr_law_from_study  # pandas, scipy: only when transferring
@@ -219,7 +219,10 @@ def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
 
 
 def run_lrs(cfg: Config, law: Any, variant: str, params: float) -> list[tuple[float, str]]:
-    """(peak LR, how it was chosen) for each run of one point: the grid's LRs, the law's LR, or train.lr."""
+    """(peak LR, how it was chosen) for each run of one point: the grid's LRs, the law's LR, or train.lr.
+
+    A grid wins over a law (a preset's train.lr_law is a default a grid study overrides), a law over train.lr.
+    """
     if cfg.sweep.lr_grid:
         return [(float(lr), "sweep.lr_grid") for lr in cfg.sweep.lr_grid]
     if law is not None:

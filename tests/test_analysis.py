@@ -102,10 +102,18 @@ def test_parabola_vertex_and_bracketing() -> None:
     assert exact.bracketed and exact.x_min == pytest.approx(2.2) and exact.y_min == pytest.approx(1.5)
 
     beyond = analysis.fit_parabola(x, (x - 3.5) ** 2)
-    assert not beyond.bracketed and beyond.reason == "lowest loss at the largest size" and beyond.bound == "above"
+    assert (
+        not beyond.bracketed
+        and beyond.reason == "lowest loss at the largest size"
+        and beyond.bound == "above"
+    )
     # The vertex sits inside the sampled range, but no run on its left is worse than the best: not bracketed.
     at_edge = analysis.fit_parabola(x, (x - 1.2) ** 2)
-    assert not at_edge.bracketed and at_edge.bound == "below" and at_edge.reason == "lowest loss at the smallest size"
+    assert (
+        not at_edge.bracketed
+        and at_edge.bound == "below"
+        and at_edge.reason == "lowest loss at the smallest size"
+    )
     # Lowest run interior, but the best parabola is concave: its vertex is a maximum.
     down = analysis.fit_parabola(x, [1.0, 2.0, 0.95, 2.0, 1.0])
     assert not down.bracketed and down.reason == "parabola opens downward" and math.isnan(down.x_min)
@@ -187,7 +195,9 @@ def test_sweep_fits_and_bracketing(result: analysis.AnalysisResult) -> None:
     # The 3e12 baseline runs all sit 0.8-1.4 decades below the optimum: the minimum is not bracketed.
     assert not fits.loc[("baseline", 3e12), "bracketed"]
     assert fits.loc[("baseline", 3e12), "reason"] == "lowest loss at the largest size"
-    assert fits.loc[("baseline", 3e12), "bound"] == "above" and math.isnan(fits.loc[("baseline", 3e12), "n_opt"])
+    assert fits.loc[("baseline", 3e12), "bound"] == "above" and math.isnan(
+        fits.loc[("baseline", 3e12), "n_opt"]
+    )
     assert fits.drop(("baseline", 3e12))["bracketed"].all()
     for (variant, budget), row in fits.drop(("baseline", 3e12)).iterrows():
         true_n = sweep_optimum(budget, variant != "baseline")
@@ -210,7 +220,11 @@ def test_summary_names_variants_and_differences(result: analysis.AnalysisResult)
     assert "baseline" in text and MOD_VARIANT in text
     assert "1 failed" in text and "1 interrupted" in text and "baseline-nosummary" in text
     assert "UNBRACKETED" in text and "N* > " in text and "Approach 3" in text
-    assert text.index("Verdict on the causal loss") < text.index("Verdict on the topk loss") < text.index("isoFLOP optima")
+    assert (
+        text.index("Verdict on the causal loss")
+        < text.index("Verdict on the topk loss")
+        < text.index("isoFLOP optima")
+    )
     assert f"{MOD_VARIANT} vs baseline: m = " in text
     points = result.points[result.points["budget"] == 1e12]
     best = points.groupby("curve")["loss"].min()

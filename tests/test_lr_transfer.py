@@ -92,6 +92,9 @@ def test_lr_law_in_the_config_sets_each_runs_lr(tmp_path: Path) -> None:
     # The law is not part of a run's identity, the LR it gives is: the same LR is the same run.
     plain = json.loads(modexp(tmp_path, "plan", "sweep=smoke", "--format", "json").stdout)
     assert {r["run_id"] for r in plain}.isdisjoint(r["run_id"] for r in json.loads(plan.stdout))
+    # A grid wins over the (preset's) law: an LR-grid study needs no `train.lr_law={}`.
+    grid = modexp(tmp_path, "plan", "sweep=smoke", law, "sweep.lr_grid=[1e-3,1e-2]", "--format", "json")
+    assert {r["lr"] for r in json.loads(grid.stdout)} == {1e-3, 1e-2}
 
 
 @pytest.mark.parametrize(
@@ -104,9 +107,16 @@ def test_lr_law_in_the_config_sets_each_runs_lr(tmp_path: Path) -> None:
         (["train.lr_law={basline:{coefficient:1.0,exponent:-0.4}}"], "train.lr_law.basline is not allowed"),
         (
             ["sweep.lr_grid=[1e-3,3e-3]", "train.lr_from=runs/x"],
-            "sweep.lr_grid and train.lr_from are all set",
+            "sweep.lr_grid and train.lr_from are both set",
         ),
         (["sweep.lr_grid=[1e-3,0]"], "sweep.lr_grid contains 0.0"),
+        (
+            [
+                "train.lr_law={baseline:{coefficient:1.0,exponent:-0.4},mod:{coefficient:1.0,exponent:-0.4}}",
+                "train.lr=1e-3,3e-3",
+            ],
+            "train.lr is swept but train.lr_law sets every run's LR",
+        ),
     ],
 )
 def test_bad_lr_rules_are_one_line(tmp_path: Path, overrides: list[str], says: str) -> None:
