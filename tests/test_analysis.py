@@ -117,6 +117,10 @@ def test_parabola_vertex_and_bracketing() -> None:
     # Lowest run interior, but the best parabola is concave: its vertex is a maximum.
     down = analysis.fit_parabola(x, [1.0, 2.0, 0.95, 2.0, 1.0])
     assert not down.bracketed and down.reason == "parabola opens downward" and math.isnan(down.x_min)
+    # The runs bracket a minimum (1.5 is lowest) but the parabola's vertex lies past the smallest size: a poor
+    # fit, reported as such, not as a bound the runs contradict.
+    poor = analysis.fit_parabola(x, [2.02, 2.00, 2.60, 3.20, 4.00])
+    assert not poor.bracketed and poor.bound == "" and "poor fit" in poor.reason
     two = analysis.fit_parabola([1.0, 1.0, 2.0, 2.0], [3.0, 3.1, 2.0, 2.1])
     assert not two.bracketed and two.reason == "fewer than 3 distinct sizes"
 

@@ -5,16 +5,17 @@ The method (shared spec, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
 - Per (curve, budget): a parabola of the points' loss against log10(params). Its vertex is n_opt and
   loss_opt. d_opt is the vertex of a second parabola against log10(tokens) (no FLOP convention needed).
 - Bracketed means the lowest-loss point is interior, with a higher-loss point on each side, and the parabola
-  opens upward with its vertex inside the sampled sizes. Otherwise the optimum is a bound: `bound` says
-  "below" (N* < smallest size) or "above" (N* > largest), n_opt and d_opt are NaN, loss_opt is the best
-  point's loss (an upper bound on L*), and the budget is left out of the power laws.
+  opens upward with its vertex inside the sampled sizes. Otherwise n_opt and d_opt are NaN, loss_opt is the
+  best point's loss (an upper bound on L*), the budget is left out of the power laws, and when the lowest
+  point is an end the optimum is a bound: `bound` says "below" (N* < smallest size) or "above" (N* > largest).
 - Interval: a bootstrap. Replicate b draws the study's seeds with replacement (the same draw for every
   curve, so comparisons are paired over seeds), redoes each point's reduction, then resamples the points
   of the budget and refits. Replicate minima are not clamped: a vertex beyond the sampled sizes stays there,
   a parabola opening downward puts N* at 0 or infinity on the side of the lower edge. The 5th-95th
   percentiles are order statistics, so an interval can say "below the smallest size". A replicate's loss
-  is its vertex's when interior, else the fitted loss at the nearer edge (an upper bound). boot_interior is
-  the share of replicates whose vertex lay inside the sizes.
+  is its vertex's when interior, else the fitted loss at the nearer edge (an upper bound). A replicate needs
+  4 distinct sizes (when 4 or more were trained): a parabola through 3 interpolates their noise exactly.
+  boot_interior is the share of replicates whose vertex lay inside the sizes.
 - Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2), with a
   bootstrap interval on the exponent from the same replicates.
 - Approach 3 cross-check: L = E + A/N^alpha + B/D^beta by a Huber loss (delta 1e-3) on log-loss, L-BFGS from
@@ -140,8 +141,8 @@ def fit_parabola(x, y) -> Parabola:
     elif not coef[0] > 0:
         reason = "parabola opens downward"
     elif not x.min() < x_min < x.max():
-        reason = "vertex outside the sampled sizes"
-        bound = "below" if x_min <= x.min() else "above"
+        # The runs bracket a minimum, but the parabola puts it elsewhere: a poor fit, not a bound on either side.
+        reason = "best run interior but the parabola's vertex outside the sizes (a poor fit)"
     else:
         reason = ""
     return Parabola(
@@ -184,9 +185,12 @@ def _bootstrap(group: Group, weights: np.ndarray, rng: np.random.Generator) -> n
     out = np.full((len(weights), 4), np.nan)
     if x_n.size < 3:
         return out
+    # A parabola through exactly 3 sizes interpolates them, noise and all, and its vertex can land anywhere:
+    # with 4 or more sizes trained, a replicate needs 4 distinct ones (the rest are skipped, n_boot counts).
+    need = min(4, x_n.size)
     for b, idx in enumerate(rng.integers(0, x_n.size, size=(len(weights), x_n.size))):
         keep = idx[np.isfinite(losses[b, idx])]
-        if keep.size < 3:
+        if np.unique(keep).size < need:
             continue
         y = losses[b, keep]
         out[b, 0], out[b, 2], interior = replicate_minimum(x_n[keep], y, x_n.min(), x_n.max())

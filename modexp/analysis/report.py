@@ -117,10 +117,10 @@ def _fits_section(fits: pd.DataFrame) -> list[str]:
                 if row.bound == "below"
                 else f"> {si(hi)}"
                 if row.bound == "above"
-                else "unknown"
+                else "not located"
             )
             optimum = f"N* {side}  L* <= {row.loss_opt:.4f}"
-            flag = f"  UNBRACKETED ({row.reason}; a bound, not in the power law)"
+            flag = f"  UNBRACKETED ({row.reason}; not in the power law)"
         if row.lr_edge_points:
             flag += f"  [{row.lr_edge_points} point(s) LR-unbracketed: best LR at the edge of the grid]"
         runs = count(row.n_runs, "run") + (f", {row.n_seeds} seeds" if row.n_seeds > 1 else "")
