@@ -52,7 +52,7 @@ def _verdict_section(verdict: Verdict, loss: str) -> list[str]:
         lines.append(
             f"  {pair.curve} vs {pair.reference}: m = {pair.multiplier:.2f}x "
             f"{_interval(pair.multiplier_lo, pair.multiplier_hi)} (geometric mean over "
-            f"{count(pair.n_budgets, 'budget')}){'  [' + ', '.join(flags) + ']' if flags else ''}"
+            f"{count(pair.n_budgets, 'budget')}{'' if pair.extrapolated else ' not extrapolated'}){'  [' + ', '.join(flags) + ']' if flags else ''}"
         )
         rows = verdict.by_budget[
             (verdict.by_budget["curve"] == pair.curve) & (verdict.by_budget["reference"] == pair.reference)

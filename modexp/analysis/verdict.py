@@ -7,6 +7,8 @@ a variant's optimal loss, and the loss difference at equal compute (shared spec,
   L*_ref(C') = L*_variant(C). Past the reference's budgets, the end segment is extended as a straight line
   and the row is marked extrapolated.
 - dL(C) = L*_variant(C) - L*_ref(C) at a budget both trained (negative: the variant is better).
+- The headline per pair is the geometric mean of m over the budgets inside the reference's curve (over all
+  budgets, flagged, when none is).
 - Intervals: the same bootstrap replicates as the fits (seeds drawn once for all curves, so the two sides
   are paired over seeds), 5th-95th percentiles.
 - `bracketed` is False when either optimum at C is only a bound (its loss then is the best run's, an upper
@@ -159,18 +161,21 @@ def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str) -> tuple[l
                 "loss": fit["loss"],
             }
         )
-    ms = np.array([r["multiplier"] for r in rows])
+    # The headline averages the budgets the reference's curve covers; extrapolated ones only when none is.
+    used = [i for i, r in enumerate(rows) if not r["extrapolated"]] or list(range(len(rows)))
+    ms = np.array([rows[i]["multiplier"] for i in used])
     with np.errstate(invalid="ignore", divide="ignore"):
-        rep_means = np.exp(np.log(np.stack(all_reps)).mean(axis=0)) if all_reps else np.array([math.nan])
+        reps = np.stack([all_reps[i] for i in used]) if used else np.full((1, 1), math.nan)
+        rep_means = np.exp(np.log(reps).mean(axis=0))
     summary = {
         "curve": curve,
         "reference": reference,
         "multiplier": float(np.exp(np.log(ms).mean())) if ms.size and np.isfinite(ms).all() else math.nan,
         "multiplier_lo": percentiles(rep_means)[0],
         "multiplier_hi": percentiles(rep_means)[1],
-        "n_budgets": len(rows),
-        "extrapolated": any(r["extrapolated"] for r in rows),
-        "bracketed": all(r["bracketed"] for r in rows),
+        "n_budgets": len(used),
+        "extrapolated": any(rows[i]["extrapolated"] for i in used),
+        "bracketed": all(rows[i]["bracketed"] for i in used),
         "loss": rows[0]["loss"] if rows else "",
     }
     return rows, summary
