@@ -260,3 +260,26 @@ def test_fits_on_both_losses_and_a_switch(tmp_path: Path) -> None:
     assert (mod_c > mod_t).all()  # the fixture's causal loss is 0.4% above its top-k loss
     with pytest.raises(ModexpError, match="loss=nll is not allowed"):
         analysis.analyze(sweep, figures=False, loss="nll")
+
+
+def test_runs_from_before_hyperparameters_were_recorded_read_them_from_config(tmp_path: Path) -> None:
+    """Old summaries lack lr and seed: a comma sweep of train.lr must still be reduced, not pooled or refused."""
+    import json
+    import shutil
+
+    import yaml
+
+    sweep = make_sweep(tmp_path, budgets=(1e11, 3e11), unbracketed_budget=None)
+    done = sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file())
+    for run in done:
+        (run / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "train": {"lr": 1e-3, "beta2": 0.95}}))
+    twin = sweep / f"{done[0].name}-lr3e-3"
+    shutil.copytree(done[0], twin)
+    (twin / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "train": {"lr": 3e-3, "beta2": 0.95}}))
+    summary = json.loads((twin / "summary.json").read_text())
+    (twin / "summary.json").write_text(json.dumps({**summary, "val_loss": summary["val_loss"] - 0.01}))
+    (sweep / "plan.json").unlink()  # no planned_ids: every run folder belongs to the study
+    result = analysis.analyze(sweep, figures=False, loss="topk")
+    point = result.points[result.points["n_lrs"] == 2]
+    assert len(point) == 1 and point["lr"].iloc[0] == 3e-3 and bool(point["lr_edge"].iloc[0])
+    assert "predate hyperparameters in summary.json" in result.summary

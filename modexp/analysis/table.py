@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from modexp.errors import ModexpError
 from modexp.units import count
@@ -72,7 +73,7 @@ def scan_sweep(sweep_dir: Path) -> Collection:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ModexpError(f"sweep folder {sweep_dir} does not exist: give a folder made by `modexp sweep`")
-    rows, notes, states = [], [], Counter()
+    rows, notes, states, filled = [], [], Counter(), 0
     for run_dir in sorted(p for p in sweep_dir.iterdir() if _is_run_dir(p)):
         status = _read_json(run_dir / "status.json")
         state = status.get("state", "unknown") if isinstance(status, dict) else "no status.json"
@@ -90,10 +91,16 @@ def scan_sweep(sweep_dir: Path) -> Collection:
             continue
         row = {key: _flatten(value) for key, value in summary.items()}
         row["run_id"] = run_dir.name  # the folder name is the run id that metrics and samples live under
+        if "lr" not in row:
+            filled += _hyperparameters_from_config(run_dir, row)
         rows.append(row)
     if not rows:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no run folders"
         raise ModexpError(f"no finished runs in {sweep_dir} ({seen}): analysis needs runs with state done")
+    if filled:
+        notes.append(
+            f"{count(filled, 'run')} predate hyperparameters in summary.json: lr, seed and the rest read from config.yaml"
+        )
     rows, stray = _planned_only(sweep_dir, rows)
     if stray:
         notes.append(
@@ -108,6 +115,41 @@ def scan_sweep(sweep_dir: Path) -> Collection:
     table = table[front + [c for c in table.columns if c not in front]]
     table = table.sort_values(["variant", "budget", "params"], kind="stable").reset_index(drop=True)
     return Collection(table=table, states=dict(states), notes=notes)
+
+
+_CONFIG_HYPERPARAMETERS = {
+    "lr": ("train", "lr"),
+    "seed": ("seed",),
+    "beta1": ("train", "beta1"),
+    "beta2": ("train", "beta2"),
+    "weight_decay": ("train", "weight_decay"),
+    "warmup_fraction": ("train", "warmup_fraction"),
+    "max_warmup_steps": ("train", "max_warmup_steps"),
+    "min_lr_ratio": ("train", "min_lr_ratio"),
+    "grad_clip": ("train", "grad_clip"),
+    "precision": ("train", "precision"),
+    "eval_tokens": ("train", "eval_tokens"),
+}
+
+
+def _hyperparameters_from_config(run_dir: Path, row: dict) -> int:
+    """Fill a run's hyperparameters from its config.yaml (summaries written before they were recorded).
+
+    Without them, runs that differ only in LR or seed would look like twins (or, worse, be pooled).
+    Returns 1 when anything was filled.
+    """
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return 0
+    found = 0
+    for column, path in _CONFIG_HYPERPARAMETERS.items():
+        value: Any = config
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if column not in row and value is not None:
+            row[column], found = value, 1
+    return found
 
 
 def _planned_only(sweep_dir: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
