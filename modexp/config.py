@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from .model import ModelConfig
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 VARIANTS = ("baseline", "mod", "random")
+# Folder and job names: no paths, no dotfiles, nothing that starts like runs/_data (the corpus cache).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -271,7 +275,7 @@ def check(cfg: Config) -> None:
         raise ModexpError(
             f"tracker.wandb.mode={cfg.tracker.wandb.mode} is not allowed: choose one of {', '.join(WANDB_MODES)}"
         )
-    if cfg.budget is not None and not cfg.budget > 0:
+    if cfg.budget is not None and not (cfg.budget > 0 and math.isfinite(cfg.budget)):
         raise ModexpError(f"budget={cfg.budget} is not allowed: give a positive number of FLOPs, e.g. 1e12")
     if not cfg.sweep.budgets:
         raise ModexpError(
@@ -280,7 +284,7 @@ def check(cfg: Config) -> None:
     if not cfg.sweep.variants:
         raise ModexpError(f"sweep.variants is empty: give some of {', '.join(VARIANTS)}, e.g. [baseline,mod]")
     for budget in cfg.sweep.budgets:
-        if not budget > 0:
+        if not (budget > 0 and math.isfinite(budget)):
             raise ModexpError(
                 f"sweep.budgets contains {budget}: every budget must be a positive number of FLOPs, e.g. 1e12"
             )
@@ -323,9 +327,46 @@ def check(cfg: Config) -> None:
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "sweep.sizes_per_budget": cfg.sweep.sizes_per_budget,
     }
+    positive.update(
+        {
+            "train.grad_clip": cfg.train.grad_clip,  # <= 0 would clip every update to nothing, or ascend
+            "sweep.tokens_per_param": cfg.sweep.tokens_per_param,
+            "sweep.mod_size_shift": cfg.sweep.mod_size_shift,
+            "sweep.min_steps": cfg.sweep.min_steps,
+            "sweep.min_tokens_per_param": cfg.sweep.min_tokens_per_param,
+            "sweep.max_tokens_per_param": cfg.sweep.max_tokens_per_param,
+            "sweep.flops_per_second": cfg.sweep.flops_per_second,
+        }
+    )
     for key, value in positive.items():
-        if not value > 0:
-            raise ModexpError(f"{key}={value} is not allowed: it must be positive")
+        if not (value > 0 and math.isfinite(value)):
+            raise ModexpError(f"{key}={value} is not allowed: it must be a positive finite number")
+    ranges = {  # key: (value, low, high, high included)
+        "train.beta1": (cfg.train.beta1, 0.0, 1.0, False),
+        "train.beta2": (cfg.train.beta2, 0.0, 1.0, False),
+        "train.min_lr_ratio": (cfg.train.min_lr_ratio, 0.0, 1.0, True),
+        "train.warmup_fraction": (cfg.train.warmup_fraction, 0.0, 1.0, True),
+        "train.weight_decay": (cfg.train.weight_decay, 0.0, math.inf, False),
+        "train.max_warmup_steps": (cfg.train.max_warmup_steps, 0, math.inf, False),
+        "seed": (cfg.seed, 0, math.inf, False),
+    }
+    for key, (value, low, high, closed) in ranges.items():
+        if not (low <= value and (value <= high if closed else value < high)):
+            upper = f"{high:g}" if math.isfinite(high) else "inf"
+            raise ModexpError(
+                f"{key}={value} is not allowed: it must lie in [{low:g}, {upper}{']' if closed else ')'}"
+            )
+    if cfg.sweep.min_tokens_per_param >= cfg.sweep.max_tokens_per_param:
+        raise ModexpError(
+            f"sweep.min_tokens_per_param={cfg.sweep.min_tokens_per_param:g} is not below "
+            f"sweep.max_tokens_per_param={cfg.sweep.max_tokens_per_param:g}: no model could be planned"
+        )
+    for key, name in (("sweep.name", cfg.sweep.name), ("variant", cfg.variant)):
+        if name is not None and not SAFE_NAME.fullmatch(str(name)):
+            raise ModexpError(
+                f"{key}={name!r} is not allowed: it names a folder, so use letters, digits and . _ - "
+                "(starting with a letter or digit), e.g. my_study-2"
+            )
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     if cfg.launcher.name not in ("local", "slurm"):

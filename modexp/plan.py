@@ -377,4 +377,10 @@ def single_run(cfg: Config) -> RunSpec:
             f"{cfg.sweep.min_steps} (one step of {run.batch_size} x {run.model.seq_len} tokens costs "
             f"{sci(step_flops)} FLOPs): give budget >= {sci(least, 2)} or lower sweep.min_steps"
         )
+    reason = _unsensible(run, cfg.sweep)  # the sweep's tokens-per-parameter limits hold for one run too
+    if reason:
+        raise ModexpError(
+            f"budget={sci(cfg.budget)} gives this {si(run.accounting['params'])}-parameter model {reason}: "
+            "change budget or the model, or the sweep preset's limits"
+        )
     return run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -23,10 +24,27 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "wandb", "pandas", "modexp")
 
 
+def strict_json(data: Any, **kwargs: Any) -> str:
+    """JSON that every reader accepts: NaN and infinities become null (Python's json would write NaN)."""
+    return json.dumps(_finite(data), allow_nan=False, default=_jsonable, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if hasattr(value, "tolist") and not isinstance(value, (dict, list, tuple)):
+        value = value.tolist()  # numpy and torch scalars and arrays
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomic: a reader never sees half a file, and a kill leaves the old version."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    tmp.write_text(strict_json(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -101,7 +119,7 @@ class MetricsLog:
         self._file = path.open("a", buffering=1)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.write(strict_json(record) + "\n")
 
     def close(self) -> None:
         self._file.close()
