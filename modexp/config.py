@@ -237,11 +237,19 @@ def _hydra_form(override: str) -> str:
     return override
 
 
+def _cleared(overrides: list[str]) -> list[str]:
+    """The open dicts an override sets to {} (e.g. 'train.lr_law={}' to drop a preset's LR law)."""
+    pairs = [o.lstrip("+~").split("=", 1) for o in overrides if "=" in o]
+    return [key for key, value in pairs if key in OPEN_DICTS and value.replace(" ", "") == "{}"]
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose conf/ with command-line overrides into a validated DictConfig (no sweep expansion)."""
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[_hydra_form(o) for o in overrides])
+        for key in _cleared(overrides):  # Hydra merges `key={}` into a preset's dict; the user means "empty"
+            OmegaConf.update(cfg, key, {}, merge=False, force_add=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ModexpError(_explain(exc, overrides)) from None
     to_typed(cfg)  # validate now, so bad values are refused before any planning or training

@@ -123,3 +123,9 @@ def test_bad_lr_rules_are_one_line(tmp_path: Path, overrides: list[str], says: s
     out = modexp(tmp_path, "plan", "sweep=smoke", *overrides)
     assert out.returncode == 2 and says in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def test_an_empty_lr_law_clears_the_presets(tmp_path: Path) -> None:
+    out = modexp(tmp_path, "plan", "sweep=demo", "train.lr_law={}", "train.lr=2e-3", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert {(r["lr"], r["lr_rule"]) for r in json.loads(out.stdout)} == {(2e-3, "train.lr")}

@@ -79,7 +79,8 @@ def test_a_curve_rising_from_its_smallest_size_is_a_bound(tmp_path: Path) -> Non
         assert not fit.bracketed and fit.bound == "below" and math.isnan(fit.n_opt)
         assert fit.reason == "lowest loss at the smallest size"
         assert fit.n_opt_lo < fit.params_min  # the interval is not clamped to the sampled sizes
-        assert f"N* < {analysis_si(fit.params_min)}" in result.summary
+        # Unimodal and lowest at the smallest size: the optimum lies below the second-smallest size.
+        assert fit.bound_params > fit.params_min and f"N* < {analysis_si(fit.bound_params)}" in result.summary
     assert result.power_laws.empty and "no power law: 0 bracketed" in result.summary
     assert "isoflop" in result.figures
 
@@ -283,3 +284,75 @@ def test_runs_from_before_hyperparameters_were_recorded_read_them_from_config(tm
     point = result.points[result.points["n_lrs"] == 2]
     assert len(point) == 1 and point["lr"].iloc[0] == 3e-3 and bool(point["lr_edge"].iloc[0])
     assert "predate hyperparameters in summary.json" in result.summary
+
+
+def test_one_seed_and_four_sizes_still_get_an_interval_three_sizes_none(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = [
+        r
+        for b in (1e11, 3e11, 1e12)
+        for v, s in (("baseline", 1.0), (MOD, 1.3))
+        for r in isoflop_rows(v, b, s, 4)
+    ]
+    rows = [{**r, "val_loss": r["val_loss"] + 0.003 * rng.standard_normal()} for r in rows]
+    four = analysis.analyze(table=_csv(tmp_path / "four.csv", rows), out=tmp_path / "o4", figures=False)
+    assert (four.fits["loss_opt_lo"] < four.fits["loss_opt_hi"]).all()  # residuals resampled: not zero width
+    three_rows = [
+        r for b in (1e11, 3e11) for v, s in (("baseline", 1.0), (MOD, 1.3)) for r in isoflop_rows(v, b, s, 3)
+    ]
+    three = analysis.analyze(
+        table=_csv(tmp_path / "three.csv", three_rows), out=tmp_path / "o3", figures=False
+    )
+    assert three.fits["n_opt_lo"].isna().all() and three.verdict["multiplier_lo"].isna().all()
+    assert "[n/a]" in three.summary
+
+
+def _csv(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_an_optimum_that_is_only_a_bound_makes_m_a_bound(tmp_path: Path) -> None:
+    rows = [r for b in (1e11, 3e11, 1e12) for r in isoflop_rows("baseline", b)]
+    # MoD sampled only above its optimum: lowest at its smallest size, so its L* is an upper bound, m a lower one.
+    rows += [
+        r
+        for b in (1e11, 3e11, 1e12)
+        for r in isoflop_rows(MOD, b, 1.3)
+        if r["params"] > optimal_params(1.3 * b, 1.0, 25, 25)
+    ]
+    result = analysis.analyze(table=_csv(tmp_path / "t.csv", rows), out=tmp_path / "o", figures=False)
+    inside = result.verdict[~result.verdict["extrapolated"]]
+    assert (inside["bound"] == "variant").all() and (inside["multiplier_bound"] == ">=").all()
+    assert (inside["multiplier"] <= 1.3 * 1.02).all() and "m >= " in result.summary
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"optimizer": ["adamw", "sgd"]}, "optimizer differs within one point"),
+        ({"tokens": [1.0, 2.0]}, "tokens differs within one point"),
+        ({"lr": [1e-3, None]}, "column lr has nothing"),
+        ({"lr": [1e-3, "abc"]}, "column lr has 'abc'"),
+        ({"seed": [0, None]}, "column seed is empty"),
+    ],
+)
+def test_columns_that_would_pool_silently_or_crash_are_one_line(change: dict, says: str) -> None:
+    runs = pd.DataFrame([{**r, "seed": s} for r in isoflop_rows("baseline", 1e17) for s in (0, 1)])
+    for column, (first, second) in change.items():
+        if column == "tokens":
+            runs[column] = runs[column] * np.where(runs["seed"] == 0, first, second)
+        else:
+            runs[column] = pd.Series([first if seed == 0 else second for seed in runs["seed"]], dtype=object)
+    with pytest.raises(ModexpError, match=says) as err:
+        analysis.reduce_points(runs, "topk")
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_numeric_column_that_differs_is_named_in_a_note() -> None:
+    runs = pd.DataFrame(
+        [{**r, "seed": s, "dropout": 0.1 * s} for r in isoflop_rows("baseline", 1e17) for s in (0, 1)]
+    )
+    assert any(
+        "dropout" in note and "--split-by" in note for note in analysis.reduce_points(runs, "topk").notes
+    )

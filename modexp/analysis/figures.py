@@ -235,9 +235,11 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
                 drawn["bracketed"],
             )
             if quantity == "n_opt":
-                for bound, marker, column in (("below", "v", "params_min"), ("above", "^", "params_max")):
+                for bound, marker in (("below", "v"), ("above", "^")):
                     rows = group[~group["bracketed"].astype(bool) & (group["bound"] == bound)]
-                    ax.scatter(rows["budget"], rows[column], marker=marker, color=style["colour"], s=40)
+                    ax.scatter(
+                        rows["budget"], rows["bound_params"], marker=marker, color=style["colour"], s=40
+                    )
             law = power_laws[(power_laws["curve"] == curve) & (power_laws["quantity"] == quantity)]
             fitted = group[group["bracketed"].astype(bool)]["budget"]
             if len(law) and len(fitted):

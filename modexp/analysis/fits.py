@@ -8,14 +8,14 @@ The method (shared spec, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
   opens upward with its vertex inside the sampled sizes. Otherwise n_opt and d_opt are NaN, loss_opt is the
   best point's loss (an upper bound on L*), the budget is left out of the power laws, and when the lowest
   point is an end the optimum is a bound: `bound` says "below" (N* < smallest size) or "above" (N* > largest).
-- Interval: a bootstrap. Replicate b draws the study's seeds with replacement (the same draw for every
-  curve, so comparisons are paired over seeds), redoes each point's reduction, then resamples the points
-  of the budget and refits. Replicate minima are not clamped: a vertex beyond the sampled sizes stays there,
-  a parabola opening downward puts N* at 0 or infinity on the side of the lower edge. The 5th-95th
-  percentiles are order statistics, so an interval can say "below the smallest size". A replicate's loss
-  is its vertex's when interior, else the fitted loss at the nearer edge (an upper bound). A replicate needs
-  4 distinct sizes (when 4 or more were trained): a parabola through 3 interpolates their noise exactly.
-  boot_interior is the share of replicates whose vertex lay inside the sizes.
+- Interval: a bootstrap. Replicate b draws the study's seeds with replacement (one draw for every curve, so
+  comparisons are paired over seeds) and redoes each point's reduction; then it adds the parabola's residuals,
+  resampled and scaled by sqrt(n / (n - 3)), to the fitted curve, so a single seed still gets the noise and
+  misfit its points show. With only 3 sizes there are no residuals and no interval. Replicate minima are not
+  clamped: a vertex beyond the sampled sizes stays there, a parabola opening downward puts N* at 0 or
+  infinity on the side of the lower edge. The 5th-95th percentiles are order statistics, so an interval can
+  say "below the smallest size". A replicate's loss is its vertex's when interior, else its best point's
+  (an upper bound, as for the estimate). boot_interior is the share of replicates whose vertex lay inside.
 - Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2), with a
   bootstrap interval on the exponent from the same replicates.
 - Approach 3 cross-check: L = E + A/N^alpha + B/D^beta by a Huber loss (delta 1e-3) on log-loss, L-BFGS from
@@ -59,6 +59,7 @@ FITS_COLUMNS = [
     "loss_opt",
     "bracketed",
     "bound",
+    "bound_params",
     "n_opt_lo",
     "n_opt_hi",
     "loss_opt_lo",
@@ -179,22 +180,25 @@ def _group_rng(seed: int, curve: str, budget: float) -> np.random.Generator:
 
 
 def _bootstrap(group: Group, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows of [log10 n, log10 d, loss, interior], one per replicate (weights: seed counts per replicate)."""
+    """Rows of [log10 n, log10 d, loss, interior], one per replicate; see the module docstring.
+
+    Replicate b reduces the points under the seed counts weights[b], then adds the parabola's residuals,
+    resampled, to its fitted curve.
+    """
     x_n, x_d = np.log10(group.params), np.log10(group.tokens)
-    losses = group.reduce(weights)
     out = np.full((len(weights), 4), np.nan)
-    if x_n.size < 3:
-        return out
-    # A parabola through exactly 3 sizes interpolates them, noise and all, and its vertex can land anywhere:
-    # with 4 or more sizes trained, a replicate needs 4 distinct ones (the rest are skipped, n_boot counts).
-    need = min(4, x_n.size)
-    for b, idx in enumerate(rng.integers(0, x_n.size, size=(len(weights), x_n.size))):
-        keep = idx[np.isfinite(losses[b, idx])]
-        if np.unique(keep).size < need:
+    for b, y in enumerate(group.reduce(weights)):
+        ok = np.isfinite(y)
+        if np.unique(x_n[ok]).size < 4:  # a parabola through 3 sizes has no residuals: no interval
             continue
-        y = losses[b, keep]
-        out[b, 0], out[b, 2], interior = replicate_minimum(x_n[keep], y, x_n.min(), x_n.max())
-        out[b, 1] = replicate_minimum(x_d[keep], y, x_d.min(), x_d.max())[0]
+        coef = np.polyfit(x_n[ok], y[ok], 2)
+        fitted = np.polyval(coef, x_n[ok])
+        residuals = (y[ok] - fitted) * math.sqrt(ok.sum() / (ok.sum() - 3))  # undo the fit's shrinkage
+        y = fitted + rng.choice(residuals, size=ok.sum())
+        out[b, 0], out[b, 2], interior = replicate_minimum(x_n[ok], y, x_n.min(), x_n.max())
+        if not interior:  # as for the estimate itself: an optimum beyond the sizes has the best run's loss
+            out[b, 2] = float(y.min())
+        out[b, 1] = replicate_minimum(x_d[ok], y, x_d.min(), x_d.max())[0]
         out[b, 3] = float(interior) if not math.isnan(out[b, 0]) else math.nan
     return out
 
@@ -206,6 +210,15 @@ def percentiles(values: np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     lo, hi = np.percentile(values, PERCENTILES, method="inverted_cdf")
     return float(lo), float(hi)
+
+
+def _bound_params(params: np.ndarray, bound: str) -> float:
+    sizes = np.unique(params)
+    if bound == "below":
+        return float(sizes[min(1, sizes.size - 1)])
+    if bound == "above":
+        return float(sizes[max(-2, -sizes.size)])
+    return math.nan
 
 
 def _exp10(x: float) -> float:
@@ -227,6 +240,8 @@ def _fit_group(curve: str, budget: float, rows: pd.DataFrame, boot: np.ndarray, 
         "loss_opt": by_size.y_min if ok else float(y.min()),
         "bracketed": ok,
         "bound": by_size.bound,
+        # Lowest at an end: a unimodal curve has its minimum before the next size in, not before the end.
+        "bound_params": _bound_params(rows["params"].to_numpy(float), by_size.bound),
         "n_opt_lo": _exp10(n_lo),
         "n_opt_hi": _exp10(n_hi),
         "loss_opt_lo": l_lo,

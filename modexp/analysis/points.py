@@ -131,9 +131,58 @@ def _describe(row: pd.Series) -> str:
     return f"{row['curve']} at budget {sci(row['budget'])}, {si(row['params'])} params"
 
 
-def _check_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> None:
+def _lr_column(df: pd.DataFrame) -> pd.Series:
+    """Each run's peak LR: a positive number in every row, or no lr column (one LR per point)."""
+    if "lr" not in df:
+        return pd.Series(np.nan, index=df.index)
+    lr = pd.to_numeric(df["lr"], errors="coerce")
+    bad = ~(lr > 0)
+    if bad.all() and df["lr"].isna().all():
+        return pd.Series(np.nan, index=df.index)
+    if bad.any():
+        row = df[bad].iloc[0]
+        raise ModexpError(
+            f"column lr has {'nothing' if pd.isna(row['lr']) else repr(row['lr'])} for {row['variant']} at budget "
+            f"{sci(row['budget'])}: every run needs a "
+            f"positive learning rate ({int(bad.sum())} row(s) lack one), or drop the column"
+        )
+    return lr
+
+
+def _seed_column(df: pd.DataFrame) -> pd.Series:
+    """Each run's seed as a label: every row has one, or no seed column (one seed)."""
+    if "seed" not in df or df["seed"].isna().all():
+        return pd.Series("0", index=df.index)
+    if df["seed"].isna().any():
+        raise ModexpError(
+            f"column seed is empty in {int(df['seed'].isna().sum())} of {len(df)} rows: give every run its seed, "
+            "or drop the column"
+        )
+    return df["seed"].map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+
+
+# Columns that are outcomes or bookkeeping, never settings: they may differ between the runs of a point.
+NOT_SETTINGS = {
+    "run_id", "sweep", "device", "lr", "seed", "lr_rule", "curve", "loss", "variant", "budget", "params",
+    "flops", "flops_error", "wall_time", "step_time", "tokens_per_s", "note",
+}  # fmt: skip
+
+
+def _check_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> list[str]:
+    """Refuse a recorded setting that differs within a point; note other columns that do (outcomes?)."""
     key = list(POINT_KEY)
-    for column in [c for c in SETTING_COLUMNS if c in df and c not in split_by]:
+    settings = [c for c in (*SETTING_COLUMNS, "tokens") if c in df and c not in split_by]
+    # Text columns are settings (an optimizer's name, a dataset); unknown numeric ones may be outcomes.
+    settings += [
+        c
+        for c in df.columns
+        if c not in NOT_SETTINGS
+        and c not in settings
+        and c not in split_by
+        and not c.startswith("val_")
+        and not pd.api.types.is_numeric_dtype(df[c])
+    ]
+    for column in settings:
         values = df[column].map(
             lambda v: "null" if v is None or (isinstance(v, float) and math.isnan(v)) else v
         )
@@ -147,9 +196,7 @@ def _check_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> None:
                 f"and learning rates; split the curves by it (modexp analyze DIR --split-by {column}) "
                 "or analyze those runs apart"
             )
-    lr = df["lr"] if "lr" in df else pd.Series(np.nan, index=df.index)
-    seed = df["seed"] if "seed" in df else pd.Series(np.nan, index=df.index)
-    twins = df.assign(_lr=lr.fillna(-1), _seed=seed.fillna(-1)).duplicated(key + ["_lr", "_seed"], keep=False)
+    twins = df.assign(_lr=df["lr"].fillna(-1)).duplicated(key + ["_lr", "seed"], keep=False)
     if twins.any():
         first = df[twins].iloc[0]
         raise ModexpError(
@@ -157,6 +204,22 @@ def _check_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> None:
             "they differ in something the table does not record; give them a seed or lr column, "
             "or a column to --split-by"
         )
+    unknown = [
+        c
+        for c in df.columns
+        if c not in NOT_SETTINGS
+        and c not in settings
+        and c not in split_by
+        and not c.startswith("val_")
+        and c not in SETTING_COLUMNS
+        and (df.groupby(key)[c].nunique(dropna=False) > 1).any()
+    ]
+    if unknown:
+        return [
+            f"column(s) {', '.join(unknown)} differ within a point and were read as outcomes, not settings; "
+            "if any is a setting, --split-by it"
+        ]
+    return []
 
 
 def _lr_star(lrs: np.ndarray, means: np.ndarray, best: int) -> float:
@@ -185,10 +248,10 @@ def reduce_points(df: pd.DataFrame, loss: str = DEFAULT_LOSS, split_by: tuple[st
         df = df[~missing]
     if df.empty:
         raise ModexpError(f"no run has a {loss_column(loss)}: analyze with --loss topk")
-    _check_settings(df, tuple(split_by))
-    df["lr"] = pd.to_numeric(df["lr"], errors="coerce") if "lr" in df else np.nan
-    df["seed"] = df["seed"] if "seed" in df else 0
-    seeds = sorted(df["seed"].fillna(-1).unique().tolist())
+    df["lr"] = _lr_column(df)
+    df["seed"] = _seed_column(df)
+    notes += _check_settings(df, tuple(split_by))
+    seeds = sorted(df["seed"].unique().tolist())
     seed_index = {s: i for i, s in enumerate(seeds)}
 
     rows, groups = [], {}
@@ -199,7 +262,7 @@ def reduce_points(df: pd.DataFrame, loss: str = DEFAULT_LOSS, split_by: tuple[st
         for run in runs.itertuples():
             p = int(np.searchsorted(params, run.params))
             lr_i = 0 if np.isnan(lrs[0]) else int(np.searchsorted(lrs, run.lr))
-            losses[p, lr_i, seed_index[-1 if pd.isna(run.seed) else run.seed]] = run.loss
+            losses[p, lr_i, seed_index[run.seed]] = run.loss
         tokens = runs.groupby("params")["tokens"].mean().reindex(params).to_numpy(float)
         groups[(str(curve), float(budget))] = Group(params.astype(float), tokens, losses)
         for p, size in enumerate(params):

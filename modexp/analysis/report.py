@@ -61,11 +61,20 @@ def _verdict_section(verdict: Verdict, loss: str) -> list[str]:
             marks = []
             if row.extrapolated:
                 marks.append("extrapolated beyond the reference's budgets")
-            if not row.bracketed:
-                marks.append("an optimum is only a bound")
+            bound = getattr(row, "bound", "") if isinstance(getattr(row, "bound", ""), str) else ""
+            if bound == "both":
+                marks.append("both optima at this budget are only bounds: dL's direction unknown")
+            elif bound:
+                marks.append(f"the {bound}'s optimum is only a bound")
+            m_op = getattr(row, "multiplier_bound", "")
+            m_op = m_op if isinstance(m_op, str) and m_op else "="
+            if m_op == "?":
+                marks.append("m is not bounded either way")
+            d_op = "<=" if bound == "variant" else ">=" if bound == "reference" else "="
             lines.append(
-                f"    C={sci(row.budget)}  m = {row.multiplier:.2f}x {_interval(row.multiplier_lo, row.multiplier_hi)}"
-                f"  dL = {row.delta_loss:+.4f} {_interval(row.delta_loss_lo, row.delta_loss_hi, '{:+.4f}')} nats"
+                f"    C={sci(row.budget)}  m {m_op} {row.multiplier:.2f}x "
+                f"{_interval(row.multiplier_lo, row.multiplier_hi)}"
+                f"  dL {d_op} {row.delta_loss:+.4f} {_interval(row.delta_loss_lo, row.delta_loss_hi, '{:+.4f}')} nats"
                 f"  (L* {row.loss_opt:.4f} vs {row.reference_loss_opt:.4f})"
                 + (f"  [{'; '.join(marks)}]" if marks else "")
             )
@@ -113,9 +122,9 @@ def _fits_section(fits: pd.DataFrame) -> list[str]:
                 flag = f"  [{row.boot_interior:.0%} of resamples found a minimum inside the sizes]"
         else:
             side = (
-                f"< {si(lo)}"
+                f"< {si(row.bound_params)}"
                 if row.bound == "below"
-                else f"> {si(hi)}"
+                else f"> {si(row.bound_params)}"
                 if row.bound == "above"
                 else "not located"
             )

@@ -175,6 +175,10 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     return collection.table
 
 
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def load_table(path: Path) -> pd.DataFrame:
     """Read an external results table; any CSV with variant, budget, params, tokens, flops, val_loss."""
     path = Path(path)
@@ -193,14 +197,18 @@ def load_table(path: Path) -> pd.DataFrame:
         raise ModexpError(f"table {path} has no rows: need one row per run with {need}")
     for column in REQUIRED_TABLE_COLUMNS[1:]:
         values = pd.to_numeric(table[column], errors="coerce")
-        bad = ~np.isfinite(values.to_numpy(float)) | ((values <= 0) & (column != "val_loss")).to_numpy()
+        bad = ~np.isfinite(values.to_numpy(float)) | (values <= 0).to_numpy()  # a loss too: fits take its log
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise ModexpError(
-                f"table {path} column {column} line {row + 2} has {table[column].iloc[row]!r}: "
-                f"need a finite {'number' if column == 'val_loss' else 'positive number'} in every row"
+                f"table {path} column {column} line {row + 2} has {_shown(table[column].iloc[row])}: "
+                "need a finite positive number in every row"
             )
         table[column] = values.astype(float)
+    empty = table["variant"].isna() | (table["variant"].astype(str).str.strip() == "")
+    if empty.any():
+        row = int(np.flatnonzero(empty.to_numpy())[0])
+        raise ModexpError(f"table {path} column variant line {row + 2} is empty: name every run's variant")
     table["variant"] = table["variant"].astype(str)
     return table.sort_values(["variant", "budget", "params"], kind="stable").reset_index(drop=True)
 

@@ -43,6 +43,8 @@ VERDICT_COLUMNS = [
     "delta_loss_lo",
     "delta_loss_hi",
     "bracketed",
+    "bound",
+    "multiplier_bound",
     "loss",
 ]
 
@@ -123,6 +125,7 @@ def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str) -> tuple[l
     # An unbracketed reference optimum is only an upper bound on its L*: it would make the reference look
     # worse than it is and inflate m. Its curve uses the bracketed budgets when there are two or more.
     on_curve = ref[bracketed] if bracketed.sum() >= 2 else ref
+    curve_on_bounds = not on_curve["bracketed"].astype(bool).all()
     ref_log_c, ref_losses = np.log10(on_curve.index.to_numpy(float)), on_curve["loss_opt"].to_numpy(float)
     curve_reps = _replicates(boot, reference, on_curve.index.to_numpy(float))
     ref_reps = dict(zip(ref.index, _replicates(boot, reference, ref.index.to_numpy(float))))
@@ -139,6 +142,7 @@ def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str) -> tuple[l
         )
         all_reps.append(m_reps)
         shared = budget in ref.index
+        ref_bound = shared and not bool(bracketed[budget])  # a budget the reference lacks is no bound
         d_reps = mine_reps - ref_reps[budget] if shared else np.array([math.nan])
         rows.append(
             {
@@ -154,10 +158,16 @@ def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str) -> tuple[l
                 "delta_loss": float(fit["loss_opt"] - ref.loc[budget, "loss_opt"]) if shared else math.nan,
                 "delta_loss_lo": percentiles(d_reps)[0],
                 "delta_loss_hi": percentiles(d_reps)[1],
-                "bracketed": bool(fit["bracketed"])
-                and shared
-                and bool(bracketed[budget])
-                and len(on_curve) >= 2,
+                "bracketed": bool(fit["bracketed"]) and not ref_bound and len(on_curve) >= 2,
+                # Whose optimum is only an upper bound on its L*: the variant's makes m a lower bound and dL an
+                # upper one; the reference's (at this budget) makes dL a lower bound.
+                "bound": {(True, True): "both", (True, False): "variant", (False, True): "reference"}.get(
+                    (not bool(fit["bracketed"]), ref_bound), ""
+                ),
+                # The reference's curve built on bounds (too few bracketed budgets) sits too high: m too large.
+                "multiplier_bound": {(True, True): "?", (True, False): ">=", (False, True): "<="}.get(
+                    (not bool(fit["bracketed"]), curve_on_bounds), ""
+                ),
                 "loss": fit["loss"],
             }
         )
