@@ -284,7 +284,8 @@ def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it(
     first = sweeps.start("first")
 
     def one_done_one_midway() -> bool:
-        done = [r for r in queue if (sd / r / "summary.json").exists()]
+        # "done" by its status, written after summary.json: a kill between the two leaves a run to resume.
+        done = [r for r in queue if status(sd / r).get("state") == "done"]
         midway = [r for r in queue if r not in done and (sd / r / CHECKPOINT).exists()]
         return bool(done and midway)
 
