@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
@@ -56,14 +59,15 @@ VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["select", "masked"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_greedy_cache_equals_recompute(variant: str) -> None:
+def test_greedy_cache_equals_recompute(variant: str, masked: bool) -> None:
     overrides = dict(VARIANTS[variant])
     sparse = overrides.pop("sparse", False)
     model = make_model(sparse=sparse, **overrides)
     prompt = torch.randint(0, VOCAB, (4, 5), generator=torch.Generator().manual_seed(1))
     steps = 20  # 25 positions: past seq_len=16, so rotary tables must grow
-    out, masks = generate(model, prompt, steps, temperature=0, return_routing=True)
+    out, masks = generate(model, prompt, steps, temperature=0, return_routing=True, masked=masked)
     expected, routing = recompute_greedy(model, prompt, steps)
     assert out.shape == (4, 25)
     assert torch.equal(out, expected)
@@ -77,12 +81,13 @@ def test_greedy_cache_equals_recompute(variant: str) -> None:
         assert any(len(set(row.tolist())) > 1 for row in counts)
 
 
-def test_step_logits_match_recompute() -> None:
+@pytest.mark.parametrize("masked", [False, True], ids=["select", "masked"])
+def test_step_logits_match_recompute(masked: bool) -> None:
     model = make_model(routing="topk", causal_router="predictor", route_every=2)
     seq = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(seq, routing_mode="causal").logits
-        decoder = Decoder(model, 3, 12)
+        decoder = Decoder(model, 3, 12, masked=masked)
         logits = [decoder.prefill(seq[:, :4])]
         logits += [decoder.step(seq[:, t]) for t in range(4, 11)]
     torch.testing.assert_close(torch.stack(logits, dim=1), full[:, 3:11], rtol=1e-5, atol=1e-5)
@@ -104,7 +109,8 @@ def test_causality() -> None:
     assert torch.equal(short, longer[:, :10])
 
 
-def test_routed_cache_holds_only_taken_tokens() -> None:
+@pytest.mark.parametrize("masked", [False, True], ids=["select", "masked"])
+def test_routed_cache_holds_only_taken_tokens(masked: bool) -> None:
     model = make_model(sparse=True, routing="topk", causal_router="predictor", route_every=2)
     prompt = torch.randint(0, VOCAB, (4, 6), generator=torch.Generator().manual_seed(4))
     inputs: dict[int, torch.Tensor] = {}
@@ -114,7 +120,7 @@ def test_routed_cache_holds_only_taken_tokens() -> None:
         if isinstance(block, RoutedBlock)
     ]
     with torch.no_grad():
-        decoder = Decoder(model, 4, 16)
+        decoder = Decoder(model, 4, 16, masked=masked)
         logits = decoder.prefill(prompt)
         seq = [prompt]
         for _ in range(10):
@@ -139,6 +145,149 @@ def test_routed_cache_holds_only_taken_tokens() -> None:
             # The cache holds exactly the keys/values of the taken tokens, in order, at their own positions.
             torch.testing.assert_close(decoder.keys[i][b, :, :n], k[0], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(decoder.values[i][b, :, :n], v[0], rtol=1e-5, atol=1e-5)
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts the calls that make a host wait for the device on a GPU: a tensor read into Python (item, int,
+    bool, tolist, ...) or an op whose output shape depends on the data (nonzero, boolean indexing, ...).
+
+    On a CPU nothing waits, but the same calls are made, so counting them tests the decode path's syncs here.
+    Each is counted once: at the Python call, or at the aten op where no counted Python call made it.
+    """
+
+    PYTHON = {"item", "tolist", "nonzero", "__int__", "__bool__", "__float__", "__index__", "cpu", "numpy"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.inside = 0  # within a counted Python-level call: its aten ops are the same sync
+        counter = self
+
+        class _Aten(TorchDispatchMode):
+            DATA_DEPENDENT = {"nonzero", "masked_select", "_unique", "_unique2", "unique_consecutive"}
+            SCALAR = {"item", "_local_scalar_dense", "is_nonzero"}
+            BOOL_INDEXED = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if counter.inside:
+                    pass
+                elif name in self.DATA_DEPENDENT | self.SCALAR:
+                    counter.calls.append(f"aten.{name}")
+                elif name in self.BOOL_INDEXED and any(
+                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
+                ):
+                    counter.calls.append(f"aten.{name}[bool]")
+                return func(*args, **(kwargs or {}))
+
+        self._aten = _Aten()
+
+    def __enter__(self) -> SyncCounter:
+        super().__enter__()
+        self._aten.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._aten.__exit__(*exc)
+        super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") not in self.PYTHON or self.inside:
+            return func(*args, **(kwargs or {}))
+        self.calls.append(func.__name__)
+        self.inside += 1
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.inside -= 1
+
+
+def test_sync_counter_sees_syncs() -> None:
+    x = torch.tensor([1, 0, 2])
+    with torch.inference_mode(), SyncCounter() as counter:
+        int(x[0]), bool(x[1]), x.tolist(), x.nonzero(), x[x > 0], x.max().item()
+        x + 1, x.argsort(stable=True), torch.where(x > 0, x, 0)  # no syncs
+    assert counter.calls == ["__int__", "__bool__", "tolist", "nonzero", "aten.index[bool]", "item"]
+
+
+@pytest.mark.parametrize("variant", ["predictor-every1", "aux_loss-every1"])
+def test_decode_step_syncs(variant: str) -> None:
+    """masked: no host sync at all per decoded token; select: exactly one per routed block (a count to gather)."""
+    model = make_model(**VARIANTS[variant])  # 4 routed blocks
+    prompt = torch.randint(0, VOCAB, (4, 5), generator=torch.Generator().manual_seed(1))
+    for masked, per_step in ((True, 0), (False, 4)):
+        with torch.inference_mode():
+            decoder = Decoder(model, 4, 12, masked=masked)
+            logits = decoder.prefill(prompt)
+            with SyncCounter() as counter:
+                for _ in range(6):
+                    logits = decoder.step(next_token(logits, 0.8, 5))
+        assert len(counter.calls) == 6 * per_step, counter.calls
+    # generate: the prompt's one sync per routed block, however many tokens follow.
+    for steps in (1, 7):
+        with SyncCounter() as counter:
+            generate(model, prompt, steps, temperature=0.8, top_k=5, masked=True, return_routing=True)
+        assert counter.calls == ["tolist"] * 4
+
+
+def test_dense_decode_step_passes_no_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One new query attends to every cached key: no mask (SDPA may pick its fused kernels), not causal."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((q.shape[-2], k.shape[-2], attn_mask is None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    model = make_model()  # dense: 4 blocks
+    prompt = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        decoder = Decoder(model, 2, 8)
+        decoder.prefill(prompt)
+        monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+        logits = decoder.step(prompt[:, 0])
+    assert calls == [(1, 6, True, False)] * 4  # (queries, keys, no mask, not causal)
+    monkeypatch.undo()
+    with torch.no_grad():
+        full = model(torch.cat([prompt, prompt[:, :1]], dim=1)).logits[:, -1]
+    torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5)
+
+
+BF16_VARIANTS = {
+    "predictor": dict(routing="topk", causal_router="predictor", route_every=2),
+    "aux_loss": dict(routing="topk", causal_router="aux_loss", route_every=1),
+    "random": dict(routing="random", capacity=0.5, route_every=2),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["select", "masked"])
+@pytest.mark.parametrize("variant", list(BF16_VARIANTS))
+def test_bf16_autocast_sampling(variant: str, masked: bool) -> None:
+    """Under bf16 autocast (what training and `modexp generate` use on a GPU) MoD sampling runs, the caches
+    take autocast's dtype, and cached decoding agrees with recomputation within bf16 rounding."""
+    model = make_model(**BF16_VARIANTS[variant])
+    seq = torch.randint(0, VOCAB, (3, 16), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, masks = generate(
+            model, seq[:, :4], 12, temperature=0.8, top_k=8, return_routing=True, masked=masked
+        )
+        assert out.shape == (3, 16) and [m.shape for m in masks] == [(3, 16)] * len(model.cfg.routed_layers)
+        with torch.no_grad():
+            decoder = Decoder(model, 3, 16, masked=masked)
+            assert decoder.keys[0].dtype == torch.bfloat16
+            logits = [decoder.prefill(seq[:, :4])] + [decoder.step(seq[:, t]) for t in range(4, 15)]
+            full = model(seq[:, :15], routing_mode="causal")
+    logits = torch.stack(logits, dim=1).float()
+    assert torch.isfinite(logits).all()
+    if variant == "random":  # its decisions are random draws: the two passes do not share them
+        return
+    # A decision near the threshold may flip under bf16 rounding; compare the sequences routed alike.
+    alike = torch.stack(
+        [(m == r.mask).all(dim=1) for m, r in zip(decoder.routing_masks(), full.routing)]
+    ).all(dim=0)
+    assert alike.sum() >= 2
+    torch.testing.assert_close(logits[alike], full.logits[alike, 3:15].float(), rtol=0.02, atol=0.05)
 
 
 def test_random_routing_decodes() -> None:
