@@ -12,8 +12,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ModexpError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FORMATS = ("table", "csv", "json")
 
@@ -191,7 +195,7 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import compose_config, to_typed
+    from .config import compose_config, processes_per_run, to_typed
     from .data import load_corpus
     from .plan import set_epochs, single_run
     from .rundir import sweep_dir, write_run
@@ -205,6 +209,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     set_epochs([spec], len(corpus.train), cfg)  # the sweep's repetition limit holds for one run too
     run_dir = sweep_dir(cfg) / spec.run_id
     write_run(run_dir, run_config(dict_cfg, spec), spec)
+    if processes_per_run(cfg) > 1:
+        return _train_processes(run_dir, cfg)
     try:
         train_run(run_dir, corpus)
     except RunLocked as exc:
@@ -212,6 +218,29 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     except NonFiniteLoss as exc:
         raise ModexpError(f"run failed: {exc} (see {run_dir / 'status.json'})") from None
     print(run_dir)  # the log already said "done <run>: val_loss ..."; stdout carries the folder, for scripts
+    return 0
+
+
+def _train_processes(run_dir: Path, cfg: Config) -> int:
+    """One run on launcher.gpus_per_run processes (torchrun; gloo on the CPU): what a sweep's pool does."""
+    import subprocess
+
+    from .config import processes_per_run
+    from .launch.local import make_slots, train_command
+    from .rundir import EXIT_LOCKED
+    from .tracking import read_status
+
+    processes = processes_per_run(cfg)
+    slot = make_slots(cfg.device, 1, processes)[0]
+    code = subprocess.call(train_command(run_dir, processes), env={**os.environ, **slot.env})
+    if code == EXIT_LOCKED:
+        raise ModexpError(f"{run_dir} is being trained by another process")
+    if code != 0:
+        status = read_status(run_dir)
+        raise ModexpError(
+            f"run {status.get('state', 'failed')}: {status.get('reason') or f'exit code {code}'}"
+        )
+    print(run_dir)
     return 0
 
 

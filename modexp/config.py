@@ -67,8 +67,12 @@ class TrainConfig:
     eval_tokens: int = MISSING  # held-out tokens per validation pass, the same set for every run
     log_every: int = MISSING
     checkpoint_every: int = MISSING  # steps between checkpoints (the final one always is written)
-    compile: bool = MISSING
+    compile: Any = MISSING  # auto (on CUDA) | true | false
     precision: str = MISSING  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    # How a step is computed, never what it computes: none of these changes a run's result or its id.
+    micro_batch_size: Any = None  # sequences per forward/backward per process; null: all; auto: what fits
+    activation_checkpointing: bool = MISSING  # recompute block activations in the backward pass
+    parallel: str = MISSING  # ddp | fsdp, when launcher.gpus_per_run > 1 gives a run several processes
 
 
 @dataclass
@@ -119,7 +123,9 @@ class LauncherConfig:
     name: str = MISSING  # local | slurm
     workers: int = MISSING  # CPU runs at a time on the local pool (0: one per core)
     partition: str | None = None
-    gpus_per_run: int = MISSING
+    gpus_per_run: int = MISSING  # processes (devices) per run: > 1 trains one run data-parallel
+    gpus_per_node: int = MISSING  # SLURM: a run with more GPUs than this spans several nodes
+    gpu_mem_gb: float | None = None  # memory per device for micro_batch_size=auto; null: ask the device
     cpus_per_run: int = MISSING
     mem_gb: float = MISSING
     time_min: int = MISSING
@@ -379,6 +385,36 @@ def check(cfg: Config) -> None:
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     if cfg.launcher.name not in ("local", "slurm"):
         raise ModexpError(f"launcher.name={cfg.launcher.name} is not allowed: choose local or slurm")
+    _check_step_settings(cfg)
+
+
+def _check_step_settings(cfg: Config) -> None:
+    """Micro-batches, compile, parallelism and the launcher's device counts."""
+    train, launcher = cfg.train, cfg.launcher
+    mbs = train.micro_batch_size
+    if mbs is not None and mbs != "auto" and (isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1):
+        raise ModexpError(
+            f"train.micro_batch_size={mbs} is not allowed: give a positive whole number of sequences, "
+            "auto (the largest that fits the device) or null (the whole batch)"
+        )
+    if train.compile not in (True, False, "auto"):
+        raise ModexpError(f"train.compile={train.compile} is not allowed: choose auto, true or false")
+    if train.parallel not in ("ddp", "fsdp"):
+        raise ModexpError(f"train.parallel={train.parallel} is not allowed: choose ddp or fsdp")
+    for key, value, low in (
+        ("launcher.gpus_per_run", launcher.gpus_per_run, 0),
+        ("launcher.gpus_per_node", launcher.gpus_per_node, 1),
+        ("launcher.cpus_per_run", launcher.cpus_per_run, 1),
+    ):
+        if value < low:
+            raise ModexpError(f"{key}={value} is not allowed: it must be a whole number >= {low}")
+    if launcher.gpu_mem_gb is not None and not launcher.gpu_mem_gb > 0:
+        raise ModexpError(f"launcher.gpu_mem_gb={launcher.gpu_mem_gb} is not allowed: give GB > 0 or null")
+
+
+def processes_per_run(cfg: Config) -> int:
+    """How many processes train one run: launcher.gpus_per_run of them (devices, or CPU processes on gloo)."""
+    return max(1, cfg.launcher.gpus_per_run)
 
 
 def expand_overrides(overrides: list[str]) -> list[list[str]]:

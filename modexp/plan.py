@@ -20,7 +20,18 @@ from .units import sci, si
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 # lr_from too: the lr it resolves to is in the identity, wherever it came from.
-_NOT_IDENTITY = {"eval_every", "log_every", "checkpoint_every", "compile", "lr_from", "lr_law"}
+# How often things happen and how a step is computed: none of it changes what a run computes.
+_NOT_IDENTITY = {
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+    "compile",
+    "lr_from",
+    "lr_law",
+    "micro_batch_size",
+    "activation_checkpointing",
+    "parallel",
+}
 MOD_ONLY = (
     "capacity",
     "route_every",

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config
+from .config import Config, processes_per_run
 from .errors import ModexpError
 from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
@@ -196,6 +196,9 @@ def run_sweep(
         from .launch.slurm import check_cluster
 
         check_cluster(cfg0)
+    else:  # device=cuda without GPUs is refused here, before anything is written
+        per_run = processes_per_run(cfg0)
+        slots = make_slots(cfg0.device, cfg0.launcher.workers, per_run)
     check_data(study)
     write_plan(study, overrides)
     todo, failed_before = pending_runs(study, retry_failed)
@@ -217,11 +220,16 @@ def run_sweep(
         if not finished:
             return 0
     else:
+        if cfg0.device == "auto" and slots[0].name.startswith("cpu"):
+            print(
+                "[sweep] no GPU visible: training on the CPU (device=cuda refuses instead)", file=sys.stderr
+            )
         pool = LocalPool(
-            make_slots(cfg0.device, cfg0.launcher.workers),
+            slots,
             fail_fast=fail_fast,
             on_tick=lambda p: view.tick(p),
             retry_failed=retry_failed,
+            processes_per_run=per_run,
         )
         try:
             pool.run([(s, study.run_dir(s)) for s in todo])

@@ -13,19 +13,30 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
-from . import flops
+from . import distributed, flops
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
+from .distributed import SINGLE, World, chunks, world_from_env
 from .errors import ModexpError
+from .memory import MemoryEstimate, resolve_micro_batch
 from .model import ModelConfig, Transformer
 from .model.routing import RoutingRecord
+from .model.transformer import ModelOutput
 from .plan import RunSpec
 from .rundir import EXIT_LOCKED, RunLock, load_run
 from .tracking import MetricsLog, WandbMirror, environment, read_json, read_status, set_status, write_json
@@ -47,15 +58,20 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, world: World | None = None) -> torch.device:
+    """The device this process trains on: with several processes per run, GPU number LOCAL_RANK."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise ModexpError("device=cuda is not available on this machine: use device=auto or device=cpu")
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", world.local_rank if world else 0)
+        torch.cuda.set_device(device)
+    return device
 
 
-def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: Config, fsdp: bool = False) -> torch.optim.AdamW:
     # Weight decay on matrices (and embeddings), not on norm gains or biases.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -63,7 +79,10 @@ def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=True)
+    # FSDP's parameters are sharded DTensors, which the fused kernel does not take (foreach does).
+    return torch.optim.AdamW(
+        groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=None if fsdp else True
+    )
 
 
 def split_predictor_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -86,65 +105,110 @@ def clip_gradients(trunk: list[nn.Parameter], predictor: list[nn.Parameter], max
 
 
 def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str, float]:
-    """Per routed block: fraction processed, router weight statistics, causal-router accuracy vs top-k."""
-    stats: dict[str, float] = {}
+    """Per routed block: fraction processed, router weight statistics, causal-router accuracy vs top-k.
+
+    Gathered into one tensor and read with one host sync (a logged step must not stall once per statistic).
+    """
+    names, values = [], []
     accs = []
     for rec in records:
         r = rec.router_logits.detach().float()
         g = torch.sigmoid(r) if router_weight == "sigmoid" else r
         layer = rec.layer
-        stats[f"routed_frac/{layer}"] = rec.mask.float().mean().item()
-        stats[f"router_weight_mean/{layer}"] = g.mean().item()
-        stats[f"router_weight_std/{layer}"] = g.std().item()
-        causal_logits = rec.predictor_logits if rec.predictor_logits is not None else None
+        names += [f"routed_frac/{layer}", f"router_weight_mean/{layer}", f"router_weight_std/{layer}"]
+        values += [rec.mask.float().mean(), g.mean(), g.std()]
+        causal_logits = rec.predictor_logits
         if causal_logits is None and rec.aux_loss is not None:
             causal_logits = r  # aux_loss: the router itself decides (sigmoid(r) > 0.5)
         if causal_logits is not None:
             decided = causal_logits.detach() > 0
-            acc = (decided == rec.topk_mask).float().mean().item()
-            stats[f"causal_acc/{layer}"] = acc
-            stats[f"causal_frac/{layer}"] = decided.float().mean().item()
+            acc = (decided == rec.topk_mask).float().mean()
+            names += [f"causal_acc/{layer}", f"causal_frac/{layer}"]
+            values += [acc, decided.float().mean()]
             accs.append(acc)
     if accs:
-        stats["causal_acc"] = sum(accs) / len(accs)
-    return stats
+        names.append("causal_acc")
+        values.append(torch.stack(accs).mean())
+    return dict(zip(names, torch.stack(values).tolist())) if values else {}
+
+
+def noise_seed(seed: int, stream: int, index: int) -> int:
+    """A seed for random routing's noise: one per (run seed, training or evaluation, step or batch)."""
+    return (seed * 1_000_003 + stream * 7_919 + index) % (2**63 - 1)
+
+
+def routing_noise(model: Transformer, rows: int, device: torch.device, seed: int) -> torch.Tensor | None:
+    """Random routing's scores for a whole batch (rows, routed blocks, T), from their own seeded stream.
+
+    Every process draws the whole batch and takes its rows: the noise a sequence gets depends on the run's
+    seed and the step, not on the micro-batch size or the number of processes, and resumes exactly.
+    """
+    if model.cfg.routing != "random":
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    shape = (rows, model.n_routed, model.cfg.seq_len)
+    return torch.randn(shape, generator=generator, device=device)
 
 
 @torch.no_grad()
 def evaluate(
-    model: Transformer, batches: list, device: torch.device, autocast: Any, seed: int
+    model: nn.Module,
+    batches: list,
+    device: torch.device,
+    autocast: Any,
+    seed: int,
+    micro_batch: int | None = None,
+    world: World = SINGLE,
 ) -> dict[str, float]:
-    """Validation loss on the fixed held-out set, token-weighted; for MoD also with causal routing."""
+    """Validation loss on the fixed held-out set, token-weighted; for MoD also with causal routing.
+
+    The run's processes share the batches (i % processes); every process runs the same number of forwards
+    (FSDP gathers parameters in each), the spare ones on batch 0 with weight 0.
+    """
     model.eval()
+    cfg: ModelConfig = getattr(model, "cfg", None) or model.module.cfg  # type: ignore[union-attr]
     modes = ["topk"]
-    if model.cfg.routing == "random" or (model.cfg.routing == "topk" and model.cfg.causal_router != "none"):
+    if cfg.routing == "random" or (cfg.routing == "topk" and cfg.causal_router != "none"):
         modes.append("causal")
     result = {}
-    # Random routing draws from the RNG: fork it so evaluation is repeatable and training's stream is untouched.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for mode in modes:
-            total, count, decided = 0.0, 0, 0
-            processed = agreed = torch.zeros((), device=device)  # summed on the device: no sync per block
-            for x, y in batches:
-                x, y = x.to(device), y.to(device)
+    rounds = math.ceil(len(batches) / world.size)
+    for mode in modes:
+        # total loss, tokens, tokens processed and agreeing with top-k, tokens decided: summed on the device
+        sums = torch.zeros(5, dtype=torch.float64, device=device)
+        for j in range(rounds):
+            i = j * world.size + world.rank
+            weight = 1.0 if i < len(batches) else 0.0
+            x_all, y_all = batches[i if weight else 0]
+            noise_all = routing_noise(_unwrap(model), len(x_all), device, noise_seed(seed, 1, i))
+            for lo, hi in chunks(0, len(x_all), micro_batch):
+                x, y = x_all[lo:hi].to(device), y_all[lo:hi].to(device)
+                noise = noise_all[lo:hi] if noise_all is not None else None
                 with autocast:
-                    out = model(x, y, routing_mode=mode)
-                total += out.loss.item() * y.numel()
-                count += y.numel()
+                    out = model(x, y, routing_mode=mode, routing_noise=noise)
+                sums[0] += weight * out.loss.double() * y.numel()
+                sums[1] += weight * y.numel()
                 if mode == "causal":
                     for rec in out.routing:
-                        processed = processed + rec.mask.sum()
-                        agreed = agreed + (rec.mask == rec.topk_mask).sum()
-                        decided += rec.mask.numel()
-            result["val_loss" if mode == "topk" else "val_loss_causal"] = total / count
-            if decided:
-                # What causal routing really did at validation: the share of tokens the routed blocks processed
-                # (top-k processes exactly `capacity`) and how often it agreed with top-k membership.
-                result["val_causal_frac"] = processed.item() / decided
-                result["val_causal_acc"] = agreed.item() / decided
+                        sums[2] += weight * rec.mask.sum()
+                        sums[3] += weight * (rec.mask == rec.topk_mask).sum()
+                        sums[4] += weight * rec.mask.numel()
+        total, count, processed, agreed, decided = distributed.all_sum(sums, world).tolist()
+        result["val_loss" if mode == "topk" else "val_loss_causal"] = total / count
+        if decided:
+            # What causal routing really did at validation: the share of tokens the routed blocks processed
+            # (top-k processes exactly `capacity`) and how often it agreed with top-k membership.
+            result["val_causal_frac"] = processed / decided
+            result["val_causal_acc"] = agreed / decided
     model.train()
     return result
+
+
+def _unwrap(model: nn.Module) -> Transformer:
+    """The Transformer inside a DDP wrapper or a torch.compile'd module."""
+    while not isinstance(model, Transformer):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
 
 
 def routing_sample(model: Transformer, corpus: Corpus, device: torch.device) -> dict[str, Any] | None:
@@ -182,8 +246,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _setup_logging(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Whole (unsharded) model and optimiser state, keyed by parameter name, on rank 0 (empty elsewhere).
+
+    The same file whether the run trains on one process, on DDP or on FSDP, so it resumes on any of them.
+    """
+    return {
+        "model": get_model_state_dict(model, options=_FULL),
+        "optimizer_fqn": get_optimizer_state_dict(model, optimizer, options=_FULL),
+    }
+
+
+def restore_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Every process loads the whole checkpoint and keeps its part (FSDP) or all of it."""
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=options)
+    if "optimizer_fqn" in state:
+        set_optimizer_state_dict(model, optimizer, state["optimizer_fqn"], options=options)
+    else:  # checkpoints written before parallel training: the optimiser's own format
+        optimizer.load_state_dict(state["optimizer"])
+
+
+def peak_memory_gb(device: torch.device) -> tuple[float, str]:
+    """(peak memory of this process in GB, what was measured)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, "cpu_max_rss"
+
+
+def _setup_logging(run_dir: Path, world: World = SINGLE) -> logging.Handler:
+    # Rank 0 writes the run's log; the other processes of a run log to their stderr only.
+    handler = logging.FileHandler(run_dir / "train.log") if world.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -198,28 +296,44 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
 
 
 def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
-    """Train (or resume) the run in run_dir. Returns its summary. Raises on failure, after recording it."""
+    """Train (or resume) the run in run_dir. Returns its summary. Raises on failure, after recording it.
+
+    With several processes per run (torchrun-style environment) every process calls this; rank 0 alone takes
+    the run's lock and writes the run folder, metrics and W&B.
+    """
     dict_cfg, spec = load_run(run_dir)
     cfg = to_typed(dict_cfg)
-    lock = RunLock(run_dir)
-    if not lock.acquire():
-        raise RunLocked(run_dir)
+    world = world_from_env()
+    device = pick_device(cfg.device, world)
+    distributed.init(world, device)
+    lock = RunLock(run_dir) if world.is_main else None
     try:
-        if read_status(run_dir).get("state") == "done" and (run_dir / "summary.json").exists():
+        verdict = "train"
+        if lock is not None:
+            if not lock.acquire():
+                verdict = "locked"
+            elif read_status(run_dir).get("state") == "done" and (run_dir / "summary.json").exists():
+                verdict = "done"
+        verdict = distributed.broadcast(verdict, world)
+        if verdict == "locked":
+            raise RunLocked(run_dir)
+        if verdict == "done":
             log.info("%s is already done", run_dir)
             return read_json(run_dir / "summary.json")
-        handler = _setup_logging(run_dir)
+        handler = _setup_logging(run_dir, world)
         try:
-            return _train(run_dir, dict_cfg, cfg, spec, corpus)
+            return _train(run_dir, dict_cfg, cfg, spec, corpus, device, world)
         except KeyboardInterrupt:  # a signal before or after the training loop's own handler
-            if read_status(run_dir).get("state") in ("running", "planned"):
+            if world.is_main and read_status(run_dir).get("state") in ("running", "planned"):
                 set_status(run_dir, "interrupted", reason="interrupted by signal; rerun to resume")
             raise
         finally:  # runs trained in one process must not write into each other's logs
             logging.getLogger().removeHandler(handler)
             handler.close()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        distributed.shutdown()
 
 
 class RunLocked(Exception):
@@ -227,22 +341,80 @@ class RunLocked(Exception):
         super().__init__(f"{run_dir} is being trained by another process")
 
 
+@dataclass
+class StepPlan:
+    """How one process computes a step: its micro-batch, compile, precision, and the memory estimate."""
+
+    micro_batch: int | None  # sequences per forward/backward (None: this process's whole share)
+    compile: bool
+    bf16: bool
+    memory: MemoryEstimate | None
+
+
+def step_plan(cfg: Config, spec: RunSpec, device: torch.device, world: World) -> StepPlan:
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    compile_ = cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
+    device_bytes = None
+    if cfg.launcher.gpu_mem_gb:
+        device_bytes = cfg.launcher.gpu_mem_gb * 1e9
+    elif device.type == "cuda":
+        device_bytes = torch.cuda.get_device_properties(device).total_memory
+    micro, memory = resolve_micro_batch(
+        spec.model,
+        spec.batch_size,
+        cfg.train.micro_batch_size,
+        device_bytes,
+        "bf16" if bf16 else "fp32",
+        world.size,
+        cfg.train.parallel == "fsdp",
+        cfg.train.activation_checkpointing,
+    )
+    return StepPlan(micro, compile_, bf16, memory)
+
+
+def wrap_parallel(model: Transformer, cfg: Config, device: torch.device, world: World) -> nn.Module:
+    """DDP (gradients averaged across processes) or FSDP2 (parameters and optimiser state sharded)."""
+    if not world.distributed:
+        return model
+    if cfg.train.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _train(
-    run_dir: Path, dict_cfg: DictConfig, cfg: Config, spec: RunSpec, corpus: Corpus | None
+    run_dir: Path,
+    dict_cfg: DictConfig,
+    cfg: Config,
+    spec: RunSpec,
+    corpus: Corpus | None,
+    device: torch.device,
+    world: World,
 ) -> dict[str, Any]:
-    device = pick_device(cfg.device)
     if os.environ.get("MODEXP_THREADS"):
         torch.set_num_threads(int(os.environ["MODEXP_THREADS"]))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: the fp32 parts of a bf16 step
     corpus = corpus or load_corpus(cfg.data, spec.model.seq_len)
     model_cfg: ModelConfig = spec.model
+    plan = step_plan(cfg, spec, device, world)
+    fsdp = world.distributed and cfg.train.parallel == "fsdp"
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
-    step_model = torch.compile(model) if cfg.train.compile else model
-    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    model.activation_checkpointing = cfg.train.activation_checkpointing
+    wrapped = wrap_parallel(model, cfg, device, world)
+    optimizer = make_optimizer(model, cfg, fsdp)
+    # Compiled for the full micro-batch; the partial last batch runs eager instead of recompiling (minutes).
+    compiled = torch.compile(wrapped) if plan.compile else wrapped
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if use_bf16
+        if plan.bf16
         else contextlib.nullcontext()
     )
     count = flops.count(model_cfg)
@@ -253,73 +425,120 @@ def _train(
     start_step, wall_before = 0, 0.0
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_state(model, optimizer, state)
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
         start_step, wall_before = int(state["step"]), float(state["wall_time"])
         log.info("resuming %s at step %d of %d", spec.run_id, start_step, steps)
 
+    main = world.is_main
     meta = {
         **environment(),
         "run_id": spec.run_id,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "precision": "bf16" if use_bf16 else "fp32",
+        "precision": "bf16" if plan.bf16 else "fp32",
+        "processes": world.size,
+        "parallel": cfg.train.parallel if world.distributed else "none",
+        "micro_batch_size": plan.micro_batch,
+        "estimated_peak_gb": plan.memory.peak_gb if plan.memory else None,
+        "compile": plan.compile,
+        "activation_checkpointing": cfg.train.activation_checkpointing,
         "corpus": {"fingerprint": corpus.fingerprint, **corpus.description},
         "accounting": {**flops.describe(model_cfg), "convention": "exact", "shape": spec.shape},
         "resumed_from_step": start_step or None,
     }
-    write_json(run_dir / "meta.json", meta)
-    set_status(run_dir, "running", pid=os.getpid(), step=start_step, steps=steps)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if start_step else None)
-    config_dict = OmegaConf.to_container(dict_cfg, resolve=True)
-    mirror = WandbMirror(
-        run_dir,
-        spec.run_id,
-        cfg.tracker.wandb,
-        spec.sweep,
-        spec.variant,
-        {"config": config_dict, "run": {k: v for k, v in spec.row().items()}},
-    )
+    mirror: WandbMirror | None = None
+    metrics: MetricsLog | None = None
+    if main:
+        write_json(run_dir / "meta.json", meta)
+        set_status(run_dir, "running", pid=os.getpid(), step=start_step, steps=steps)
+        metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if start_step else None)
+        config_dict = OmegaConf.to_container(dict_cfg, resolve=True)
+        mirror = WandbMirror(
+            run_dir,
+            spec.run_id,
+            cfg.tracker.wandb,
+            spec.sweep,
+            spec.variant,
+            {"config": config_dict, "run": {k: v for k, v in spec.row().items()}},
+        )
     val_batches = corpus.val_batches(cfg.train.batch_size, seq_len, cfg.train.eval_tokens)
 
     def checkpoint(step: int, wall: float) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "wall_time": wall,
-            "rng_cpu": torch.get_rng_state(),
-            "model_config": vars(model_cfg).copy(),
-            "run_id": spec.run_id,
-        }
+        state = gather_state(model, optimizer)  # a collective under FSDP: every process takes part
+        if not main:
+            return
+        state.update(
+            {
+                "step": step,
+                "wall_time": wall,
+                "rng_cpu": torch.get_rng_state(),
+                "model_config": vars(model_cfg).copy(),
+                "run_id": spec.run_id,
+            }
+        )
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         save_checkpoint(ckpt_path, state)
 
+    def sync_gradients(last: bool) -> Any:
+        """Gradients are reduced across processes once per step, after the last micro-batch."""
+        if fsdp:
+            model.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        if world.distributed and not last:
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def train_step(step: int, rows: int) -> tuple[torch.Tensor, ModelOutput]:
+        """Forward and backward over this process's share of the step's batch, in micro-batches.
+
+        Each micro-batch's loss is weighted by its share of the whole batch, so the summed gradients equal
+        the whole batch's (DDP and FSDP average over processes, hence the factor world.size).
+        Returns the step's (LM loss, aux loss) share of this process, and the last micro-batch's output.
+        """
+        x_all, y_all = corpus.train_batch(step, rows, seq_len, cfg.seed)
+        noise_all = routing_noise(model, rows, device, noise_seed(cfg.seed, 0, step))
+        lo, hi = distributed.share(rows, world)
+        parts = chunks(lo, hi, plan.micro_batch) if hi > lo else [(0, 1)]  # no rows: take part, weight 0
+        full = plan.micro_batch or math.ceil(spec.batch_size / world.size)
+        losses = torch.zeros(2, device=device)
+        out = None
+        for i, (a, b) in enumerate(parts):
+            weight = (b - a) / rows if hi > lo else 0.0
+            x = x_all[a:b].to(device, non_blocking=True)
+            y = y_all[a:b].to(device, non_blocking=True)
+            noise = noise_all[a:b] if noise_all is not None else None
+            forward = compiled if b - a == full else wrapped
+            with sync_gradients(i == len(parts) - 1):
+                with autocast:
+                    out = forward(x, y, routing_noise=noise)
+                loss = out.loss + out.aux_loss if out.aux_loss is not None else out.loss
+                (loss * (weight * world.size)).backward()
+            losses[0] += out.loss.detach().float() * weight
+            if out.aux_loss is not None:
+                losses[1] += out.aux_loss.detach().float() * weight
+        assert out is not None
+        return losses, out
+
     trunk_params, predictor_params = split_predictor_params(model)
-    progress = _Progress(spec, start_step)
+    progress = _Progress(spec, start_step) if main else None
     step_times: list[float] = []
     t_start = time.perf_counter()
+    t_mark, step_mark = t_start, start_step  # the last point the host waited for the device
     last_eval: dict[str, float] = {}
     step = start_step
     try:
         for step in range(start_step, steps):
-            t0 = time.perf_counter()
             # The last step may hold fewer sequences: that is what lands the FLOPs within 1% of the budget.
             batch = min(spec.batch_size, spec.num_sequences - step * spec.batch_size)
-            x, y = corpus.train_batch(step, batch, seq_len, cfg.seed)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = lr_at(step, steps, cfg.train.lr, warmup, cfg.train.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast:
-                out = step_model(x, y)
-            loss = out.loss + out.aux_loss if out.aux_loss is not None else out.loss
-            loss.backward()
+            losses, out = train_step(step, batch)
             grad_norm = clip_gradients(trunk_params, predictor_params, cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -329,15 +548,20 @@ def _train(
             will_log = done % cfg.train.log_every == 0 or is_last or step == start_step
             will_save = done % cfg.train.checkpoint_every == 0 or done % cfg.train.eval_every == 0
             if will_log or will_save:
-                lm_loss = out.loss.item()  # the one sync per logged step; never checkpoint a diverged model
-                if not (math.isfinite(lm_loss) and math.isfinite(float(grad_norm))):
+                # The one sync per logged step (every process takes part); never checkpoint a diverged model.
+                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                lm_loss, aux_loss, grad_norm_value = torch.cat(
+                    [distributed.all_sum(losses, world), norm.detach().float().reshape(1)]
+                ).tolist()
+                if not (math.isfinite(lm_loss) and math.isfinite(grad_norm_value)):
                     raise NonFiniteLoss(
-                        f"non-finite loss {lm_loss} (grad norm {float(grad_norm)}) at step {done}"
+                        f"non-finite loss {lm_loss} (grad norm {grad_norm_value}) at step {done}"
                     )
             if will_log:
-                dt = time.perf_counter() - t0
+                now = time.perf_counter()
+                dt = (now - t_mark) / (done - step_mark)  # wall time between syncs: the device's real pace
+                t_mark, step_mark = now, done
                 step_times.append(dt)
-                wall = wall_before + time.perf_counter() - t_start
                 record = {
                     "kind": "train",
                     "step": done,
@@ -345,54 +569,72 @@ def _train(
                     "flops": tokens * count.train_per_token,
                     "loss": lm_loss,
                     "lr": lr,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm_value,
                     "step_time": dt,
-                    "tokens_per_s": batch * seq_len / dt,
-                    "wall_time": wall,
+                    "tokens_per_s": spec.batch_size * seq_len / dt,
+                    "wall_time": wall_before + now - t_start,
                 }
                 if out.aux_loss is not None:
-                    record["aux_loss"] = out.aux_loss.item()
+                    record["aux_loss"] = aux_loss
+                # Routing statistics of rank 0's last micro-batch: a sample of the step, not the whole batch.
                 record.update(routing_stats(out.routing, model_cfg.router_weight))
-                metrics.write(record)
-                mirror.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, done)
-                progress.update(done, lm_loss)
+                if main:
+                    metrics.write(record)
+                    mirror.log(
+                        {f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, done
+                    )
+                    progress.update(done, lm_loss)
+            del out
             if done % cfg.train.eval_every == 0 or is_last:
-                last_eval = evaluate(model, val_batches, device, autocast, cfg.seed)
+                last_eval = evaluate(model, val_batches, device, autocast, cfg.seed, plan.micro_batch, world)
                 wall = wall_before + time.perf_counter() - t_start
-                metrics.write(
-                    {
-                        "kind": "val",
-                        "step": done,
-                        "tokens": tokens,
-                        "flops": tokens * count.train_per_token,
-                        "wall_time": wall,
-                        **last_eval,
-                    }
-                )
-                mirror.log({f"val/{k.removeprefix('val_')}": v for k, v in last_eval.items()}, done)
-                progress.note(f"step {done}/{steps} val_loss {last_eval['val_loss']:.4f}")
+                if main:
+                    metrics.write(
+                        {
+                            "kind": "val",
+                            "step": done,
+                            "tokens": tokens,
+                            "flops": tokens * count.train_per_token,
+                            "wall_time": wall,
+                            **last_eval,
+                        }
+                    )
+                    mirror.log({f"val/{k.removeprefix('val_')}": v for k, v in last_eval.items()}, done)
+                    progress.note(f"step {done}/{steps} val_loss {last_eval['val_loss']:.4f}")
             if done % cfg.train.checkpoint_every == 0 or is_last:
                 checkpoint(done, wall_before + time.perf_counter() - t_start)
-                set_status(run_dir, "running", pid=os.getpid(), step=done, steps=steps)
+                if main:
+                    set_status(run_dir, "running", pid=os.getpid(), step=done, steps=steps)
+            if will_save or is_last:
+                t_mark, step_mark = time.perf_counter(), done  # evaluation and checkpoints are not steps
     except NonFiniteLoss as exc:
-        _fail(run_dir, mirror, metrics, progress, str(exc), step + 1)
+        if main:
+            _fail(run_dir, mirror, metrics, progress, str(exc), step + 1)
         raise
     except KeyboardInterrupt:
-        set_status(run_dir, "interrupted", reason="interrupted by signal; rerun to resume", step=step)
-        metrics.close()
-        progress.close()
-        mirror.finish(None, exit_code=130)
+        _interrupted(run_dir, mirror, metrics, progress, step, main)
         raise
     except Exception as exc:
-        _fail(run_dir, mirror, metrics, progress, f"{type(exc).__name__}: {exc}", step + 1)
+        if _stopping:  # a peer process was stopped first and the collective failed: still an interruption
+            _interrupted(run_dir, mirror, metrics, progress, step, main)
+            raise KeyboardInterrupt from exc
+        if main:
+            _fail(run_dir, mirror, metrics, progress, f"{type(exc).__name__}: {exc}", step + 1)
         raise
-    progress.close()
-    metrics.close()
+    if progress is not None:
+        progress.close()
+    if metrics is not None:
+        metrics.close()
     if not last_eval:  # killed after the final checkpoint but before the summary: score the final weights
-        last_eval = evaluate(model, val_batches, device, autocast, cfg.seed)
+        last_eval = evaluate(model, val_batches, device, autocast, cfg.seed, plan.micro_batch, world)
 
     wall_time = wall_before + time.perf_counter() - t_start
-    sample = routing_sample(model, corpus, device)
+    peak, peak_kind = peak_memory_gb(device)
+    peak = distributed.all_max(peak, world)
+    # Under FSDP every process must run the forward (it gathers the parameters); rank 0 keeps the result.
+    sample = routing_sample(model, corpus, device) if main or fsdp else None
+    if not main:
+        return {}
     if sample is not None:
         write_json(run_dir / "routing_sample.json", sample)
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
@@ -435,6 +677,15 @@ def _train(
         "tokens_per_s": spec.batch_size * seq_len / step_time if step_times else None,
         "device": str(device),
         "corpus_fingerprint": corpus.fingerprint,
+        # How the step was computed (not part of the result): processes, micro-batch, memory.
+        "processes": world.size,
+        "parallel": meta["parallel"],
+        "micro_batch_size": plan.micro_batch,
+        "compile": plan.compile,
+        "activation_checkpointing": cfg.train.activation_checkpointing,
+        "peak_memory_gb": peak,
+        "peak_memory_kind": peak_kind,
+        "estimated_peak_gb": meta["estimated_peak_gb"],
     }
     write_json(run_dir / "summary.json", summary)
     set_status(run_dir, "done", step=steps, steps=steps, wall_time=wall_time)
@@ -444,13 +695,40 @@ def _train(
 
 
 def _fail(
-    run_dir: Path, mirror: WandbMirror, metrics: MetricsLog, progress: _Progress, reason: str, step: int
+    run_dir: Path,
+    mirror: WandbMirror | None,
+    metrics: MetricsLog | None,
+    progress: _Progress | None,
+    reason: str,
+    step: int,
 ) -> None:
     set_status(run_dir, "failed", reason=reason, step=step)
-    metrics.close()
-    progress.close()
-    mirror.finish(None, exit_code=1)
+    _close(mirror, metrics, progress, exit_code=1)
     log.error("failed at step %d: %s", step, reason)
+
+
+def _interrupted(
+    run_dir: Path,
+    mirror: WandbMirror | None,
+    metrics: MetricsLog | None,
+    progress: _Progress | None,
+    step: int,
+    main: bool,
+) -> None:
+    if main:
+        set_status(run_dir, "interrupted", reason="interrupted by signal; rerun to resume", step=step)
+    _close(mirror, metrics, progress, exit_code=130)
+
+
+def _close(
+    mirror: WandbMirror | None, metrics: MetricsLog | None, progress: _Progress | None, exit_code: int
+) -> None:
+    if metrics is not None:
+        metrics.close()
+    if progress is not None:
+        progress.close()
+    if mirror is not None:
+        mirror.finish(None, exit_code=exit_code)
 
 
 class _Progress:

@@ -6,6 +6,7 @@ sweep down. The run's own lock (rundir.RunLock) guarantees no run is trained by 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ModexpError
 from ..plan import RunSpec
 from ..rundir import EXIT_LOCKED, RunLock, run_state
 from ..tracking import read_status, set_status
@@ -42,7 +44,9 @@ def visible_gpus() -> list[str]:
     """GPU ids this process may use, without importing torch (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [g for g in env.split(",") if g.strip() not in ("", "-1")]
+        ids = [g.strip() for g in env.split(",")]
+        # CUDA stops at the first invalid entry ("-1" hides every GPU); "0, 1" means GPUs 0 and 1.
+        return list(itertools.takewhile(lambda g: g not in ("", "-1"), ids))
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
@@ -50,16 +54,46 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def make_slots(device: str, workers: int) -> list[Slot]:
+def make_slots(device: str, workers: int, per_run: int = 1) -> list[Slot]:
+    """Places a run can train: `per_run` GPUs each, or CPU processes sharing the cores.
+
+    device=cuda never falls back to the CPU: no (or too few) GPUs is an error, said before anything starts.
+    """
     gpus = visible_gpus() if device in ("auto", "cuda") else []
-    if gpus:
-        return [Slot(f"cuda:{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus]
     cores = os.cpu_count() or 1
-    # Default: one run per core, one thread each; the small models CPU studies use gain little from threads.
-    n = workers if workers > 0 else cores
-    threads = max(1, cores // n)
+    if device == "cuda" and len(gpus) < per_run:
+        raise ModexpError(
+            f"device=cuda but {len(gpus)} GPU(s) visible here and launcher.gpus_per_run={per_run}: "
+            "use a machine with GPUs, fewer gpus_per_run, or device=cpu"
+        )
+    if len(gpus) >= per_run > 0 and gpus:
+        groups = [gpus[i : i + per_run] for i in range(0, len(gpus) - per_run + 1, per_run)]
+        threads = str(max(1, cores // len(gpus)))  # a GPU run's data loading must not take every core
+        return [
+            Slot(f"cuda:{','.join(g)}", {"CUDA_VISIBLE_DEVICES": ",".join(g), "OMP_NUM_THREADS": threads})
+            for g in groups
+        ]
+    # Default: one process per core, one thread each; the small models CPU studies use gain little from threads.
+    n = workers if workers > 0 else max(1, cores // per_run)
+    threads = max(1, cores // (n * per_run))
     env = {"CUDA_VISIBLE_DEVICES": "", "MODEXP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     return [Slot(f"cpu:{i}", dict(env)) for i in range(n)]
+
+
+def train_command(run_dir: Path, processes: int) -> list[str]:
+    """The command that trains one run: one process, or `processes` of them through torchrun."""
+    if processes <= 1:
+        return [sys.executable, "-m", "modexp.train", str(run_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a private rendezvous on a free port: several runs share one machine
+        f"--nproc-per-node={processes}",
+        "-m",
+        "modexp.train",
+        str(run_dir),
+    ]
 
 
 def log_tail(run_dir: Path, lines: int = 20) -> str:
@@ -88,8 +122,10 @@ class LocalPool:
         fail_fast: bool = False,
         on_tick: Callable[[LocalPool], None] | None = None,
         retry_failed: bool = False,
+        processes_per_run: int = 1,
     ) -> None:
         self.slots = slots
+        self.processes_per_run = processes_per_run
         self.fail_fast = fail_fast
         self.retry_failed = retry_failed
         self.on_tick = on_tick or (lambda pool: None)
@@ -126,7 +162,7 @@ class LocalPool:
         out = (run_dir / "stdout.log").open("ab")
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modexp.train", str(run_dir)],
+            train_command(run_dir, self.processes_per_run),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ submitit (Checkpointable) and resumes from the run's last checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 import submitit
 
-from ..config import Config
+from ..config import Config, processes_per_run
 from ..errors import ModexpError
 from ..plan import RunSpec
 from ..rundir import EXIT_LOCKED, run_state
@@ -52,6 +53,9 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         os.environ["MODEXP_THREADS"] = str(self.threads)
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            # One task per process of the run (srun started them): torchrun's environment from SLURM's.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         from ..train import main
 
         code = main([self.run_dir])
@@ -76,6 +80,13 @@ def check_cluster(cfg: Config) -> list[str]:
     if out.returncode != 0:
         raise ModexpError(f"launcher=slurm: sinfo failed: {out.stderr.strip().splitlines()[:1]}")
     partitions = [p.rstrip("*") for p in out.stdout.split()]
+    task_layout(cfg)
+    if cfg.device == "cuda" and not cfg.launcher.gpus_per_run:
+        raise ModexpError(
+            "device=cuda with launcher=slurm needs launcher.gpus_per_run >= 1: with 0 the jobs get no GPU"
+        )
+    if cfg.device == "auto" and not cfg.launcher.gpus_per_run:
+        print("[slurm] launcher.gpus_per_run=0: the jobs get no GPU and train on the CPU", file=sys.stderr)
     if cfg.launcher.partition and cfg.launcher.partition not in partitions:
         raise ModexpError(
             f"launcher.partition={cfg.launcher.partition} is not a partition of this cluster: "
@@ -94,8 +105,7 @@ def make_executor(folder: Path, cfg: Config) -> submitit.AutoExecutor:
         "slurm_array_parallelism": launcher.array_parallelism,
         "name": f"modexp-{cfg.sweep.name}",
     }
-    if launcher.gpus_per_run:
-        params["gpus_per_node"] = launcher.gpus_per_run
+    params.update(task_layout(cfg))
     if launcher.partition:
         params["slurm_partition"] = launcher.partition
     if launcher.account:
@@ -106,10 +116,29 @@ def make_executor(folder: Path, cfg: Config) -> submitit.AutoExecutor:
     return executor
 
 
+def task_layout(cfg: Config) -> dict[str, int]:
+    """Nodes, tasks and GPUs of one run's job: one task (process) per GPU, spanning nodes when a run asks
+    for more GPUs than a node has. device=cpu with gpus_per_run=N: N CPU tasks, no GPUs (gloo)."""
+    processes = processes_per_run(cfg)
+    per_node = min(processes, cfg.launcher.gpus_per_node)
+    layout = {"nodes": math.ceil(processes / per_node), "tasks_per_node": per_node}
+    if cfg.launcher.gpus_per_run and cfg.device != "cpu":
+        layout["gpus_per_node"] = per_node
+    if processes > 1 and processes % per_node:
+        raise ModexpError(
+            f"launcher.gpus_per_run={processes} does not fill whole nodes of launcher.gpus_per_node="
+            f"{cfg.launcher.gpus_per_node}: use a multiple of it, or at most one node's worth"
+        )
+    return layout
+
+
 def resources(cfg: Config) -> str:
     lc = cfg.launcher
+    layout = task_layout(cfg)
     return (
-        f"partition={lc.partition or '(default)'} cpus={lc.cpus_per_run} gpus={lc.gpus_per_run} "
+        f"partition={lc.partition or '(default)'} nodes={layout['nodes']} "
+        f"tasks_per_node={layout['tasks_per_node']} gpus_per_node={layout.get('gpus_per_node', 0)} "
+        f"cpus={lc.cpus_per_run} per task "
         f"mem={lc.mem_gb:g}GB time={lc.time_min}min array_parallelism={lc.array_parallelism}"
         + (f" account={lc.account}" if lc.account else "")
         + (f" extra={dict(lc.extra)}" if lc.extra else "")

@@ -14,6 +14,7 @@ if sigmoid(r) > 0.5), or a small predictor MLP on the detached hidden state (it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +58,26 @@ class RoutedBlock(nn.Module):
             else None
         )
 
-    def router_scores(self, x: torch.Tensor) -> torch.Tensor:
+    def router_scores(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """r (B, T) in fp32, also under bf16 autocast: bf16 logits tie at the top-k cut in 29-58% of sequences
+        (gpu-readiness.md), and CPU and CUDA break ties differently. d -> 1 costs nothing in fp32."""
         if self.router is None:  # the paper's random-routing control: top-k over Gaussian noise
-            return torch.randn(x.shape[:2], device=x.device, dtype=x.dtype)
-        return self.router(x).squeeze(-1)
+            # The caller may pass the noise so that it depends on the sequence, not on how a batch is split
+            # into micro-batches or processes.
+            return noise.float() if noise is not None else torch.randn(x.shape[:2], device=x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.router.weight.float()).squeeze(-1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The predictor's logits (B, T) on the detached hidden state, its last layer in fp32; None without one."""
+        if self.predictor is None:
+            return None
+        *body, last = self.predictor
+        h = x.detach()
+        for layer in body:
+            h = layer(h)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(h.float(), last.weight.float(), last.bias.float()).squeeze(-1)
 
     def gate(self, r: torch.Tensor) -> torch.Tensor:
         """g(r): puts the router on the gradient path. Random routing has no router, so no gate."""
@@ -71,7 +88,9 @@ class RoutedBlock(nn.Module):
     def causal_decision(self, r: torch.Tensor, predictor_logits: torch.Tensor | None) -> torch.Tensor:
         """Per-token choice that depends only on the token's own hidden state: (B, T) bool."""
         if self.router is None:
-            return torch.rand_like(r, dtype=torch.float32) < self.cfg.capacity
+            # r is standard normal noise: r < Phi^-1(capacity) takes each token with probability `capacity`,
+            # from the same draw as top-k (no second stream of random numbers to keep in step).
+            return r < NormalDist().inv_cdf(min(self.cfg.capacity, 1 - 1e-12))
         if predictor_logits is not None:
             return predictor_logits > 0
         if self.cfg.causal_router == "aux_loss":
@@ -80,14 +99,17 @@ class RoutedBlock(nn.Module):
             "routing_mode='causal' needs causal_router=predictor or aux_loss (causal_router=none)"
         )
 
-    def forward(self, x: torch.Tensor, routing_mode: str = "topk") -> tuple[torch.Tensor, RoutingRecord]:
+    def forward(
+        self, x: torch.Tensor, routing_mode: str = "topk", noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, RoutingRecord]:
+        """noise (B, T): random routing's scores, when the caller draws them (see Transformer.forward)."""
         b, t, d = x.shape
-        r = self.router_scores(x)
+        r = self.router_scores(x, noise)
         k = self.cfg.capacity_tokens(t)
         # Top-k, then sort the indices so the selected tokens keep their causal order.
         topk_idx = r.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
         topk_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device).scatter_(1, topk_idx, True)
-        predictor_logits = self.predictor(x.detach()).squeeze(-1) if self.predictor is not None else None
+        predictor_logits = self.predict(x)
 
         if routing_mode == "topk":
             idx = topk_idx.unsqueeze(-1).expand(b, k, d)
@@ -99,13 +121,18 @@ class RoutedBlock(nn.Module):
             indices, mask = topk_idx, topk_mask
         elif routing_mode == "causal":
             mask = self.causal_decision(r, predictor_logits)
-            # A skipped token is neither query nor key here: queries see only processed keys (each row keeps
-            # its own diagonal so no softmax row is empty; rows of skipped tokens are thrown away below).
-            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            keep = causal & (mask[:, None, :] | torch.eye(t, dtype=torch.bool, device=x.device))
-            delta = self.block.update(x, mask=keep.unsqueeze(1))
-            weight = self.gate(r).unsqueeze(-1).to(x.dtype)
-            out = torch.where(mask.unsqueeze(-1), x + weight * delta, x)
+            # A skipped token is neither query nor key. Sequences take different numbers of tokens, so move each
+            # sequence's processed tokens to its front, in order (a stable sort), and run plain causal attention
+            # at their original positions: a processed token then sees exactly the processed tokens before it,
+            # skipped ones sit behind every processed one, and their rows are thrown away. No (B, T, T) mask,
+            # so the fused attention kernels apply, and no host sync for the counts.
+            order = (~mask).to(torch.int8).sort(dim=1, stable=True).indices
+            idx = order.unsqueeze(-1).expand(b, t, d)
+            x_front = x.gather(1, idx)
+            delta = self.block.update(x_front, positions=order)
+            weight = self.gate(r.gather(1, order)).unsqueeze(-1).to(x.dtype)
+            taken = mask.gather(1, order).unsqueeze(-1)
+            out = x.scatter(1, idx, torch.where(taken, x_front + weight * delta, x_front))
             indices = None
         else:
             raise ValueError(f"routing_mode={routing_mode!r} is not allowed: choose topk or causal")
@@ -113,8 +140,8 @@ class RoutedBlock(nn.Module):
         aux_loss = None
         target = topk_mask.to(r.dtype)
         if predictor_logits is not None:
-            aux_loss = F.binary_cross_entropy_with_logits(predictor_logits.float(), target.float())
+            aux_loss = F.binary_cross_entropy_with_logits(predictor_logits, target)
         elif self.cfg.has_aux_loss:
-            aux_loss = F.binary_cross_entropy_with_logits(r.float(), target.float())
+            aux_loss = F.binary_cross_entropy_with_logits(r, target)
         record = RoutingRecord(self.layer, indices, mask, topk_mask, r, predictor_logits, aux_loss)
         return out, record

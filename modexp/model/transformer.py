@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .layers import Block, Rotary
@@ -35,6 +36,9 @@ class Transformer(nn.Module):
         )
         self.norm = nn.RMSNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # Recompute each block's activations in the backward pass instead of keeping them (a training setting,
+        # not part of the model: the results are the same).
+        self.activation_checkpointing = False
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self._init_weights()
@@ -60,18 +64,35 @@ class Transformer(nn.Module):
                 total -= self.lm_head.weight.numel()
         return total
 
+    @property
+    def n_routed(self) -> int:
+        return sum(isinstance(block, RoutedBlock) for block in self.blocks)
+
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, routing_mode: str = "topk"
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        routing_mode: str = "topk",
+        routing_noise: torch.Tensor | None = None,
     ) -> ModelOutput:
-        """routing_mode: "topk" (training: expert choice over the sequence) or "causal" (per-token decision)."""
+        """routing_mode: "topk" (training: expert choice over the sequence) or "causal" (per-token decision).
+
+        routing_noise (B, routed blocks, T): random routing's scores, drawn by the caller per sequence so that a
+        run's routing does not depend on how its batch is split into micro-batches or processes; None: drawn here.
+        """
         x = self.tok_emb(tokens)
         routing: list[RoutingRecord] = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if isinstance(block, RoutedBlock):
-                x, record = block(x, routing_mode=routing_mode)
+                noise = routing_noise[:, len(routing)] if routing_noise is not None else None
+                if recompute:
+                    x, record = checkpoint(block, x, routing_mode, noise, use_reentrant=False)
+                else:
+                    x, record = block(x, routing_mode=routing_mode, noise=noise)
                 routing.append(record)
             else:
-                x = block(x)
+                x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:

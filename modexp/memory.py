@@ -1,0 +1,132 @@
+"""Peak training memory per device, estimated, and the micro-batch that fits (train.micro_batch_size=auto).
+
+An estimate, not a promise: activations saved for backward per token and layer were measured with
+torch.autograd.graph.saved_tensors_hooks on this model (fp32 and bf16 autocast, dense and routed blocks; the
+numbers are below, the test in tests/test_parallel.py keeps them honest), plus the parameters, gradients and
+AdamW state, the loss's logits, and a fixed allowance for the CUDA context and allocator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ModexpError
+from .model import ModelConfig
+
+GB = 1e9
+# Bytes saved for backward per token, per layer, per unit of d_model (measured, see module docstring).
+DENSE_PER_D = {"fp32": 110.0, "bf16": 66.0}
+# A routed block keeps capacity x a dense block's, plus its gathered inputs, router and gate.
+ROUTED_EXTRA_PER_D = {"fp32": 23.0, "bf16": 14.0}
+# The loss: saved log-probabilities and, at the backward's start, the logits' gradient and copies (per vocab entry).
+LOSS_PER_VOCAB = {"fp32": 13.0, "bf16": 11.0}
+STATE_BYTES_PER_PARAM = 16.0  # fp32 weights, gradients, AdamW's two moments
+CAST_BYTES_PER_PARAM = 2.0  # autocast's bf16 copies of the weights
+FIXED_BYTES = 1.5 * GB  # CUDA context, cuBLAS workspaces, allocator slack
+HEADROOM = 0.9  # use at most this share of a device
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    micro_batch: int  # sequences per forward/backward on one device
+    peak_bytes: float
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_bytes / GB
+
+
+def params_of(model: ModelConfig) -> int:
+    from .flops import count
+
+    return int(count(model).params)
+
+
+def estimate(
+    model: ModelConfig,
+    micro_batch: int,
+    precision: str,
+    processes: int = 1,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
+) -> MemoryEstimate:
+    """Peak bytes on one device for micro_batch sequences; precision is "fp32" or "bf16"."""
+    d, tokens = model.d_model, micro_batch * model.seq_len
+    routed = len(model.routed_layers)
+    dense = model.n_layers - routed
+    per_layer_dense = DENSE_PER_D[precision] * d
+    per_layer_routed = model.capacity * per_layer_dense + ROUTED_EXTRA_PER_D[precision] * d
+    if activation_checkpointing:  # each block keeps its fp32 input; one block's activations live at a time
+        saved = model.n_layers * 4 * d + max(per_layer_dense, per_layer_routed if routed else 0)
+    else:
+        saved = dense * per_layer_dense + routed * per_layer_routed
+    activations = tokens * (saved + LOSS_PER_VOCAB[precision] * model.vocab_size)
+    params = params_of(model)
+    state = params * STATE_BYTES_PER_PARAM / (processes if fsdp else 1)
+    casts = params * CAST_BYTES_PER_PARAM if precision == "bf16" else 0.0
+    return MemoryEstimate(micro_batch, FIXED_BYTES + state + casts + activations)
+
+
+def fit_micro_batch(
+    model: ModelConfig,
+    rows: int,
+    device_bytes: float,
+    precision: str,
+    processes: int = 1,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
+) -> MemoryEstimate | None:
+    """The largest micro-batch (<= rows, this process's share of a batch) that fits; None when 1 does not."""
+    budget = HEADROOM * device_bytes
+
+    def at(m: int) -> MemoryEstimate:
+        return estimate(model, m, precision, processes, fsdp, activation_checkpointing)
+
+    if at(1).peak_bytes > budget:
+        return None
+    low, high = 1, rows  # largest m with at(m) <= budget: memory grows with m
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if at(mid).peak_bytes <= budget else (low, mid - 1)
+    return at(low)
+
+
+def resolve_micro_batch(
+    model: ModelConfig,
+    batch_size: int,
+    setting: int | str | None,
+    device_bytes: float | None,
+    precision: str,
+    processes: int = 1,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
+) -> tuple[int | None, MemoryEstimate | None]:
+    """train.micro_batch_size -> (sequences per forward/backward or None for the whole share, its estimate).
+
+    `auto` takes the largest micro-batch that fits device_bytes (unknown: the whole share), then evens the
+    chunks out (64 rows at most 40 each: 32 + 32, not 40 + 24), so a compiled step sees one shape.
+    """
+    rows = math.ceil(batch_size / processes)  # the largest share a process gets
+
+    def at(m: int) -> MemoryEstimate:
+        return estimate(model, m, precision, processes, fsdp, activation_checkpointing)
+
+    if setting is None:
+        return None, at(rows)
+    if setting != "auto":
+        return (None if int(setting) >= rows else int(setting)), at(min(int(setting), rows))
+    if device_bytes is None:
+        return None, at(rows)
+    fit = fit_micro_batch(model, rows, device_bytes, precision, processes, fsdp, activation_checkpointing)
+    if fit is None:
+        raise ModexpError(
+            f"{model.d_model}x{model.n_layers} at seq_len {model.seq_len} does not fit "
+            f"{device_bytes / GB:.0f} GB even one sequence at a time (estimated {at(1).peak_gb:.0f} GB): "
+            "set train.activation_checkpointing=true, train.parallel=fsdp with more launcher.gpus_per_run, "
+            "or a larger launcher.gpu_mem_gb"
+        )
+    if fit.micro_batch >= rows:
+        return None, fit
+    even = math.ceil(rows / math.ceil(rows / fit.micro_batch))
+    return even, at(even)
