@@ -93,13 +93,23 @@ def _count_epochs(plan, cfg) -> list[str]:  # (plan.Plan, config.Config) -> note
 
 def plan_rows(study, convention: str = "exact") -> list[dict]:
     from .flops import count
+    from .launch.local import visible_gpus
+    from .memory import plan_step
     from .rundir import run_state
 
-    flops_per_s = study.configs[0][1].sweep.flops_per_second
+    cfg = study.configs[0][1]
+    flops_per_s = cfg.sweep.flops_per_second  # per device
+    devices = max(1, cfg.launcher.gpus_per_run)
+    gpus = bool(visible_gpus()) if cfg.device == "auto" else cfg.device == "cuda"
     rows = []
     for spec in study.plan.runs:
         row = spec.row()
-        row["est_time_s"] = round(spec.flops / flops_per_s, 1)
+        row["devices"] = devices
+        row["est_time_s"] = round(spec.flops / flops_per_s / devices, 1)
+        row["device_hours"] = spec.flops / flops_per_s / 3600
+        micro, memory = plan_step(cfg, spec.model, gpus)
+        row["micro_batch"] = micro
+        row["est_peak_gb"] = round(memory.peak_gb, 1) if memory else None
         row["status"] = run_state(study.run_dir(spec))
         if convention != "exact":  # report under another convention; what is trained does not change
             per_token = count(spec.model, convention).train_per_token
@@ -139,6 +149,8 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
             "tokens_per_param",
             "lr",
             "epochs",
+            "micro_batch",
+            "est_peak_gb",
             "est_time_s",
             "status",
         ]
@@ -153,11 +165,21 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     total = frame["flops"].sum()
+    cfg = study.configs[0][1]
+    devices = max(1, cfg.launcher.gpus_per_run)
+    unit = "GPU" if devices > 1 or cfg.device == "cuda" else "device"
     print(
-        f"\n{count(len(rows), 'run')}, {sci(total)} FLOPs in all, "
-        f"about {duration(frame['est_time_s'].sum())} at {sci(study.configs[0][1].sweep.flops_per_second, 2)} "
-        "FLOP/s (sweep.flops_per_second; one run at a time)"
+        f"\n{count(len(rows), 'run')}, {sci(total)} FLOPs in all: {frame['device_hours'].sum():,.1f} "
+        f"{unit}-hours at {sci(cfg.sweep.flops_per_second, 2)} FLOP/s per {unit} (sweep.flops_per_second), "
+        f"about {duration(frame['est_time_s'].sum())} one run at a time on {count(devices, unit)} per run "
+        "(launcher.gpus_per_run). est_peak_gb: estimated peak memory per device (modexp/memory.py)"
     )
+    if (frame["micro_batch"] == "no fit").any():
+        gb = cfg.launcher.gpu_mem_gb
+        print(
+            f"some runs do not fit {gb:g} GB per device even one sequence at a time: set "
+            "train.activation_checkpointing=true or train.parallel=fsdp with more launcher.gpus_per_run"
+        )
     for note in study.plan.notes:
         print(note)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ModexpError
 from .model import ModelConfig
@@ -130,3 +131,37 @@ def resolve_micro_batch(
         return None, fit
     even = math.ceil(rows / math.ceil(rows / fit.micro_batch))
     return even, at(even)
+
+
+def planned_precision(train_precision: str, device: str, gpus_visible: bool) -> str:
+    """The precision a run will train in, as far as the plan can know it (device=auto: is a GPU visible?)."""
+    on_gpu = device == "cuda" or (device == "auto" and gpus_visible)
+    return "bf16" if train_precision == "bf16" or (train_precision == "auto" and on_gpu) else "fp32"
+
+
+def plan_step(cfg: Any, model: ModelConfig, gpus_visible: bool) -> tuple[str, MemoryEstimate | None]:
+    """(the micro-batch a run will use, as the plan shows it, and the estimated peak per device).
+
+    `auto` is resolved against launcher.gpu_mem_gb when given; otherwise the device decides at run time.
+    """
+    precision = planned_precision(cfg.train.precision, cfg.device, gpus_visible)
+    processes = max(1, cfg.launcher.gpus_per_run)
+    setting = cfg.train.micro_batch_size
+    device_bytes = cfg.launcher.gpu_mem_gb * GB if cfg.launcher.gpu_mem_gb else None
+    try:
+        micro, est = resolve_micro_batch(
+            model,
+            cfg.train.batch_size,
+            setting,
+            device_bytes,
+            precision,
+            processes,
+            cfg.train.parallel == "fsdp" and processes > 1,
+            cfg.train.activation_checkpointing,
+        )
+    except ModexpError:
+        return "no fit", None
+    rows = math.ceil(cfg.train.batch_size / processes)
+    if setting == "auto" and device_bytes is None:
+        return f"auto (<= {rows})", est
+    return str(micro or rows), est

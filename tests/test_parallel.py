@@ -344,3 +344,22 @@ def test_gpu_sweep_without_a_gpu_is_refused_before_anything_is_written(tmp_path:
 def test_bad_step_settings_are_one_line(tmp_path: Path, override: str, message: str) -> None:
     rc, _, err = train_in_process(["plan", "sweep=smoke", override, f"runs_dir={tmp_path}"])
     assert rc != 0 and message in err and "Traceback" not in err
+
+
+def test_plan_shows_micro_batch_memory_and_gpu_hours(tmp_path: Path) -> None:
+    base = ["plan", "sweep=paper", f"runs_dir={tmp_path}", "--format", "json"]
+    rc, out, err = train_in_process([*base, "launcher.gpu_mem_gb=80", "launcher.gpus_per_run=8"])
+    assert rc == 0, err
+    rows = json.loads(out)
+    for row in rows:
+        assert row["devices"] == 8
+        assert row["est_time_s"] == pytest.approx(row["device_hours"] * 3600 / 8, rel=1e-3)
+        assert 1 <= int(row["micro_batch"]) <= 16  # 128 sequences over 8 GPUs, what fits 80 GB of each
+        assert row["est_peak_gb"] <= 0.9 * 80
+    # Unknown device memory: auto is decided at run time, and the whole share's estimate is shown.
+    rc, out, _ = train_in_process(base)
+    rows = json.loads(out)
+    assert {row["micro_batch"] for row in rows} == {"auto (<= 128)"}
+    assert min(row["est_peak_gb"] for row in rows) > 100  # the paper's batch does not fit one GPU at once
+    rc, out, _ = train_in_process(["plan", "sweep=paper", f"runs_dir={tmp_path}", "launcher.gpu_mem_gb=80"])
+    assert "GPU-hours" in out and "d2560-l40" in out
