@@ -682,3 +682,67 @@ def test_random_routing_model_forward_and_loss():
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# --- GPU readiness, checked on the CPU -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal_router", ["predictor", "aux_loss"])
+def test_router_and_predictor_score_in_fp32_under_bf16_autocast(causal_router):
+    """bf16 router logits tie at the top-k cut (gpu-readiness.md); the decision must come from fp32 scores."""
+    cfg = ModelConfig(d_model=32, n_heads=4, seq_len=64, routing="topk", causal_router=causal_router)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    x = torch.randint(0, 256, (2, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, x)
+    for rec in out.routing:
+        assert rec.router_logits.dtype == torch.float32
+        if rec.predictor_logits is not None:
+            assert rec.predictor_logits.dtype == torch.float32
+    assert out.aux_loss.dtype == torch.float32
+    # The first routed block sees the same hidden state as an fp32 router applied to it by hand.
+    block = model.blocks[cfg.routed_layers[0]]
+    h = torch.randn(2, 64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = block.router_scores(h)
+    torch.testing.assert_close(scores, h @ block.router.weight[0], rtol=1e-6, atol=1e-6)
+
+
+def test_causal_mode_runs_plain_causal_attention_without_a_mask(monkeypatch):
+    """No (B, 1, T, T) mask in causal routing mode: the fused attention kernels apply."""
+    import torch.nn.functional as F
+
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        seen.append((attn_mask, is_causal))
+        return original(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    for routing in ("topk", "random"):
+        model = Transformer(ModelConfig(d_model=32, n_heads=4, seq_len=32, routing=routing))
+        with torch.no_grad():
+            model(torch.randint(0, 256, (2, 32)), routing_mode="causal")
+    assert seen and all(mask is None and causal for mask, causal in seen)
+
+
+def test_random_routing_takes_its_noise_from_the_caller():
+    """Noise drawn per sequence by the trainer: a sequence is routed alike whatever batch it sits in."""
+    cfg = ModelConfig(d_model=32, n_heads=4, seq_len=32, routing="random", capacity=0.25)
+    model = Transformer(cfg)
+    x = torch.randint(0, 256, (4, 32))
+    noise = torch.randn(4, model.n_routed, 32)
+    with torch.no_grad():
+        whole = model(x, x, routing_noise=noise)
+        halves = [model(x[i : i + 2], routing_noise=noise[i : i + 2]) for i in (0, 2)]
+        causal = model(x, routing_mode="causal", routing_noise=noise)
+    torch.testing.assert_close(torch.cat([h.logits for h in halves]), whole.logits, rtol=1e-5, atol=1e-5)
+    for j, rec in enumerate(whole.routing):
+        expected = noise[:, j].topk(8, dim=1).indices.sort(dim=1).values
+        assert torch.equal(rec.indices, expected)
+    # Causal mode: each token independently with probability `capacity`, from the same draw.
+    threshold = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.25))
+    for j, rec in enumerate(causal.routing):
+        assert torch.equal(rec.mask, noise[:, j] < threshold)
