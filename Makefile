@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install test test-fast lint demo bench slurm-up slurm-down clean
+.PHONY: install test test-fast lint demo bench gpu-check slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/modexp bench --quick --out runs/bench
+
+# One GPU: CUDA tests, bench with MFU, a two-budget gpu sweep; one report in runs/gpu-check/report.md (<= 8 min).
+gpu-check: $(STAMP)
+	@WANDB_MODE=disabled $(BIN)/python scripts/gpu_check.py --out runs/gpu-check
 
 slurm-up:
 	bash scripts/slurm-up.sh
