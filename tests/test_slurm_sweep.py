@@ -359,3 +359,46 @@ def test_requeued_job_resumes_from_its_checkpoint(make_sweep) -> None:
     log = (sweep.dir / victim / "train.log").read_text()
     assert f"resuming {victim} at step {resumed}" in log, log[-2000:]
     _assert_results(sweep)
+
+
+@pytest.mark.timeout(240)
+def test_one_run_on_two_tasks_is_one_job_and_one_run_folder(make_sweep) -> None:
+    """launcher.gpus_per_run=2 device=cpu: one job of 2 tasks (srun starts both, gloo between them) trains
+    one run folder, with the same losses as one process would."""
+    one_run = ["sweep.budgets=[2e9]", "sweep.sizes_per_budget=1", "sweep.variants=[baseline]", *CHEAP[1:]]
+    sweep = make_sweep([*one_run, "launcher.gpus_per_run=2", "device=cpu", "launcher.mem_gb=2"])
+    out = sweep.run(timeout=220)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tasks_per_node=2" in out.stderr and "[slurm] submitted 1 jobs" in out.stderr, out.stderr
+    (run_id,) = sweep.run_ids()
+    (job_id,) = sweep.jobs.values()
+    script = (sweep.dir / "slurm" / "jobs" / f"{job_id}_submission.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --nodes=1" in script, script
+    assert "--gpus" not in script  # device=cpu: two CPU tasks, no GPU asked for
+    logs = sorted(p.name for p in (sweep.dir / "slurm" / "jobs").glob(f"{job_id}_*_log.out"))
+    assert logs == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"], logs
+    assert sorted(p.name for p in sweep.dir.iterdir() if (p / "run.json").exists()) == [run_id]
+    summary = json.loads((sweep.dir / run_id / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["parallel"] == "ddp"
+    _assert_results(sweep, out)
+
+    # The same run trained by one process, outside SLURM, from the same run.json and config.yaml.
+    local = sweep.root / "local" / run_id
+    local.mkdir(parents=True)
+    for name in ("run.json", "config.yaml"):
+        shutil.copy(sweep.dir / run_id / name, local / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modexp.train", str(local)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=sweep.root,
+        env={**sweep.env, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def train_losses(run_dir: Path) -> list[float]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+    assert train_losses(sweep.dir / run_id) == pytest.approx(train_losses(local), rel=1e-4, abs=1e-4)
