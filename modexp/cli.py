@@ -230,7 +230,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     corpus = load_corpus(cfg.data, spec.model.seq_len)  # before the run folder: bad data leaves nothing
     set_epochs([spec], len(corpus.train), cfg)  # the sweep's repetition limit holds for one run too
     run_dir = sweep_dir(cfg) / spec.run_id
-    write_run(run_dir, run_config(dict_cfg, spec), spec)
+    if not write_run(run_dir, run_config(dict_cfg, spec), spec):  # its trainer keeps its own files
+        raise ModexpError(f"{run_dir} is being trained by another process")
     if processes_per_run(cfg) > 1:
         return _train_processes(run_dir, cfg)
     try:
@@ -249,8 +250,7 @@ def _train_processes(run_dir: Path, cfg: Config) -> int:
 
     from .config import processes_per_run
     from .launch.local import make_slots, train_command
-    from .rundir import EXIT_LOCKED
-    from .tracking import read_status
+    from .rundir import EXIT_LOCKED, read_status
 
     processes = processes_per_run(cfg)
     slot = make_slots(cfg.device, 1, processes)[0]

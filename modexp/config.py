@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -139,6 +140,7 @@ class Config:
     runs_dir: str = MISSING
     seed: int = MISSING
     device: str = MISSING
+    locking: str = MISSING  # flock: one process per run, across sweeps and machines | none: no run locks
     budget: float | None = None  # FLOPs of one `modexp train` run
     variant: str | None = None  # name recorded for a single `modexp train` run (None: derived from routing)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -249,7 +251,7 @@ def _cleared(overrides: list[str]) -> list[str]:
     return [key for key, value in pairs if key in OPEN_DICTS and value.replace(" ", "") == "{}"]
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], export: bool = True) -> DictConfig:
     """Compose conf/ with command-line overrides into a validated DictConfig (no sweep expansion)."""
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -258,8 +260,31 @@ def compose_config(overrides: list[str]) -> DictConfig:
             OmegaConf.update(cfg, key, {}, merge=False, force_add=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ModexpError(_explain(exc, overrides)) from None
-    to_typed(cfg)  # validate now, so bad values are refused before any planning or training
+    typed = to_typed(cfg)  # validate now, so bad values are refused before any planning or training
+    if export:  # every process this one starts (runs, SLURM jobs) obeys it
+        os.environ["MODEXP_LOCKING"] = typed.locking
     return cfg
+
+
+def with_new_keys(cfg: DictConfig) -> DictConfig:
+    """A run folder's config.yaml written before some setting existed: that setting takes today's default.
+
+    Only keys the file lacks are added (never merged into a dict the file has), so nothing the run was
+    trained with changes; the settings added since then are how a step is computed, not what it computes.
+    """
+    defaults = compose_config([], export=False)
+    _add_missing(cfg, defaults)
+    return cfg
+
+
+def _add_missing(cfg: DictConfig, defaults: DictConfig) -> None:
+    for key in defaults.keys():
+        if key not in cfg:
+            with open_dict(cfg):
+                cfg[key] = defaults[key]
+        elif isinstance(cfg[key], DictConfig) and isinstance(defaults[key], DictConfig):
+            if not any(str(key) == d.rpartition(".")[2] for d in OPEN_DICTS):
+                _add_missing(cfg[key], defaults[key])
 
 
 def to_typed(cfg: DictConfig) -> Config:
@@ -283,6 +308,10 @@ def to_typed(cfg: DictConfig) -> Config:
 
 def check(cfg: Config) -> None:
     """Checks across keys that the dataclass types cannot express."""
+    if cfg.locking not in ("flock", "none"):
+        raise ModexpError(f"locking={cfg.locking} is not allowed: choose flock or none")
+    if Path(cfg.runs_dir).exists() and not Path(cfg.runs_dir).is_dir():
+        raise ModexpError(f"runs_dir={cfg.runs_dir} is a file: give a folder (it is created if missing)")
     if cfg.device not in DEVICES:
         raise ModexpError(f"device={cfg.device} is not allowed: choose one of {', '.join(DEVICES)}")
     if cfg.tracker.wandb.mode not in WANDB_MODES:
@@ -410,6 +439,39 @@ def _check_step_settings(cfg: Config) -> None:
             raise ModexpError(f"{key}={value} is not allowed: it must be a whole number >= {low}")
     if launcher.gpu_mem_gb is not None and not launcher.gpu_mem_gb > 0:
         raise ModexpError(f"launcher.gpu_mem_gb={launcher.gpu_mem_gb} is not allowed: give GB > 0 or null")
+    for key, value in (("launcher.mem_gb", launcher.mem_gb), ("launcher.time_min", launcher.time_min)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ModexpError(f"{key}={value} is not allowed: it must be a positive number")
+    if launcher.array_parallelism < 1:
+        raise ModexpError(
+            f"launcher.array_parallelism={launcher.array_parallelism} is not allowed: give >= 1"
+        )
+    _check_sbatch(launcher)
+
+
+SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=@%+/-]{1,256}")  # one sbatch word: no spaces, quotes or newlines
+
+
+def _check_sbatch(launcher: LauncherConfig) -> None:
+    """Values that are written into sbatch scripts: one `#SBATCH --key=value` line each, nothing more."""
+    words = {"launcher.partition": launcher.partition, "launcher.account": launcher.account}
+    for key, value in launcher.extra.items():
+        if not SBATCH_KEY.fullmatch(str(key)):
+            raise ModexpError(
+                f"launcher.extra.{key} is not allowed: sbatch option names are letters, digits, _ and -"
+            )
+        if isinstance(value, (dict, list)) or value is None:
+            raise ModexpError(
+                f"launcher.extra.{key}={value} is not allowed: give one word, number or true/false"
+            )
+        words[f"launcher.extra.{key}"] = value if isinstance(value, str) else None
+    for key, value in words.items():
+        if value is not None and not SBATCH_VALUE.fullmatch(str(value)):
+            raise ModexpError(
+                f"{key}={value!r} is not allowed: it goes into an sbatch script, so one word of letters, "
+                "digits and _ . , : = @ % + / - (no spaces, quotes or newlines)"
+            )
 
 
 def processes_per_run(cfg: Config) -> int:

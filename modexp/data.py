@@ -31,6 +31,7 @@ file lock so that concurrent jobs wait for one preparer instead of all doing the
 from __future__ import annotations
 
 import codecs
+import errno
 import fnmatch
 import hashlib
 import json
@@ -510,6 +511,10 @@ def _check_sizes(cfg: DataConfig, n_train: int, n_val: int, seq_len: int) -> Non
         )
 
 
+# flock refused by the filesystem itself (NFS without lockd, Lustre without -o flock, some FUSE mounts).
+LOCKS_REFUSED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
 def _prepare_once(final: Path, prepare: Callable[[Path], dict[str, Any]]) -> None:
     """Make ``final`` by running prepare(tmp_dir) -> meta.json contents and renaming tmp_dir, at most once.
 
@@ -519,18 +524,25 @@ def _prepare_once(final: Path, prepare: Callable[[Path], dict[str, Any]]) -> Non
     """
     lock_path = final.parent / f".{final.name}.lock"
     lock = filelock.FileLock(str(lock_path))
+    locked = os.environ.get("MODEXP_LOCKING", "flock") != "none"
     try:
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            log.info("waiting for another process to prepare %s", final)
-            lock.acquire()
+        if locked:
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                log.info("waiting for another process to prepare %s", final)
+                lock.acquire()
+            except OSError as exc:
+                if exc.errno not in LOCKS_REFUSED:
+                    raise
+                locked = False  # a filesystem without locks: the rename alone keeps this correct
         try:
             if not (final / "meta.json").exists():
                 _remove_dead_tmp(final)
                 _build(final, prepare)
         finally:
-            lock.release()
+            if locked:
+                lock.release()
     finally:
         lock_path.unlink(missing_ok=True)
 

@@ -154,6 +154,13 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, An
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
+def run_digest(cfg: Config, model: ModelConfig, budget: float) -> str:
+    """The hash in a run's id: of what determines its result (run_identity), and nothing else."""
+    return hashlib.sha256(json.dumps(run_identity(cfg, model, budget), sort_keys=True).encode()).hexdigest()[
+        :10
+    ]
+
+
 def make_run(
     cfg: Config,
     model: ModelConfig,
@@ -172,8 +179,7 @@ def make_run(
     seq_flops = count.train_per_token * model.seq_len
     num_sequences = max(1, round(budget / seq_flops))
     steps = math.ceil(num_sequences / cfg.train.batch_size)
-    identity = run_identity(cfg, model, budget)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    digest = run_digest(cfg, model, budget)
     variant = variant or variant_name(model)
     shape = f"d{model.d_model}-l{model.n_layers}"
     run_id = f"{variant}-{shape}-{sci(budget)}-{digest}"

@@ -12,46 +12,191 @@ train.log       the run's log; wandb/ the W&B mirror; routing_sample.json for Mo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import json
+import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .data import LOCKS_REFUSED
+from .errors import ModexpError
 from .model.config import ModelConfig
 from .plan import MOD_ONLY, RunSpec
-from .tracking import read_json, read_status, write_json
 
 EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # stopped by a signal: the run resumes on the next plain rerun
+EXIT_RESUMABLE = 74  # stopped by the machine (a full disk), not by the run itself: resumes too (EX_IOERR)
+
+
+def strict_json(data: Any, **kwargs: Any) -> str:
+    """JSON that every reader accepts: NaN and infinities become null (Python's json would write NaN)."""
+    return json.dumps(_finite(data), allow_nan=False, default=_jsonable, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if hasattr(value, "tolist") and not isinstance(value, (dict, list, tuple)):
+        value = value.tolist()  # numpy and torch scalars and arrays
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class DiskFull(ModexpError):
+    """No space left (or quota exceeded) while writing a run's file: the run stays resumable."""
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFull:
+    return DiskFull(
+        f"no space left on the device writing {path} ({os.strerror(exc.errno or 0)}): free some space and "
+        "rerun the same command to resume from the last checkpoint"
+    )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> None:
+    """Write via a temporary file, fsync it, rename it over `path`, fsync the folder.
+
+    A reader never sees half a file; a kill or a crash leaves the old version (or, after the rename, the new
+    one on disk for good). The temporary file is removed on any error; a full disk is one line (DiskFull).
+    keep: move the current version there first (a kill between the two renames leaves `keep`).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if keep is not None and path.exists():
+            os.replace(path, keep)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(path, exc) from None
+        raise
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a crash after it must not bring the old file back)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files left by a process killed mid-write (called with the run's lock held)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic and durable (see atomic_write); strict JSON (null, never NaN)."""
+    text = strict_json(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def set_status(run_dir: Path, state: str, **fields: Any) -> None:
+    """status.json: planned | running | done | failed | interrupted, with a reason and when."""
+    write_json(run_dir / "status.json", {"state": state, "updated": time.time(), **fields})
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return read_json(run_dir / "status.json")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"state": "pending"}
 
 
 def sweep_dir(cfg: Any) -> Path:
     return Path(cfg.runs_dir) / cfg.sweep.name
 
 
-def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> None:
-    """Create the folder with the run's config and spec (atomically: a reader sees all or nothing)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".config.yaml.{os.getpid()}.tmp"
-    OmegaConf.save(cfg, tmp, resolve=True)
-    os.replace(tmp, run_dir / "config.yaml")
-    record = asdict(spec)
-    if spec.model.routing == "none":  # a baseline has no router: its record carries no inert MoD settings
-        record["model"] = {k: v for k, v in record["model"].items() if k not in MOD_ONLY}
-    write_json(run_dir / "run.json", record)
-    if not (run_dir / "status.json").exists():
-        write_json(run_dir / "status.json", {"state": "planned"})
+def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
+    """Create or refresh the folder's config.yaml and run.json (atomically), holding the run's lock.
+
+    False, writing nothing, when another process holds the run: it trains from the files it has.
+    """
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        return False
+    try:
+        atomic_write(run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+        record = asdict(spec)
+        if spec.model.routing == "none":  # a baseline has no router: its record carries no inert MoD settings
+            record["model"] = {k: v for k, v in record["model"].items() if k not in MOD_ONLY}
+        write_json(run_dir / "run.json", record)
+        if not (run_dir / "status.json").exists():
+            write_json(run_dir / "status.json", {"state": "planned"})
+    finally:
+        lock.release()
+    return True
 
 
 def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(cfg, DictConfig)
-    raw = read_json(run_dir / "run.json")
-    raw["model"] = ModelConfig(**raw["model"])
-    return cfg, RunSpec(**raw)
+    """The run's config (settings added since it was written take today's defaults) and its RunSpec."""
+    from .config import with_new_keys
+
+    remedy = "rerun the sweep (or modexp train) that planned it to rewrite it"
+    try:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        if not isinstance(cfg, DictConfig):
+            raise ValueError("not a mapping")
+    except FileNotFoundError:
+        raise ModexpError(f"{run_dir} has no config.yaml: not a run folder, or not yet written") from None
+    except Exception as exc:  # YAML syntax, bad encoding, interpolation errors
+        raise ModexpError(
+            f"{run_dir / 'config.yaml'} does not parse ({_first_line(exc)}): {remedy}"
+        ) from None
+    try:
+        raw = read_json(run_dir / "run.json")
+        raw["model"] = ModelConfig(**raw["model"])
+        spec = RunSpec(**raw)
+    except Exception as exc:  # missing, truncated, edited into another shape
+        raise ModexpError(
+            f"{run_dir / 'run.json'} is not a run record ({_first_line(exc)}): {remedy}"
+        ) from None
+    return with_new_keys(cfg), spec
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def locking() -> str:
+    """flock (default) | none: the `locking` setting, which the CLI passes on to every process it starts."""
+    return os.environ.get("MODEXP_LOCKING", "flock")
 
 
 class RunLock:
@@ -63,7 +208,12 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ModexpError(f"{self.path.parent} cannot be a run folder: a file is in the way") from None
+        if locking() == "none":
+            return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,6 +221,12 @@ class RunLock:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return False
+            if exc.errno in LOCKS_REFUSED:
+                raise ModexpError(
+                    f"the filesystem of {self.path.parent} refuses file locks (flock: {os.strerror(exc.errno)}): "
+                    "put runs_dir where locks work (NFS with its lock service, Lustre mounted with -o flock), "
+                    "or set locking=none if only one sweep at a time trains into it"
+                ) from None
             raise
         self._fd = fd
         return True
@@ -82,7 +238,7 @@ class RunLock:
             self._fd = None
 
     def held_elsewhere(self) -> bool:
-        if not self.path.exists():
+        if not self.path.exists() or locking() == "none":
             return False
         if self.acquire():
             self.release()

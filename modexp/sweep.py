@@ -20,8 +20,7 @@ from .config import Config, processes_per_run
 from .errors import ModexpError
 from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
-from .rundir import run_state, write_run
-from .tracking import read_json, read_status, write_json
+from .rundir import read_json, read_status, run_state, write_json, write_run
 from .units import count, duration
 
 log = logging.getLogger(__name__)
@@ -258,13 +257,17 @@ def finish(study: Study) -> int:
     for rid in failed:
         status = read_status(study.dir / rid)
         print(f"[sweep] FAILED {rid}: {status.get('reason')}", file=sys.stderr)
-    if unfinished:
-        print(f"[sweep] not finished: {', '.join(unfinished)}", file=sys.stderr)
+    for rid in unfinished:
+        status = read_status(study.dir / rid)
+        why = f": {status['reason']}" if status.get("reason") else ""
+        print(f"[sweep] not finished {rid} ({states[rid]}{why})", file=sys.stderr)
     if failed or unfinished:
-        print(
-            f"[sweep] {len(failed)} failed, {len(unfinished)} unfinished; rerun with --retry-failed",
-            file=sys.stderr,
-        )
+        advice = []
+        if unfinished:
+            advice.append(f"{len(unfinished)} unfinished resume when you rerun the same command")
+        if failed:
+            advice.append(f"{len(failed)} failed are retried with --retry-failed")
+        print(f"[sweep] {'; '.join(advice)}", file=sys.stderr)
         return 1
     print(
         f"[sweep] {'1 run' if n_done == 1 else f'all {n_done} runs'} done. Table: {study.dir / 'results.csv'}  Figures: {study.dir / 'plots'}"

@@ -8,66 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import socket
 import subprocess
-import time
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .rundir import strict_json
+
 log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "wandb", "pandas", "modexp")
-
-
-def strict_json(data: Any, **kwargs: Any) -> str:
-    """JSON that every reader accepts: NaN and infinities become null (Python's json would write NaN)."""
-    return json.dumps(_finite(data), allow_nan=False, default=_jsonable, **kwargs)
-
-
-def _finite(value: Any) -> Any:
-    if hasattr(value, "tolist") and not isinstance(value, (dict, list, tuple)):
-        value = value.tolist()  # numpy and torch scalars and arrays
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader never sees half a file, and a kill leaves the old version."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(strict_json(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-def set_status(run_dir: Path, state: str, **fields: Any) -> None:
-    """status.json: planned | running | done | failed | interrupted, with a reason and when."""
-    write_json(run_dir / "status.json", {"state": state, "updated": time.time(), **fields})
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return read_json(run_dir / "status.json")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"state": "pending"}
 
 
 def code_version() -> dict[str, Any]:

@@ -7,6 +7,7 @@ starts one such process per run); `modexp train [overrides]` writes those files 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -37,13 +38,27 @@ from .memory import MemoryEstimate, resolve_micro_batch
 from .model import ModelConfig, Transformer
 from .model.routing import RoutingRecord
 from .model.transformer import ModelOutput
-from .plan import RunSpec
-from .rundir import EXIT_LOCKED, RunLock, load_run
-from .tracking import MetricsLog, WandbMirror, environment, read_json, read_status, set_status, write_json
+from .plan import RunSpec, run_digest
+from .rundir import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_RESUMABLE,
+    DiskFull,
+    RunLock,
+    atomic_write,
+    load_run,
+    read_json,
+    read_status,
+    remove_stale_temporaries,
+    set_status,
+    write_json,
+)
+from .tracking import MetricsLog, WandbMirror, environment
 
 log = logging.getLogger("modexp.train")
 
 CHECKPOINT = "checkpoints/last.pt"
+LAST, PREVIOUS = "last.pt", "previous.pt"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -235,15 +250,53 @@ def routing_sample(model: Transformer, corpus: Corpus, device: torch.device) -> 
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic: write a temp file, then rename, so a kill mid-write leaves the previous checkpoint."""
+    """Atomic and durable; the checkpoint it replaces is kept as previous.pt, the fallback when last.pt
+    does not load (a kill mid-write, a truncated copy, a bad disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), keep=path.with_name(PREVIOUS))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume_state(
+    run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any] | None:
+    """Load the newest checkpoint that loads and belongs to this run into model and optimizer.
+
+    Falls back from last.pt to previous.pt; when neither works, one line naming the file and the remedy.
+    Returns the checkpoint (its step, wall time and RNG state), or None when the run has none yet.
+    """
+    folder = run_dir / "checkpoints"
+    candidates = [p for p in (folder / LAST, folder / PREVIOUS) if p.exists()]
+    problems = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+            if state.get("run_id") != spec.run_id:
+                raise ValueError(f"it belongs to run {state.get('run_id')}, not {spec.run_id}")
+            if state.get("model_config") != vars(spec.model):
+                raise ValueError("its model config differs from the run's")
+            restore_state(model, optimizer, state)
+        except Exception as exc:  # truncated (EOFError, zip errors), unpicklable, wrong shapes, another run
+            problems.append(f"{path.name}: {_first_line(exc)}")
+            log.warning("checkpoint %s does not load (%s)", path, _first_line(exc))
+            continue
+        if path.name != LAST:
+            log.warning("resuming from %s instead", path)
+        return state
+    if problems:
+        raise ModexpError(
+            f"no checkpoint of {run_dir} loads ({'; '.join(problems)}): delete {folder} to train the run "
+            "again from step 0"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -303,6 +356,7 @@ def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
     """
     dict_cfg, spec = load_run(run_dir)
     cfg = to_typed(dict_cfg)
+    check_identity(run_dir, cfg, spec)
     world = world_from_env()
     device = pick_device(cfg.device, world)
     distributed.init(world, device)
@@ -314,6 +368,8 @@ def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
                 verdict = "locked"
             elif read_status(run_dir).get("state") == "done" and (run_dir / "summary.json").exists():
                 verdict = "done"
+            else:
+                remove_stale_temporaries(run_dir)  # from a process killed mid-write
         verdict = distributed.broadcast(verdict, world)
         if verdict == "locked":
             raise RunLocked(run_dir)
@@ -334,6 +390,22 @@ def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
         if lock is not None:
             lock.release()
         distributed.shutdown()
+
+
+def check_identity(run_dir: Path, cfg: Config, spec: RunSpec) -> None:
+    """config.yaml and run.json still describe the run its id names: an edited setting that changes the result
+    must never be trained (and tabled) under the old id."""
+    if cfg.model != spec.model or (spec.lr is not None and cfg.train.lr != spec.lr):
+        raise ModexpError(
+            f"config.yaml of {spec.run_id} was edited: its model or learning rate differs from run.json; "
+            "rerun the sweep (or modexp train) to restore it, or plan a new run with the new setting"
+        )
+    digest = run_digest(cfg, spec.model, spec.budget)
+    if not spec.run_id.endswith(f"-{digest}"):
+        raise ModexpError(
+            f"config.yaml of {spec.run_id} was edited: what it would train hashes to {digest}, not to the "
+            "run's id; rerun the sweep (or modexp train) to restore it, or plan a new run with the new setting"
+        )
 
 
 class RunLocked(Exception):
@@ -423,9 +495,8 @@ def _train(
 
     ckpt_path = run_dir / CHECKPOINT
     start_step, wall_before = 0, 0.0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        restore_state(model, optimizer, state)
+    state = resume_state(run_dir, spec, model, optimizer)
+    if state is not None:
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
@@ -615,6 +686,12 @@ def _train(
         _interrupted(run_dir, mirror, metrics, progress, step, main)
         raise
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            exc = DiskFull(f"no space left on the device ({exc}): free some space and rerun to resume")
+        if isinstance(exc, DiskFull):
+            with contextlib.suppress(Exception):
+                _interrupted(run_dir, mirror, metrics, progress, step, main)
+            raise exc from None
         if _stopping:  # a peer process was stopped first and the collective failed: still an interruption
             _interrupted(run_dir, mirror, metrics, progress, step, main)
             raise KeyboardInterrupt from exc
@@ -778,6 +855,20 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _record_unlocked(run_dir: Path, state: str, reason: str) -> None:
+    """Record why a run stopped outside its training loop: only when no other process holds it (that one
+    is training from its own files), and never a second traceback when even this write fails."""
+    if world_from_env().rank != 0 or not (run_dir / "run.json").exists():
+        return
+    with contextlib.suppress(Exception):
+        lock = RunLock(run_dir)
+        if lock.acquire():
+            try:
+                set_status(run_dir, state, reason=reason)
+            finally:
+                lock.release()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a sweep's child process: `python -m modexp.train RUN_DIR`."""
     args = sys.argv[1:] if argv is None else argv
@@ -786,17 +877,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):  # a sweep's Ctrl-C or scancel: stop and mark interrupted
         signal.signal(signum, _raise_interrupt)
+    run_dir = Path(args[0])
     try:
-        train_run(Path(args[0]))
+        train_run(run_dir)
     except RunLocked as exc:
         print(exc, file=sys.stderr)
         return EXIT_LOCKED
+    except DiskFull as exc:  # nothing wrong with the run: it resumes once there is space
+        _record_unlocked(run_dir, "interrupted", str(exc))
+        print(f"modexp: {exc}", file=sys.stderr)
+        return EXIT_RESUMABLE
     except ModexpError as exc:
-        set_status(Path(args[0]), "failed", reason=str(exc))
+        _record_unlocked(run_dir, "failed", str(exc))
         print(f"modexp: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except NonFiniteLoss:
         return 1
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_plan import run_main
 
-from modexp.tracking import strict_json, write_json
+from modexp.rundir import strict_json, write_json
 
 
 def modexp(runs: Path, *args: str) -> subprocess.CompletedProcess:

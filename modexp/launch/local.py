@@ -6,6 +6,7 @@ sweep down. The run's own lock (rundir.RunLock) guarantees no run is trained by 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -19,8 +20,15 @@ from pathlib import Path
 
 from ..errors import ModexpError
 from ..plan import RunSpec
-from ..rundir import EXIT_LOCKED, RunLock, run_state
-from ..tracking import read_status, set_status
+from ..rundir import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_RESUMABLE,
+    RunLock,
+    read_status,
+    run_state,
+    set_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +139,7 @@ class LocalPool:
         self.on_tick = on_tick or (lambda pool: None)
         self.running: list[Child] = []
         self.failed: list[str] = []
+        self.interrupted: list[str] = []  # stopped by a signal or the machine: resume on the next rerun
         self.elsewhere: dict[str, tuple[RunSpec, Path]] = {}  # held by another sweep's process
 
     def run(self, queue: list[tuple[RunSpec, Path]]) -> None:
@@ -184,16 +193,24 @@ class LocalPool:
                 self.elsewhere[child.spec.run_id] = (child.spec, child.run_dir)
                 continue
             status = read_status(child.run_dir)
-            reason = status.get("reason") if status.get("state") == "failed" else None
-            set_status(
-                child.run_dir,
-                "failed",
-                reason=reason or describe_exit(code),
-                exit_code=code,
-                step=status.get("step"),
-                log_tail=log_tail(child.run_dir),
+            # A signal, a kill -9 or a full disk stops a run without anything being wrong with it: it stays
+            # resumable, and the next plain rerun resumes it. Only a run that failed by itself needs
+            # --retry-failed.
+            stopped = (
+                code < 0 or code in (EXIT_INTERRUPTED, EXIT_RESUMABLE) or status.get("state") == "interrupted"
             )
-            self.failed.append(child.spec.run_id)
+            state = "interrupted" if stopped else "failed"
+            reason = status.get("reason") if status.get("state") in ("failed", "interrupted") else None
+            with contextlib.suppress(OSError, ModexpError):  # a full disk must not take the sweep down
+                set_status(
+                    child.run_dir,
+                    state,
+                    reason=reason or describe_exit(code),
+                    exit_code=code,
+                    step=status.get("step"),
+                    log_tail=log_tail(child.run_dir),
+                )
+            (self.interrupted if stopped else self.failed).append(child.spec.run_id)
 
     def _check_elsewhere(self, queue: list[tuple[RunSpec, Path]]) -> None:
         for run_id, (spec, run_dir) in list(self.elsewhere.items()):

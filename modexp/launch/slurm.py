@@ -23,8 +23,7 @@ import submitit
 from ..config import Config, processes_per_run
 from ..errors import ModexpError
 from ..plan import RunSpec
-from ..rundir import EXIT_LOCKED, run_state
-from ..tracking import read_json, read_status, set_status, write_json
+from ..rundir import EXIT_LOCKED, read_json, read_status, run_state, set_status, write_json
 from .local import log_tail
 
 ACTIVE = {
