@@ -1,8 +1,9 @@
 """Speed benchmarks (`modexp bench`): does MoD's FLOP saving show up as time saved, and is our model not slow?
 
-Every figure is a ratio of two models measured side by side in one process: after warm-up, repeats of the
-models alternate (the order rotating each round) so machine noise hits all alike, and each model's median is
-taken. Figures, per shape:
+Every figure is a ratio of two models measured side by side in one process: after warm-up, the models take
+turns in rounds (the order rotating each round) so machine noise hits all alike. Each figure is the median
+over rounds of the ratio within a round (paired), reported with its spread (min-max and interquartile range)
+over the rounds: on a shared machine one pair of steps can be 10% apart by chance. Figures, per shape:
 
 - train_step_ratio: MoD (capacity 0.125, every other block, predictor) training step time (forward, backward,
   AdamW step) over the dense baseline's, next to train_flop_ratio from modexp.flops. Target: the two agree
@@ -15,17 +16,25 @@ taken. Figures, per shape:
 - dense_vs_reference: achieved training FLOP/s (analytic FLOPs per token x tokens/s) of our dense model over
   that of benchmarks/reference_gpt.py (plain nanoGPT-style GPT, same width/depth/heads/length/vocab, same
   RMSNorm/rotary/SwiGLU arithmetic). Target >= 0.95.
-- on CUDA also model FLOPs utilisation of each training step (peak from PEAK_FLOPS by device name).
+- compile (full run, or run_bench(compile=True)): the dense and the MoD training step eager and under
+  torch.compile, in the same rounds: tokens/s, achieved FLOP/s, model FLOPs utilisation where the device's
+  peak is known (PEAK_FLOPS, CUDA only), the first call's compile time, and the graphs and graph breaks
+  torch._dynamo.explain finds in each training forward.
+- on CUDA also the MFU of each training step.
+
+`python -m modexp.bench --quick --compile` runs the quick shapes with the compile comparison.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -49,18 +58,51 @@ TRAIN_TARGET_MIN_D = 512  # below this width per-op overheads dominate on CPU; t
 DECODE_TARGET = 1.5
 REFERENCE_TARGET = 0.95
 
-# Dense bf16 tensor-core peak FLOP/s from vendor datasheets, matched by substring of the device name
-# (most specific first). Used only for MFU on CUDA.
-PEAK_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s per GPU, for MFU on CUDA. A key matches a device name
+# (torch.cuda.get_device_name) when every word of the key is a word of the name, so "L4" does not match
+# "NVIDIA L40S" and "H100" alone does not decide an "H100 NVL"; the first match wins, most specific first.
+# Vendors mostly quote TFLOPS "with sparsity"; the dense figure is half. Sources (TFLOPS, BF16 tensor core):
+#   H100 SXM / PCIe / NVL 1979 / 1513 / 1671 sparse: NVIDIA H100 datasheet,
+#     https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
+#   H200 SXM / NVL 1979 / 1671 sparse: https://www.nvidia.com/en-us/data-center/h200/
+#   GH200 1979 sparse: NVIDIA GH200 Grace Hopper Superchip datasheet
+#   H800 SXM / PCIe 1979 / 1513 sparse: NVIDIA H800 datasheet (the H100's tensor cores and clocks)
+#   B200 36 PF sparse per 8-GPU HGX B200: https://www.nvidia.com/en-us/data-center/hgx/
+#   GB200 360 PF sparse per 72 GPUs: https://www.nvidia.com/en-us/data-center/gb200-nvl72/
+#   A100 312 dense; L40S 362 dense; L40 181 dense; L4 242 sparse; A10 125 dense: their NVIDIA datasheets
+#   A10G (AWS's variant of the A10, no NVIDIA datasheet) 70 dense:
+#     https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2500e12),
+    ("B200", 2250e12),
+    ("GH200", 989.5e12),
+    ("H200 NVL", 835.5e12),
+    ("H200", 989.5e12),
+    ("H100 NVL", 835.5e12),
+    ("H100 PCIe", 756.5e12),
+    ("H100", 989.5e12),  # SXM, e.g. "NVIDIA H100 80GB HBM3"
+    ("H800 PCIe", 756.5e12),
+    ("H800", 989.5e12),
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
+    ("A10G", 70e12),
     ("A10", 125e12),
 )
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
+
+
+def peak_flops_for(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a CUDA device by its name (PEAK_FLOPS), or None for one not listed."""
+    words = set(_words(device_name))
+    for key, peak in PEAK_FLOPS:
+        if all(w in words for w in _words(key)):
+            return peak
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,17 +117,24 @@ class BenchShape:
     prompt_len: int  # prefill length (untimed)
     # Decode steps per timed round; the rounds (warmup + repeats) continue the same sequences.
     decode_steps: int
-    repeats: int = 5
+    repeats: int = 5  # timed decode rounds, and training rounds unless train_repeats says otherwise
     warmup: int = 1
     vocab_size: int = 256
+    train_repeats: int | None = None  # timed training rounds (None: repeats)
+
+    @property
+    def train_rounds(self) -> int:
+        return self.repeats if self.train_repeats is None else self.train_repeats
 
 
-# quick: under a minute on 2 CPU cores. Decode uses a wide batch: at a few rows a matmul is bound by reading
-# the weights, not by FLOPs, so skipping rows saves little; serving batches are wide too.
-QUICK_SHAPES = (BenchShape("d512-L4", 512, 4, 8, 256, 2, 512, 8, 6),)
+# quick: about a minute on 2 CPU cores (the compile comparison, when asked for, adds ~2 min: inductor
+# compiles each model's forward and backward on first use). Decode uses a wide batch: at a few rows a matmul
+# is bound by reading the weights, not by FLOPs, so skipping rows saves little; serving batches are wide too.
+# Training gets more rounds than decoding: its ratios are the ones near 1, where the spread decides.
+QUICK_SHAPES = (BenchShape("d512-L4", 512, 4, 8, 256, 2, 512, 8, 6, train_repeats=11),)
 FULL_SHAPES = (
-    BenchShape("d512-L4", 512, 4, 8, 256, 4, 512, 32, 8, repeats=7),
-    BenchShape("d1024-L8", 1024, 8, 16, 512, 1, 256, 32, 8, repeats=5),
+    BenchShape("d512-L4", 512, 4, 8, 256, 4, 512, 32, 8, repeats=7, train_repeats=11),
+    BenchShape("d1024-L8", 1024, 8, 16, 512, 1, 256, 32, 8, repeats=5, train_repeats=9),
 )
 
 
@@ -138,8 +187,17 @@ def _clock(device: torch.device) -> Callable[[], float]:
     return time.process_time if device.type == "cpu" else time.perf_counter
 
 
+def _autocast(device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """bf16 autocast on CUDA (how one trains and serves there: weights and rotary tables stay float32); full
+    float32 on CPU."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def _interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Each run returns its own elapsed seconds. Rounds alternate the models, rotating who goes first."""
+    """Each run returns its own elapsed seconds. Rounds alternate the models, rotating who goes first; entry
+    i of every model's list comes from the same round i."""
     names = list(runs)
     for _ in range(warmup):
         for name in names:
@@ -151,20 +209,35 @@ def _interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int
     return times
 
 
+def spread(values: list[float]) -> dict[str, float | int]:
+    """Median, min, max and quartiles (q1, q3) of repeated measurements."""
+    ordered = sorted(values)
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else ordered * 3
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "q1": q1,
+        "q3": q3,
+        "n": len(ordered),
+    }
+
+
+def _paired(numerator: list[float], denominator: list[float], scale: float = 1.0) -> dict[str, float | int]:
+    """The spread of scale * numerator[i] / denominator[i] over rounds i (both timed in the same round)."""
+    return spread([scale * a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
 def _train_run(
     model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor, device: torch.device
 ) -> Callable[[], float]:
-    """One timed training step (forward, backward, AdamW step) of a modexp Transformer or the reference GPT."""
+    """One timed training step (forward, backward, AdamW step) of a modexp Transformer or the reference GPT
+    (either possibly torch.compile'd)."""
     # Fused AdamW (one kernel over all tensors, CPU and CUDA): its cost is per parameter, not per token, so a
     # slow optimiser would hide the FLOP saving at a benchmark's small batch.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     clock = _clock(device)
-    # bf16 autocast on CUDA (how one trains there); full float32 on CPU.
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda"
-        else contextlib.nullcontext
-    )
+    autocast = _autocast(device)
 
     def run() -> float:
         _sync(device)
@@ -187,20 +260,21 @@ def _train_run(
 class _DecodeRun:
     """Decode a batch of prompts with the KV cache: prefill once (untimed, here), then each call times the next
     `steps` sampled decode steps, continuing the same sequences. Every model gets the same rounds, so the
-    caches grow alike."""
+    caches grow alike. On CUDA under bf16 autocast (the caches then hold bf16), as training is."""
 
     def __init__(
         self, model: Transformer, prompt: torch.Tensor, steps: int, rounds: int, device: torch.device
     ) -> None:
         self.steps, self.device, self.prompt_len = steps, device, prompt.shape[1]
         self.generator = torch.Generator(device=device).manual_seed(0)
-        with torch.inference_mode():
+        self.autocast = _autocast(device)
+        with torch.inference_mode(), self.autocast():
             self.decoder = Decoder(model, prompt.shape[0], prompt.shape[1] + steps * rounds)
             self.logits = self.decoder.prefill(prompt)
 
     def __call__(self) -> float:
         clock = _clock(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             _sync(self.device)
             start = clock()
             for _ in range(self.steps):
@@ -270,7 +344,17 @@ def _peak_flops(device: torch.device) -> tuple[str, float | None]:
     if device.type != "cuda":
         return platform.processor() or platform.machine(), None
     name = torch.cuda.get_device_name(device)
-    return name, next((peak for key, peak in PEAK_FLOPS if key in name), None)
+    return name, peak_flops_for(name)
+
+
+def _train_batch(shape: BenchShape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(
+        0,
+        shape.vocab_size,
+        (shape.train_batch, shape.seq_len + 1),
+        generator=torch.Generator().manual_seed(3),
+    ).to(device)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
 def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
@@ -284,6 +368,7 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
         n_heads=shape.n_heads,
         ffn_dim=base_cfg.ffn_dim,
     )
+    phase_start = time.perf_counter()
     torch.manual_seed(0)
     base, mod = Transformer(base_cfg).to(device), Transformer(mod_cfg).to(device)
     ref = reference.GPT(ref_cfg).to(device)
@@ -291,14 +376,13 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
     ref_flops = reference.train_flops_per_token(ref_cfg)
 
     # Training steps: baseline, MoD and reference interleaved on the same batch.
-    tokens = torch.randint(0, shape.vocab_size, (shape.train_batch, shape.seq_len + 1), device=device)
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    x, y = _train_batch(shape, device)
     train_runs = {
         "base": _train_run(base, x, y, device),
         "mod": _train_run(mod, x, y, device),
         "reference": _train_run(ref, x, y, device),
     }
-    train = _interleaved(train_runs, shape.repeats, shape.warmup)
+    train = _interleaved(train_runs, shape.train_rounds, shape.warmup)
     train_routing_s = routing_ops_seconds(train_runs["mod"], device)
     del train_runs
     step_s = {name: statistics.median(times) for name, times in train.items()}
@@ -309,19 +393,22 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
         "mod": mod_flops * train_tokens / step_s["mod"],
         "reference": ref_flops * train_tokens / step_s["reference"],
     }
-    train_step_ratio = step_s["mod"] / step_s["base"]
     train_flop_ratio = mod_flops / base_flops
-    dense_vs_reference = flops_per_s["base"] / flops_per_s["reference"]
+    # Per-round (paired) ratios: MoD step over baseline step; our dense FLOP/s over the reference's.
+    step_ratio = _paired(train["mod"], train["base"])
+    vs_reference = _paired(train["reference"], train["base"], scale=base_flops / ref_flops)
+    train_step_ratio = float(step_ratio["median"])
+    dense_vs_reference = float(vs_reference["median"])
+    train_s = time.perf_counter() - phase_start
 
     # Decoding, on freshly initialised models (the timed training steps above have fitted their one batch):
     # calibrate the predictors, then baseline and MoD decode the same prompts, rounds interleaved.
+    phase_start = time.perf_counter()
     del base, mod
     torch.manual_seed(0)
     base, mod = Transformer(base_cfg).to(device).eval(), Transformer(mod_cfg).to(device).eval()
     calib = torch.randint(0, shape.vocab_size, (8, shape.seq_len), generator=torch.Generator().manual_seed(1))
     calibrated = calibrate_predictors(mod, calib.to(device))
-    if device.type == "cuda":  # decode in bf16 weights and caches on a GPU
-        base, mod = base.to(torch.bfloat16), mod.to(torch.bfloat16)
     prompt = torch.randint(
         0,
         shape.vocab_size,
@@ -340,7 +427,9 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
     }
     decode_routing_s = routing_ops_seconds(decode_runs["mod"], device)
     processed = decode_runs["mod"].processed_fraction()
-    decode_speedup = decode_tps["mod"] / decode_tps["base"]
+    speedup = _paired(decode["base"], decode["mod"])  # same tokens per round: time ratio = tokens/s ratio
+    decode_speedup = float(speedup["median"])
+    decode_s = time.perf_counter() - phase_start
 
     train_target_applies = device.type == "cpu" and shape.d_model >= TRAIN_TARGET_MIN_D
     deviation = train_step_ratio / train_flop_ratio - 1
@@ -352,6 +441,7 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
         "train_step_s_all": train,
         "train_flops_per_s": flops_per_s,
         "train_step_ratio": train_step_ratio,
+        "train_step_ratio_spread": step_ratio,
         "train_flop_ratio": train_flop_ratio,
         "train_step_vs_flop_deviation": deviation,
         # Routing ops (ROUTING_OPS) per MoD training step / decode round, next to the time MoD saves there.
@@ -363,11 +453,14 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
         "decode_tokens_per_s": decode_tps,
         "decode_s_all": decode,
         "decode_speedup": decode_speedup,
+        "decode_speedup_spread": speedup,
         "decode_processed_fraction": processed,
         "calibrated_fraction": calibrated,
         "decode_pass": decode_speedup >= DECODE_TARGET,
         "dense_vs_reference": dense_vs_reference,
+        "dense_vs_reference_spread": vs_reference,
         "reference_pass": dense_vs_reference >= REFERENCE_TARGET,
+        "phase_s": {"train": train_s, "decode": decode_s},
     }
     device_name, peak = _peak_flops(device)
     if peak is not None:
@@ -376,9 +469,148 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
     return result
 
 
+# -- torch.compile vs eager -------------------------------------------------------------------------------------
+def graph_breaks(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> dict[str, Any]:
+    """What torch._dynamo.explain finds in one training forward (with targets): graphs, breaks, reasons."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with _autocast(device)():
+        explained = torch._dynamo.explain(model)(x, y)
+    torch._dynamo.reset()
+    reasons = sorted({str(getattr(b, "reason", b)).splitlines()[0][:200] for b in explained.break_reasons})
+    return {
+        "graphs": explained.graph_count,
+        "graph_breaks": explained.graph_break_count,
+        "ops": explained.op_count,
+        "reasons": reasons,
+    }
+
+
+def _compile_shape(shape: BenchShape, device: torch.device, backend: str) -> dict[str, Any]:
+    """The dense and the MoD training step, eager and torch.compile'd, interleaved in the same rounds.
+
+    Each compiled model is its own copy (same initial weights as its eager twin); its first call, which
+    compiles forward and backward, is timed apart (wall clock: inductor compiles in worker processes).
+    """
+    import torch._dynamo
+
+    x, y = _train_batch(shape, device)
+    tokens = shape.train_batch * shape.seq_len
+    configs = {"base": _base_config(shape), "mod": _mod_config(shape)}
+    breaks: dict[str, Any] = {}
+    runs: dict[str, Callable[[], float]] = {}
+    compile_s: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for name, cfg in configs.items():  # explain first: it resets dynamo, which would drop compiled code
+        torch.manual_seed(0)
+        breaks[name] = graph_breaks(Transformer(cfg).to(device), x, y, device)
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        runs[name] = _train_run(Transformer(cfg).to(device), x, y, device)
+        torch.manual_seed(0)
+        compiled = torch.compile(Transformer(cfg).to(device), backend=backend, dynamic=False)
+        run = _train_run(compiled, x, y, device)
+        start = time.perf_counter()
+        try:
+            run()
+        # e.g. no C++ compiler for inductor on CPU: report it, keep the eager figures
+        except Exception as exc:
+            message = str(exc).splitlines()[0][:300] if str(exc) else ""
+            errors[name] = f"{type(exc).__name__}: {message}"
+            continue
+        compile_s[name] = time.perf_counter() - start
+        runs[f"{name}_compiled"] = run
+    times = _interleaved(runs, shape.train_rounds, shape.warmup)
+    _, peak = _peak_flops(device)
+    variants: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        per_token = flops.count(cfg).train_per_token
+        modes: dict[str, Any] = {}
+        for mode, key in (("eager", name), ("compiled", f"{name}_compiled")):
+            if key not in times:
+                continue
+            step = statistics.median(times[key])
+            modes[mode] = {
+                "step_s": step,
+                "step_s_all": times[key],
+                "tokens_per_s": tokens / step,
+                "flops_per_s": per_token * tokens / step,
+                "mfu": per_token * tokens / step / peak if peak is not None else None,
+            }
+        variants[name] = {
+            "modes": modes,
+            "compile_s": compile_s.get(name),
+            "error": errors.get(name),
+            "graph_breaks": breaks[name],
+            # compiled over eager tokens/s, per round
+            "speedup": (
+                _paired(times[name], times[f"{name}_compiled"]) if f"{name}_compiled" in times else None
+            ),
+        }
+    torch._dynamo.reset()
+    return {"backend": backend, "peak_flops": peak, "variants": variants}
+
+
 # -- report ----------------------------------------------------------------------------------------------------
 def _fmt_pass(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "FAIL")
+
+
+def _fmt_spread(s: dict[str, Any]) -> str:
+    return f"{s['min']:.3f}-{s['max']:.3f} (IQR {s['q1']:.3f}-{s['q3']:.3f}, {s['n']} rounds)"
+
+
+def _fmt_rate(value: float) -> str:
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.1f} "
+
+
+def _compile_markdown(report: dict[str, Any]) -> list[str]:
+    shapes = {name: r["compile"] for name, r in report["shapes"].items() if "compile" in r}
+    if not shapes:
+        return []
+    backend = next(iter(shapes.values()))["backend"]
+    lines = [
+        "",
+        f"torch.compile (backend {backend}) vs eager, training step (forward, backward, fused AdamW), the four "
+        "interleaved in the same rounds; medians. speedup: compiled over eager tokens/s per round, median "
+        "and range. Graphs and breaks: torch._dynamo.explain of the training forward. MFU only where the "
+        "device's peak is known (CUDA, PEAK_FLOPS).",
+        "",
+        "| shape | model | mode | step ms | tokens/s | FLOP/s | MFU | compile s | speedup | graphs | breaks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for shape_name, c in shapes.items():
+        for name, v in c["variants"].items():
+            label = {"base": "dense", "mod": "MoD"}[name]
+            g = v["graph_breaks"]
+            for mode in ("eager", "compiled"):
+                if mode not in v["modes"]:
+                    lines.append(f"| {shape_name} | {label} | {mode} | failed: {v['error']} |||||||")
+                    continue
+                m = v["modes"][mode]
+                mfu = "-" if m["mfu"] is None else f"{m['mfu']:.1%}"
+                compiled = mode == "compiled"
+                comp_s = f"{v['compile_s']:.0f}" if compiled and v["compile_s"] is not None else "-"
+                sp = v["speedup"]
+                speed = (
+                    f"{sp['median']:.3f} ({sp['min']:.3f}-{sp['max']:.3f})"
+                    if compiled and sp is not None
+                    else "-"
+                )
+                lines.append(
+                    f"| {shape_name} | {label} | {mode} | {m['step_s'] * 1e3:.0f} | {m['tokens_per_s']:.0f} | "
+                    f"{_fmt_rate(m['flops_per_s'])}FLOP/s | {mfu} | {comp_s} | {speed} | {g['graphs']} | "
+                    f"{g['graph_breaks']} |"
+                )
+            for reason in g["reasons"]:
+                lines.append(f"| {shape_name} | {label} | break | {reason} |||||||")
+    return lines
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -389,54 +621,60 @@ def _markdown(report: dict[str, Any]) -> str:
         f"device: {env['device']} ({env['device_name']}), torch {env['torch']}, threads {env['threads']}, "
         f"dtype {env['dtype']}, {'quick' if report['quick'] else 'full'} run, {env['date']}",
         "",
-        "Ratios measured side by side in one process: after warm-up, repeats alternate between the models and "
-        "each model's median is taken. MoD: capacity 0.125, route_every 2, predictor causal router. Times: "
-        f"{env['clock']}. Training step: forward, backward, fused AdamW step. Decode: KV cache, causal routing, "
-        "sampling at temperature 1, prefill untimed; each MoD predictor's bias is calibrated on random bytes to "
-        "take 12.5% of tokens, as a trained one does (an untrained one takes ~50%). Routing ops: top-k, sort, "
-        "gather/scatter, nonzero, index_select/index_copy/index_put, by torch.profiler.",
+        "Ratios measured side by side in one process: after warm-up, the models take turns in rounds (order "
+        "rotating); value = median over rounds of the ratio within a round, spread = its min-max and "
+        "interquartile range over the rounds. MoD: capacity 0.125, route_every 2, predictor causal router. "
+        f"Times: {env['clock']}. Training step: forward, backward, fused AdamW step. Decode: KV cache, causal "
+        "routing, sampling at temperature 1, prefill untimed; each MoD predictor's bias is calibrated on random "
+        "bytes to take 12.5% of tokens, as a trained one does (an untrained one takes ~50%). Routing ops: top-k, "
+        "sort, gather/scatter, nonzero, index_select/index_copy/index_put, by torch.profiler.",
         "",
-        "| shape | figure | value | target | result | detail |",
-        "|---|---|---|---|---|---|",
+        "| shape | figure | value (median) | spread: min-max (IQR, rounds) | target | result | detail |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in report["shapes"].items():
         lines.append(
-            f"| {name} | train_step_ratio | {r['train_step_ratio']:.3f} | within 15% of train_flop_ratio "
+            f"| {name} | train_step_ratio | {r['train_step_ratio']:.3f} | "
+            f"{_fmt_spread(r['train_step_ratio_spread'])} | within 15% of train_flop_ratio "
             f"{r['train_flop_ratio']:.3f} | {_fmt_pass(r['train_pass'])} | step/FLOP ratio - 1 = "
             f"{r['train_step_vs_flop_deviation']:+.3f}; step {r['train_step_s']['mod'] * 1e3:.0f} ms vs "
             f"{r['train_step_s']['base'] * 1e3:.0f} ms; routing ops {r['train_routing_ops_s'] * 1e3:.1f} ms "
             f"of the {r['train_saved_s'] * 1e3:.0f} ms saved |"
         )
         lines.append(
-            f"| {name} | decode_speedup | {r['decode_speedup']:.3f} | >= {DECODE_TARGET} | "
-            f"{_fmt_pass(r['decode_pass'])} | {r['decode_tokens_per_s']['mod']:.0f} vs "
+            f"| {name} | decode_speedup | {r['decode_speedup']:.3f} | {_fmt_spread(r['decode_speedup_spread'])} "
+            f"| >= {DECODE_TARGET} | {_fmt_pass(r['decode_pass'])} | {r['decode_tokens_per_s']['mod']:.0f} vs "
             f"{r['decode_tokens_per_s']['base']:.0f} tok/s; routed blocks processed "
             f"{r['decode_processed_fraction']:.1%} of decoded tokens; routing ops "
             f"{r['decode_routing_ops_s'] * 1e3:.0f} ms of the {r['decode_saved_s'] * 1e3:.0f} ms saved per "
             f"{r['shape']['decode_steps']}-step round |"
         )
         lines.append(
-            f"| {name} | dense_vs_reference | {r['dense_vs_reference']:.3f} | >= {REFERENCE_TARGET} | "
+            f"| {name} | dense_vs_reference | {r['dense_vs_reference']:.3f} | "
+            f"{_fmt_spread(r['dense_vs_reference_spread'])} | >= {REFERENCE_TARGET} | "
             f"{_fmt_pass(r['reference_pass'])} | {r['train_flops_per_s']['base'] / 1e9:.1f} vs "
-            f"{r['train_flops_per_s']['reference'] / 1e9:.1f} GFLOP/s (train) |"
+            f"{r['train_flops_per_s']['reference'] / 1e9:.1f} GFLOP/s (train, medians) |"
         )
         if "mfu" in r:
             mfu = r["mfu"]
             lines.append(
-                f"| {name} | mfu | {mfu['base']:.3f} | - | info | base {mfu['base']:.1%}, MoD {mfu['mod']:.1%}, "
-                f"reference {mfu['reference']:.1%} of {r['peak_flops'] / 1e12:.0f} TFLOP/s |"
+                f"| {name} | mfu | {mfu['base']:.3f} | - | - | info | base {mfu['base']:.1%}, MoD "
+                f"{mfu['mod']:.1%}, reference {mfu['reference']:.1%} of {r['peak_flops'] / 1e12:.0f} TFLOP/s |"
             )
+    lines += _compile_markdown(report)
     lines += [
         "",
-        "| shape | d_model | layers | heads | seq_len | train batch | decode batch | prompt | steps/round | repeats |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | d_model | layers | heads | seq_len | train batch | decode batch | prompt | steps/round "
+        "| train rounds | decode rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["shapes"].items():
         s = r["shape"]
+        train_rounds = s["repeats"] if s["train_repeats"] is None else s["train_repeats"]
         lines.append(
             f"| {name} | {s['d_model']} | {s['n_layers']} | {s['n_heads']} | {s['seq_len']} | "
             f"{s['train_batch']} | {s['decode_batch']} | {s['prompt_len']} | {s['decode_steps']} | "
-            f"{s['repeats']} |"
+            f"{train_rounds} | {s['repeats']} |"
         )
     verdict = {True: "all targets met", False: "some targets NOT met"}[report["pass"]]
     lines += ["", f"Result: {verdict}. Wall time {report['wall_s']:.0f} s.", ""]
@@ -463,28 +701,39 @@ def run_bench(
     device: str = "auto",
     shapes: list[BenchShape] | tuple[BenchShape, ...] | None = None,
     threads: int | None = None,
+    compile: bool | None = None,
+    compile_backend: str = "inductor",
 ) -> dict[str, Any]:
     """Run the benchmarks, write out/bench.json and out/bench.md, and return the report.
 
     shapes overrides the built-in QUICK_SHAPES / FULL_SHAPES (the tests use a tiny one). threads: torch CPU
     threads for the run, restored afterwards. Default 1: the figures are ratios of work per core, and on a
     shared machine a multi-threaded op stalls whenever one of its threads is descheduled (on the 2-core
-    development machine, 2 threads made decoding ten times slower and the ratios meaningless).
+    development machine, 2 threads made decoding ten times slower and the ratios meaningless). compile: add
+    the torch.compile vs eager comparison (None: in the full run, not in the quick one); compile_backend:
+    torch.compile's backend (the tests use "aot_eager", which skips inductor's code generation).
     """
     start = time.perf_counter()
     dev = _resolve_device(device)
     shapes = tuple(shapes) if shapes is not None else (QUICK_SHAPES if quick else FULL_SHAPES)
+    with_compile = (not quick) if compile is None else compile
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or 1)
     try:
-        results = {shape.name: _bench_shape(shape, dev) for shape in shapes}
+        results = {}
+        for shape in shapes:
+            results[shape.name] = _bench_shape(shape, dev)
+            if with_compile:
+                phase_start = time.perf_counter()
+                results[shape.name]["compile"] = _compile_shape(shape, dev, compile_backend)
+                results[shape.name]["phase_s"]["compile"] = time.perf_counter() - phase_start
         env = {
             "device": str(dev),
             "device_name": _peak_flops(dev)[0],
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
-            "dtype": "bf16 (autocast train, bf16 decode)" if dev.type == "cuda" else "float32",
+            "dtype": "bf16 autocast (float32 weights), train and decode" if dev.type == "cuda" else "float32",
             "clock": (
                 "wall clock around synchronised GPU work"
                 if dev.type == "cuda"
@@ -515,7 +764,34 @@ def run_bench(
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m modexp.bench`: `modexp bench` with the compile comparison selectable in a quick run too."""
+    parser = argparse.ArgumentParser(prog="python -m modexp.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the quick shapes")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile vs eager (default: in the full run only)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        run_bench(args.quick, Path(args.out), args.device, threads=args.threads, compile=args.compile)
+    except ModexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "bench.md").read_text())
+    return 0
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,14 @@ class Rotary(nn.Module):
     """Rotary position embedding tables, looked up by each token's ORIGINAL position.
 
     Routed blocks see a subset of tokens; indexing the tables by the original positions (not 0..k-1)
-    keeps relative distances right among the selected tokens.
+    keeps relative distances right among the selected tokens. A dense block's tokens are at 0..T-1, so it
+    asks for a length instead and gets a slice of the tables (no gather).
+
+    The tables are stored for the rotate-half form over the full head width: `cos` = [cos, cos] and
+    `sin` = [-sin, sin], so that rotating x = [x1, x2] is x * cos + [x2, x1] * sin, which is bit-for-bit
+    [x1 cos - x2 sin, x1 sin + x2 cos] (IEEE a + (-b) is a - b, and addition commutes) in fewer ops.
+    Every buffer stays float32 whatever dtype the model is cast to (`_apply`): bf16 tables are coarse, and
+    tables rebuilt from a bf16 inv_freq (ensure_length, when decoding runs long) had cos errors of up to 2.0.
     """
 
     def __init__(self, head_dim: int, max_len: int, base: float) -> None:
@@ -28,25 +36,48 @@ class Rotary(nn.Module):
         angles = torch.outer(
             torch.arange(length, device=self.inv_freq.device, dtype=torch.float32), self.inv_freq
         )
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)
+        self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Rotary:
+        """model.to(device) moves the tables; model.to(torch.bfloat16) / .half() leave them float32."""
+
+        def keep_float32(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if t.dtype == torch.float32 and out.dtype != torch.float32:
+                return t.to(device=out.device)
+            return out
+
+        return super()._apply(keep_float32, recurse)
 
     def ensure_length(self, length: int) -> None:
         """Decoding may run past the training length; checked there, not per step (it would sync the GPU)."""
         if length > self.cos.shape[0]:
             self._build(2 * length)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (T,) or (B, T) -> cos, sin broadcastable against (B, H, T, head_dim/2)."""
+    def forward(self, positions: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: an int T for positions 0..T-1 (a slice), or a (T,) or (B, T) tensor of positions (a
+        gather). Returns float32 cos, sin broadcastable against (B, H, T, head_dim)."""
+        if not isinstance(positions, torch.Tensor):  # an int, or a SymInt under torch.compile(dynamic=True)
+            if positions > self.cos.shape[0]:
+                raise ValueError(
+                    f"{positions} positions, but the rotary tables hold {self.cos.shape[0]}: "
+                    "call ensure_length first"
+                )
+            return self.cos[:positions], self.sin[:positions]
         cos, sin = self.cos[positions], self.sin[positions]
-        if positions.dim() == 2:  # (B, T, hd/2) -> (B, 1, T, hd/2)
+        if positions.dim() == 2:  # (B, T, hd) -> (B, 1, T, hd)
             return cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+    """Rotate x (..., head_dim) by the rotate-half tables of Rotary, in float32, returned in x's dtype."""
+    xf = x if x.dtype == torch.float32 else x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    out = xf * cos + torch.cat((x2, x1), dim=-1) * sin
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -125,9 +156,9 @@ class Block(nn.Module):
         self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Residual update f(x) = attn + mlp, for the tokens in x at their given positions."""
-        if positions is None:
-            positions = torch.arange(x.shape[1], device=x.device)
-        cos, sin = self.rotary(positions)
+        # Positions 0..T-1 (a dense block): a slice of the tables; a routed block's (B, k) original positions: a
+        # gather.
+        cos, sin = self.rotary(x.shape[1] if positions is None else positions)
         return self.finish(x, self.attn(self.attn_norm(x), cos, sin, mask))
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
