@@ -1,13 +1,15 @@
 """Figures for an isoFLOP study of MoD against baseline (figure numbers: Raposo et al. 2024).
 
 Every function builds a matplotlib Figure directly, without pyplot's global state, so it renders in a
-headless process (Agg canvas) and displays in a notebook alike, and returns it; `save` writes PNG + SVG.
-Inputs are the tables of modexp.analysis: results (one row per run), points (one per curve, budget and
-size), fits, power laws, the verdict, metrics. Curves are keyed by their `curve` label.
+headless process (Agg canvas) and displays in a notebook alike, and returns it; `save` writes it as PNG + SVG
+(default) or any of FORMATS, at its own size or a chosen one. Inputs are the tables of modexp.analysis: results
+(one row per run), points (one per curve, budget and size), fits, power laws, the verdict, metrics. Curves are
+keyed by their `curve` id and shown under `variant_label` ("MoD 12.5%, every 2nd block").
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from modexp.errors import ModexpError
 from modexp.units import sci, si
 
 from .table import BASELINE
@@ -25,6 +29,106 @@ from .table import BASELINE
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", "-.", ":"]
 TOKEN_GLYPHS = {ord(" "): "␣", ord("\n"): "↵", ord("\t"): "→"}
+# Variant colours: tab10 without its olive and cyan, orange and pink darkened, so that every one keeps a
+# contrast of at least 3:1 against white (WCAG's bar for graphics).
+VARIANT_COLOURS = ["#1f77b4", "#d95f02", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#c51b7d", "#4d4d4d"]
+# Budget colours: plasma from its dark end up to orange, stopping before the yellow that vanishes on white.
+BUDGET_CMAP, BUDGET_RANGE = "plasma", (0.0, 0.62)
+FORMATS = ("png", "svg", "pdf")
+DEFAULT_FORMATS = ("png", "svg")
+TITLE_SIZE, PANEL_TITLE_SIZE = 12, 10  # one figure title, panel titles below it: the same in every figure
+
+_CAUSAL_ROUTERS = {"": "", "_aux": "aux-loss causal router", "_nocausal": "no causal router"}
+_ROUTER_WEIGHTS = {"": "", "_lin": "linear router weight"}
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _variant_label(variant: str) -> str | None:
+    if variant == BASELINE:
+        return "baseline"
+    kind, sep, rest = variant.partition("_c")
+    if kind not in ("mod", "random") or not sep:
+        return None
+    capacity, sep, rest = rest.partition("_e")
+    every = rest
+    suffixes = ""
+    for i, ch in enumerate(rest):
+        if not ch.isdigit():
+            every, suffixes = rest[:i], rest[i:]
+            break
+    try:
+        fraction, interval = float(capacity), int(every)
+    except ValueError:
+        return None
+    if not sep or not 0 < fraction <= 1 or interval < 1 or every != str(interval):
+        return None
+    words = [
+        f"MoD {100 * fraction:g}%",
+        "every block" if interval == 1 else f"every {_ordinal(interval)} block",
+    ]
+    if kind == "random":
+        return ", ".join(words + ["random routing"]) if not suffixes else None
+    # variant_name appends the router weight, then the causal router: "_lin", "_aux", "_lin_nocausal", ...
+    for weight, weight_words in _ROUTER_WEIGHTS.items():
+        for causal, causal_words in _CAUSAL_ROUTERS.items():
+            if suffixes == weight + causal:
+                return ", ".join(words + [w for w in (weight_words, causal_words) if w])
+    return None
+
+
+def variant_label(variant: str) -> str:
+    """A readable label for a variant id of modexp.plan.variant_name (or a split curve "<id> [col=value]").
+
+    "baseline" -> "baseline"; "mod_c0.125_e2" -> "MoD 12.5%, every 2nd block"; "random_c0.125_e2" ->
+    "MoD 12.5%, every 2nd block, random routing"; "_lin" adds "linear router weight", "_aux" "aux-loss
+    causal router", "_nocausal" "no causal router". Any other id (an external table's) is shown as it is.
+    """
+    variant = str(variant)
+    base, sep, split = variant.partition(" [")
+    label = _variant_label(base)
+    if label is None:
+        return variant
+    return f"{label} [{split}" if sep else label
+
+
+def pair_label(curve: str, reference: str) -> str:
+    """A verdict pair: "MoD 12.5%, every 2nd block vs baseline"."""
+    return f"{variant_label(curve)} vs {variant_label(reference)}"
+
+
+def figure_options(
+    formats: str | tuple[str, ...] | list[str] | None = None,
+    size: str | tuple[float, float] | list[float] | None = None,
+) -> tuple[tuple[str, ...], tuple[float, float] | None]:
+    """Check and normalise the figure options of `modexp analyze`: formats ("pdf", "png,svg" or a sequence;
+    None: PNG + SVG) and size in inches ("6x4", (6, 4); None: each figure's own). Raises ModexpError."""
+    if formats is None:
+        formats = DEFAULT_FORMATS
+    if isinstance(formats, str):
+        formats = tuple(f for f in formats.replace(" ", "").split(",") if f)
+    formats = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ModexpError(
+            f"figure format {','.join(bad) or '(none)'}: choose one or more of {', '.join(FORMATS)} "
+            "(comma-separated, e.g. pdf or png,svg)"
+        )
+    if size is None:
+        return formats, None
+    text = size if isinstance(size, str) else "x".join(map(str, size))
+    try:
+        parts = tuple(float(v) for v in (size.lower().split("x") if isinstance(size, str) else size))
+    except (TypeError, ValueError):
+        parts = ()
+    if len(parts) != 2 or not all(np.isfinite(v) and 0 < v <= 100 for v in parts):
+        raise ModexpError(
+            f"figure size {text}: give width x height in inches, each above 0 and at most 100 (e.g. 6x4)"
+        )
+    return formats, (parts[0], parts[1])
 
 
 def variant_order(variants) -> list[str]:
@@ -33,21 +137,29 @@ def variant_order(variants) -> list[str]:
 
 
 def _variant_styles(variants) -> dict[str, dict]:
-    colours = colormaps["tab10"].colors
     return {
         v: {
             "marker": MARKERS[i % len(MARKERS)],
             "ls": LINESTYLES[i % len(LINESTYLES)],
-            "colour": colours[i % 10],
+            "colour": VARIANT_COLOURS[i % len(VARIANT_COLOURS)],
         }
         for i, v in enumerate(variant_order(variants))
     }
 
 
 def _budget_colours(budgets) -> dict[float, tuple]:
+    """The smallest budget darkest; the largest the lightest colour of BUDGET_RANGE (still visible on white)."""
     budgets = sorted(set(budgets))
-    cmap = colormaps["viridis"]
-    return {b: cmap(0.85 * i / max(len(budgets) - 1, 1)) for i, b in enumerate(budgets)}
+    cmap, (lo, hi) = colormaps[BUDGET_CMAP], BUDGET_RANGE
+    return {b: cmap(lo + (hi - lo) * i / max(len(budgets) - 1, 1)) for i, b in enumerate(budgets)}
+
+
+def _title(fig: Figure, ax: Axes | None, text: str) -> None:
+    """The figure's title, the same size in every figure; on the given axes when drawn into another figure."""
+    if ax is not None:
+        ax.set_title(text, fontsize=PANEL_TITLE_SIZE)
+    else:
+        fig.suptitle(text, fontsize=TITLE_SIZE)
 
 
 def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -57,21 +169,56 @@ def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes
     return fig, fig.add_subplot()
 
 
-def save(fig: Figure, out_dir: Path, name: str) -> Path:
-    """Write <out_dir>/<name>.png and .svg; return the PNG path."""
+def _resize(fig: Figure, size: tuple[float, float]) -> None:
+    """Give the figure `size` (inches). Shrunk below its own size, its text shrinks too (by the square root
+    of the shrink, not below 5 pt) and titles wrap to its width, so a 3-panel figure still reads at 6x4."""
+    width, height = fig.get_size_inches()
+    shrink = min(1.0, size[0] / width, size[1] / height) ** 0.5
+    fig.set_size_inches(size)
+    if shrink >= 1.0:
+        return
+    for text in fig.findobj(Text):
+        text.set_fontsize(max(5.0, text.get_fontsize() * shrink))
+    titles = [(fig._suptitle, 1.0)] if fig._suptitle is not None else []
+    titles += [(ax.title, ax.get_position().width) for ax in fig.axes if ax.get_title()]
+    for title, share in titles:
+        # Average glyph width ~0.55 em: how many characters fit across the figure (or its panel).
+        fit = int(share * size[0] * 72 / (0.55 * title.get_fontsize()))
+        lines = title.get_text().split("\n")
+        title.set_text("\n".join(textwrap.fill(line, max(fit, 20)) for line in lines))
+
+
+def save(
+    fig: Figure,
+    out_dir: Path,
+    name: str,
+    formats: str | tuple[str, ...] | None = None,
+    size: str | tuple[float, float] | None = None,
+) -> Path:
+    """Write <out_dir>/<name>.<format> for each format (default PNG + SVG); return the first file's path.
+
+    Without a size, the file is cropped to what the figure draws (legends beside the axes kept whole). With
+    a size (width, height in inches), the file is exactly that size: the constrained layout fits the axes
+    and their legends into it.
+    """
+    formats, size = figure_options(formats, size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"{name}.png"
-    fig.savefig(png, dpi=150, bbox_inches="tight")  # legends sit beside the axes: keep them whole
-    fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
-    return png
+    if size is not None:
+        _resize(fig, size)
+    bbox = "tight" if size is None else None
+    paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
+    for path, fmt in zip(paths, formats):
+        fig.savefig(path, dpi=150, bbox_inches=bbox, format=fmt)
+    return paths[0]
 
 
 def _legend_budget_variant(ax: Axes, colours: dict, styles: dict, extra: list | None = None) -> None:
     """Two legends beside the axes (right), never over the points."""
     budget_handles = [Line2D([], [], color=c, lw=2, label=f"C = {sci(b)} FLOPs") for b, c in colours.items()]
     variant_handles = [
-        Line2D([], [], color="0.3", marker=s["marker"], ls=s["ls"], label=v) for v, s in styles.items()
+        Line2D([], [], color="0.3", marker=s["marker"], ls=s["ls"], label=variant_label(v))
+        for v, s in styles.items()
     ]
     first = ax.legend(
         handles=budget_handles,
@@ -107,6 +254,7 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
     Points are seed means at the best LR (bars: seed spread; hollow: best LR at the edge of the grid).
     A filled star is a bracketed optimum; a triangle at an end says the optimum lies beyond it.
     """
+    given = ax
     fig, ax = _figure(ax, (10, 5.5))
     colours, styles = _budget_colours(points["budget"]), _variant_styles(points["curve"])
     shown: set[str] = set()
@@ -160,7 +308,11 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
     ax.set_xscale("log")
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel(f"validation loss (nats/token, {_loss_name(fits)})")
-    ax.set_title("isoFLOP curves: loss against model size at fixed training FLOPs")
+    _title(
+        fig,
+        given,
+        f"isoFLOP curves: loss against model size at fixed training FLOPs ({_loss_name(fits)} loss)",
+    )
     extra = []  # only what the plot shows
     if "optimum" in shown:
         extra.append(
@@ -231,7 +383,7 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
                 drawn[f"{quantity}_lo"],
                 drawn[f"{quantity}_hi"],
                 style,
-                str(curve),
+                variant_label(curve),
                 drawn["bracketed"],
             )
             if quantity == "n_opt":
@@ -250,7 +402,8 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
                     law.coefficient * c**law.exponent,
                     color=style["colour"],
                     ls=style["ls"],
-                    label=f"{curve}: ∝ C^{law.exponent:.3f} [{law.exponent_lo:.2f}, {law.exponent_hi:.2f}]",
+                    label=f"{variant_label(curve)}: ∝ C^{law.exponent:.3f} "
+                    f"[{law.exponent_lo:.2f}, {law.exponent_hi:.2f}]",
                 )
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, flops=True)
@@ -259,10 +412,10 @@ def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
             _log_ticks(ax.yaxis)
         ax.set_xlabel("training budget C (FLOPs)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=PANEL_TITLE_SIZE)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, title="▲▼/hollow: a bound, not fitted", title_fontsize=7)
-    fig.suptitle("isoFLOP optima against compute (bars: 5–95% bootstrap)")
+    _title(fig, None, f"Optima against compute ({_loss_name(fits)} loss; bars: 5–95% bootstrap)")
     return fig
 
 
@@ -270,7 +423,9 @@ def verdict(by_budget: pd.DataFrame) -> Figure:
     """The verdict per budget: compute multiplier (left) and loss difference at equal compute (right)."""
     fig = Figure(figsize=(13, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2)
-    pairs = by_budget.assign(pair=by_budget["curve"] + " vs " + by_budget["reference"])
+    pairs = by_budget.assign(
+        pair=[pair_label(c, r) for c, r in zip(by_budget["curve"], by_budget["reference"])]
+    )
     styles = _variant_styles(pairs["pair"])
     for pair, rows in pairs.groupby("pair"):
         rows = rows.sort_values("budget")
@@ -291,22 +446,35 @@ def verdict(by_budget: pd.DataFrame) -> Figure:
     left.axhline(1, color="0.4", lw=0.8)
     right.axhline(0, color="0.4", lw=0.8)
     left.set_yscale("log")
-    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    left.yaxis.set_minor_formatter(
-        FuncFormatter(lambda v, _: f"{v:g}x" if v in (0.5, 0.8, 1.2, 1.5, 2, 3) else "")
-    )
+    _multiplier_ticks(left.yaxis)
     left.set_ylabel("compute multiplier m (reference needs m x C)")
-    left.set_title("Compute the reference needs to match (above 1: the variant wins)", fontsize=10)
+    left.set_title(
+        "Compute the reference needs to match (above 1: the variant wins)", fontsize=PANEL_TITLE_SIZE
+    )
     right.set_ylabel("dL* = L*(variant) - L*(reference) (nats)")
-    right.set_title("Loss difference at equal compute (below 0: the variant wins)", fontsize=10)
+    right.set_title("Loss difference at equal compute (below 0: the variant wins)", fontsize=PANEL_TITLE_SIZE)
     for ax in (left, right):
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, flops=True)
         ax.set_xlabel("training budget C (FLOPs)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, title="hollow: a bound or extrapolated", title_fontsize=7)
-    fig.suptitle(f"Verdict ({_loss_name(by_budget)} loss; bars: 5–95% bootstrap, paired over seeds)")
+    _title(fig, None, f"Verdict ({_loss_name(by_budget)} loss; bars: 5–95% bootstrap, paired over seeds)")
     return fig
+
+
+def _multiplier_ticks(axis) -> None:
+    """A log axis of compute multipliers labelled 0.95x, 1x, 1.05x ... (1-2-5 per decade over wide ranges):
+    log-scale default labels only decades, and m rarely spans one. Call once the data is drawn."""
+    axis.axes.autoscale_view()
+    lo, hi = axis.get_view_interval()
+    wide = lo > 0 and hi / lo > 10
+    locator = (
+        LogLocator(base=10, subs=(1.0, 2.0, 5.0)) if wide else MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10])
+    )
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def lr_transfer(grid: pd.DataFrame, laws: pd.DataFrame | None) -> Figure:
@@ -322,7 +490,7 @@ def lr_transfer(grid: pd.DataFrame, laws: pd.DataFrame | None) -> Figure:
             lr[~edge],
             color=style["colour"],
             marker=style["marker"],
-            label=str(variant),
+            label=variant_label(variant),
         )
         ax.scatter(
             rows["params"][edge],
@@ -340,7 +508,7 @@ def lr_transfer(grid: pd.DataFrame, laws: pd.DataFrame | None) -> Figure:
                 law.coefficient * n**law.exponent,
                 color=style["colour"],
                 ls=style["ls"],
-                label=f"{variant}: lr* = {law.coefficient:.3g} N^{law.exponent:.2f}",
+                label=f"{variant_label(variant)}: lr* = {law.coefficient:.3g} N^{law.exponent:.2f}",
             )
     ax.axhspan(
         grid["lr_tried_min"].min(), grid["lr_tried_max"].max(), color="0.9", zorder=0, label="LRs tried"
@@ -350,7 +518,7 @@ def lr_transfer(grid: pd.DataFrame, laws: pd.DataFrame | None) -> Figure:
     _log_ticks(ax.xaxis)
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel("best peak learning rate")
-    ax.set_title("Learning-rate transfer: best LR per size (hollow: at the grid's edge, not fitted)")
+    _title(fig, None, "Learning-rate transfer: best LR per size (hollow: at the grid's edge, not fitted)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return fig
@@ -382,6 +550,7 @@ def baseline_reference(points: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame
 
 def normalised(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Loss and forward FLOPs per token relative to each budget's isoFLOP-optimal baseline (Fig. 4, right)."""
+    given = ax
     fig, ax = _figure(ax, (10, 5.5))
     ref = baseline_reference(points, fits)
     data = points[points["budget"].isin(ref.index)].copy()
@@ -402,8 +571,11 @@ def normalised(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None)
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("forward FLOPs per token ÷ optimal baseline's")
     ax.set_ylabel("validation loss ÷ optimal baseline's")
-    ax.set_title(
-        "Relative to the isoFLOP-optimal baseline of each budget\n(below 1: better; left of 1: cheaper per token)"
+    _title(
+        fig,
+        given,
+        f"Relative to each budget's isoFLOP-optimal baseline ({_loss_name(fits)} loss)\n"
+        "below 1: lower loss; left of 1: cheaper per token",
     )
     _legend_budget_variant(ax, colours, styles)
     ax.grid(alpha=0.3, which="both")
@@ -443,9 +615,9 @@ def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
         ax.set_xscale("log" if x == "flops" else "linear")
         ax.set_xlabel("training FLOPs" if x == "flops" else "wall-clock time (s)")
         ax.set_ylabel(f"{'validation' if kind == 'val' else 'training'} loss (nats/token)")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=PANEL_TITLE_SIZE)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=s["colour"], label=v) for v, s in styles.items()]
+    handles = [Line2D([], [], color=s["colour"], label=variant_label(v)) for v, s in styles.items()]
     fig.axes[0].legend(handles=handles, title="variant (one line per run)", fontsize=8)
 
     ax = fig.add_subplot(grid[:, 2])
@@ -453,16 +625,20 @@ def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
     for variant, runs in df.groupby("variant"):
         style = styles[variant]
         ax.scatter(
-            runs["params"], speed[runs.index], color=style["colour"], marker=style["marker"], label=variant
+            runs["params"],
+            speed[runs.index],
+            color=style["colour"],
+            marker=style["marker"],
+            label=variant_label(variant),
         )
     ax.set_xscale("log")
     _log_ticks(ax.xaxis)
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel("training steps per second (median step)")
-    ax.set_title("Training speed per run", fontsize=10)
+    ax.set_title("Training speed per run", fontsize=PANEL_TITLE_SIZE)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.suptitle("Learning curves and speed")
+    _title(fig, None, "Learning curves and training speed (one line per run)")
     return fig
 
 
@@ -490,7 +666,9 @@ def routing(sample: dict, window: int = 80) -> Figure:
     top.set_ylabel("routed block")
     capacity = sample.get("capacity")
     cap = f", capacity {capacity:g}" if capacity is not None else ""
-    top.set_title(f"Routing decisions on a held-out sample (dark: the token goes through the block{cap})")
+    top.set_title(
+        f"Which tokens each block processes (dark: through the block{cap})", fontsize=PANEL_TITLE_SIZE
+    )
 
     if sample.get("router_weights"):
         weights = np.asarray(sample["router_weights"], float)
@@ -500,13 +678,14 @@ def routing(sample: dict, window: int = 80) -> Figure:
         bottom.hist(weights[~chosen], bins=bins, alpha=0.5, color="0.6", label="skipped (residual only)")
         bottom.set_xlabel("router weight g(r) (all routed blocks, all positions of the sample)")
         bottom.set_ylabel("tokens")
-        bottom.set_title("Router weights")
+        bottom.set_title("Router weights of selected and skipped tokens", fontsize=PANEL_TITLE_SIZE)
         bottom.legend(fontsize=8)
     else:
         bottom.set_axis_off()
         bottom.text(
             0.5, 0.5, "no router_weights in routing_sample.json", ha="center", transform=bottom.transAxes
         )
+    _title(fig, None, "Routing decisions on a held-out sample")
     return fig
 
 
@@ -528,7 +707,7 @@ def causal_accuracy(
         left.plot(run["step"], run["causal_acc"], color=palette[labels[rid]], lw=0.9, alpha=0.7)
     handles = [Line2D([], [], color=colour, label=label) for label, colour in palette.items()]
     left.legend(handles=handles, fontsize=8, title="variant (causal router)")
-    left.set_title("mean over routed blocks, every MoD run", fontsize=10)
+    left.set_title("Mean over routed blocks, every MoD run", fontsize=PANEL_TITLE_SIZE)
 
     if run_id is None:
         ranked = info.loc[[r for r in info.index if r in labels]] if len(info) else pd.DataFrame()
@@ -545,22 +724,135 @@ def causal_accuracy(
         right.plot(run["step"], run[column], lw=1, label=f"block {column.split('/', 1)[1]}")
     if per_block:
         right.legend(fontsize=8)
-    right.set_title(f"per routed block, run {run_id}", fontsize=10)
+    right.set_title(f"Per routed block, run {run_id}", fontsize=PANEL_TITLE_SIZE)
     for ax in (left, right):
         ax.set_xlabel("training step")
         ax.set_ylabel("causal routing accuracy (vs top-k)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Does the causal router/predictor agree with top-k routing?")
+    _title(fig, None, "Causal routing accuracy: how often the causal router agrees with top-k")
     return fig
 
 
 def _run_label(run_id: str, info: pd.DataFrame) -> str:
     if run_id not in info.index:
         return str(run_id)
-    label = str(info.loc[run_id, "variant"])
+    label = variant_label(info.loc[run_id, "variant"])
     return f"{label} ({info.loc[run_id, 'causal_router']})" if "causal_router" in info else label
 
 
 def _block(column: str) -> tuple[int, str]:
     suffix = column.split("/", 1)[1]
     return (int(suffix), "") if suffix.isdigit() else (10**9, suffix)
+
+
+def compare_verdicts(by_budget: dict[str, pd.DataFrame], overall: dict[str, pd.DataFrame]) -> Figure:
+    """Two (or more) studies' verdicts side by side: m per budget (left), the headline m per pair (right).
+
+    by_budget and overall map a study's name to its verdict.csv and verdict_overall.csv rows (one loss).
+    Colour: the study; marker: the pair (variant vs reference). Hollow: a bound or extrapolated.
+    """
+    fig = Figure(figsize=(13, 6), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1, 1])
+    studies = list(by_budget)
+    colours = {s: VARIANT_COLOURS[i % len(VARIANT_COLOURS)] for i, s in enumerate(studies)}
+    pairs = sorted(
+        {
+            (c, r)
+            for table in [*by_budget.values(), *overall.values()]
+            for c, r in zip(table["curve"], table["reference"])
+        },
+        key=lambda p: (p[1] != BASELINE, p),
+    )
+    markers = {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(pairs)}
+    for study in studies:
+        table = by_budget[study]
+        for (curve, reference), rows in table.groupby(["curve", "reference"]):
+            rows = rows[np.isfinite(rows["multiplier"].to_numpy(float))].sort_values("budget")
+            if rows.empty:
+                continue
+            style = {"colour": colours[study], "marker": markers[(curve, reference)]}
+            filled = rows["bracketed"].astype(bool) & ~rows["extrapolated"].astype(bool)
+            _errorbars(
+                left,
+                rows["budget"],
+                rows["multiplier"],
+                rows["multiplier_lo"],
+                rows["multiplier_hi"],
+                style,
+                None,
+                filled,
+            )
+            left.plot(rows["budget"], rows["multiplier"], color=colours[study], lw=1, alpha=0.7)
+    left.set_xscale("log")
+    _log_ticks(left.xaxis, flops=True)
+    left.set_xlabel("training budget C (FLOPs)")
+    left.set_title("Compute multiplier per budget", fontsize=PANEL_TITLE_SIZE)
+
+    ticks, labels = [], []
+    for i, pair in enumerate(pairs):
+        for j, study in enumerate(studies):
+            rows = overall[study]
+            row = rows[(rows["curve"] == pair[0]) & (rows["reference"] == pair[1])]
+            y = i * (len(studies) + 1) + j + 1
+            ticks.append(y)
+            labels.append(study)
+            if j == 0:  # the pair heads its group
+                right.text(
+                    0.01,
+                    y - 1,
+                    pair_label(*pair),
+                    transform=right.get_yaxis_transform(),
+                    fontsize=8,
+                    va="center",
+                )
+            if row.empty or not np.isfinite(float(row["multiplier"].iloc[0])):
+                right.text(1, y, "  no verdict", va="center", fontsize=8, color="0.4")
+                continue
+            row = row.iloc[0]
+            m = float(row["multiplier"])
+            lo, hi = (
+                float(row[k]) if np.isfinite(float(row[k])) else m for k in ("multiplier_lo", "multiplier_hi")
+            )
+            solid = bool(row["bracketed"]) and not bool(row["extrapolated"])
+            right.errorbar(
+                [m], [y], xerr=[[max(m - lo, 0)], [max(hi - m, 0)]], color=colours[study], capsize=3, lw=1
+            )
+            right.scatter(
+                [m],
+                [y],
+                marker=markers[pair],
+                color=colours[study] if solid else "none",
+                edgecolors=colours[study],
+                zorder=3,
+            )
+    right.set_yticks(ticks, labels, fontsize=8)
+    right.set_ylim(len(pairs) * (len(studies) + 1) - 0.5, -0.5)
+    right.set_xscale("log")
+    right.set_xlabel("compute multiplier m (geometric mean over budgets)")
+    right.set_title("Headline per pair (bars: 5–95% bootstrap)", fontsize=PANEL_TITLE_SIZE)
+    left.set_yscale("log")
+    left.axhline(1, color="0.4", lw=0.8)
+    right.axvline(1, color="0.4", lw=0.8)
+    for axis in (left.yaxis, right.xaxis):
+        _multiplier_ticks(axis)
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+    left.set_ylabel("compute multiplier m (reference needs m x C)")
+    study_handles = [Line2D([], [], color=colours[s], marker="o", label=s) for s in studies]
+    pair_handles = [
+        Line2D([], [], color="0.3", marker=markers[p], ls="none", label=pair_label(*p)) for p in pairs
+    ]
+    first = left.legend(handles=study_handles, title="study", fontsize=8, loc="best")
+    left.add_artist(first)
+    left.legend(
+        handles=pair_handles,
+        title="pair (hollow: a bound or extrapolated)",
+        title_fontsize=8,
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.15),
+    )
+    losses = sorted({str(v) for t in by_budget.values() if "loss" in t for v in t["loss"].dropna().unique()})
+    loss = f"{' / '.join(losses)} loss; " if losses else ""
+    _title(fig, None, f"Verdicts compared: {' vs '.join(studies)} ({loss}above 1: the variant wins)")
+    return fig

@@ -124,9 +124,15 @@ def _figure_skips(
 
 
 def make_figures(
-    result: AnalysisResult, metrics: pd.DataFrame | None, sample: dict | None, grid
+    result: AnalysisResult,
+    metrics: pd.DataFrame | None,
+    sample: dict | None,
+    grid,
+    formats: str | tuple[str, ...] | None = None,
+    size: str | tuple[float, float] | None = None,
 ) -> list[str]:
-    """Write every figure the data allows as PNG + SVG into result.figure_dir; return notes on the rest."""
+    """Write every figure the data allows into result.figure_dir (default PNG + SVG at each figure's own
+    size; see figures.save); return notes on the rest."""
     from . import figures  # matplotlib is imported only when figures are drawn
 
     verdict = Verdict(result.verdict, result.verdict_overall)
@@ -146,7 +152,7 @@ def make_figures(
             notes.append(f"figure {name}.png skipped: {reason}")
             continue
         try:
-            result.figures[name] = figures.save(builders[name](), result.figure_dir, name)
+            result.figures[name] = figures.save(builders[name](), result.figure_dir, name, formats, size)
         except Exception as err:  # a figure must never cost the fits and tables already computed
             logger.warning("figure %s failed", name, exc_info=True)
             notes.append(f"figure {name}.png failed: {type(err).__name__}: {err}")
@@ -163,16 +169,24 @@ def analyze(
     figures: bool = True,
     loss: str = DEFAULT_LOSS,
     split_by: tuple[str, ...] = (),
+    figure_formats: str | tuple[str, ...] | None = None,
+    figure_size: str | tuple[float, float] | None = None,
 ) -> AnalysisResult:
     """Collect (or read a table), reduce, fit, compare, draw and summarise; writes every output.
 
     Sweep mode: results.csv/.parquet go into the sweep folder; points.csv, fits.csv, verdict.csv,
     power_laws.csv, approach3.csv and summary.txt into `out` (default the sweep folder); figures into `out`
     (default <sweep>/plots). Table mode: everything into `out` (default <table dir>/<table stem>-analysis).
+    figure_formats: "pdf", "png,svg" or a sequence of png/svg/pdf (None: PNG + SVG); figure_size: width and
+    height in inches, (6, 4) or "6x4" (None: each figure's own size, cropped to its contents).
     """
     if (sweep_dir is None) == (table is None):
         raise ModexpError("analyze needs exactly one of a sweep folder or --table FILE.csv")
     loss_column(loss)  # a bad --loss fails before anything is read or written
+    if figures:  # so do bad figure options
+        from .figures import figure_options
+
+        figure_formats, figure_size = figure_options(figure_formats, figure_size)
     notes: list[str] = []
     metrics, sample, states = None, None, None
     if table is not None:
@@ -252,9 +266,10 @@ def analyze(
         if routing_run:
             notes.append(f"routing figure drawn from run {routing_run}")
     if figures:
-        notes += make_figures(result, metrics, sample, grid)
+        notes += make_figures(result, metrics, sample, grid, figure_formats, figure_size)
         if result.figures:
-            notes.append(f"figures (PNG + SVG) in {fig_dir}: {', '.join(result.figures)}")
+            kinds = " + ".join(f.upper() for f in figure_formats)
+            notes.append(f"figures ({kinds}) in {fig_dir}: {', '.join(result.figures)}")
 
     verdicts = {name: v for name, (_, _, v) in per_loss.items()}
     result.summary = format_summary(

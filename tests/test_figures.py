@@ -1,0 +1,243 @@
+"""Figures: readable variant labels, PDF and a chosen size on request, colours visible on white, titles."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_results import chinchilla_table, make_sweep
+from matplotlib.colors import to_rgb
+from matplotlib.image import imread
+
+from modexp import analysis
+from modexp.analysis import figures
+from modexp.errors import ModexpError
+from modexp.model import ModelConfig
+from modexp.plan import variant_name
+
+# ------------------------------------------------------------------ labels
+
+ROUTINGS = ("none", "topk", "random")
+WEIGHTS = {"sigmoid": "", "linear": "linear router weight"}
+CAUSAL = {"predictor": "", "aux_loss": "aux-loss causal router", "none": "no causal router"}
+
+
+@pytest.mark.parametrize(
+    ("variant", "label"),
+    [
+        ("baseline", "baseline"),
+        ("mod_c0.125_e2", "MoD 12.5%, every 2nd block"),
+        ("random_c0.125_e2", "MoD 12.5%, every 2nd block, random routing"),
+        ("mod_c0.5_e1", "MoD 50%, every block"),
+        ("mod_c1_e3", "MoD 100%, every 3rd block"),
+        ("mod_c0.25_e4_lin", "MoD 25%, every 4th block, linear router weight"),
+        ("mod_c0.125_e2_aux", "MoD 12.5%, every 2nd block, aux-loss causal router"),
+        ("mod_c0.125_e2_nocausal", "MoD 12.5%, every 2nd block, no causal router"),
+        (
+            "mod_c0.125_e12_lin_aux",
+            "MoD 12.5%, every 12th block, linear router weight, aux-loss causal router",
+        ),
+        ("mod_c0.125_e2 [beta2=0.95]", "MoD 12.5%, every 2nd block [beta2=0.95]"),
+        ("baseline [beta2=0.95]", "baseline [beta2=0.95]"),
+    ],
+)
+def test_variant_label(variant: str, label: str) -> None:
+    assert figures.variant_label(variant) == label
+
+
+def test_every_name_variant_name_makes_gets_its_own_readable_label() -> None:
+    """All forms of modexp.plan.variant_name: routing x capacity x interval x router weight x causal router."""
+    labels = {}
+    for routing, capacity, every, weight, causal in itertools.product(
+        ROUTINGS, (0.125, 0.5, 1.0, 1e-3), (1, 2, 3, 4, 11, 21), WEIGHTS, CAUSAL
+    ):
+        model = ModelConfig(
+            n_layers=24,
+            routing=routing,
+            capacity=capacity,
+            route_every=every,
+            router_weight=weight,
+            causal_router=causal,
+        )
+        name = variant_name(model)
+        label = figures.variant_label(name)
+        labels.setdefault(label, set()).add(name)
+        if routing == "none":
+            assert label == "baseline"
+            continue
+        assert "_" not in label, (name, label)
+        assert label.startswith(f"MoD {100 * capacity:g}%, ")
+        ordinal = {1: "every block", 2: "every 2nd block", 3: "every 3rd block", 4: "every 4th block"}
+        assert {**ordinal, 11: "every 11th block", 21: "every 21st block"}[every] in label
+        if routing == "random":
+            assert label.endswith(", random routing")
+            assert "router weight" not in label and "causal" not in label
+        else:
+            assert "random" not in label
+            for word in filter(None, (WEIGHTS[weight], CAUSAL[causal])):
+                assert word in label, (name, label)
+    assert all(len(names) == 1 for names in labels.values()), "two variants share a label"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["mod", "llama-7b", "mod_c0.125", "mod_cX_e2", "mod_c0.125_e2_foo", "random_c0.125_e2_lin", "mod_c2_e2"],
+)
+def test_unknown_variant_ids_are_shown_as_they_are(variant: str) -> None:
+    assert figures.variant_label(variant) == variant
+
+
+# ------------------------------------------------------------------ colours
+
+
+def _luminance(colour) -> float:
+    """WCAG relative luminance of an sRGB colour."""
+    rgb = np.asarray(to_rgb(colour))
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
+
+
+def _contrast_on_white(colour) -> float:
+    return 1.05 / (_luminance(colour) + 0.05)
+
+
+@pytest.mark.parametrize("n_budgets", [2, 3, 5, 8])
+def test_every_budget_colour_is_visible_on_white(n_budgets: int) -> None:
+    """WCAG's 3:1 for graphics; the old lightest colour (viridis at 0.85, yellow-green) had 1.6:1."""
+    colours = figures._budget_colours(np.geomspace(1e11, 1e13, n_budgets))
+    assert min(_contrast_on_white(c) for c in colours.values()) >= 3.0
+    assert max(_luminance(c) for c in colours.values()) < 0.3
+    assert len({tuple(np.round(c, 3)) for c in colours.values()}) == n_budgets
+
+
+def test_every_variant_colour_is_visible_on_white() -> None:
+    styles = figures._variant_styles([f"mod_c0.125_e{i}" for i in range(1, 12)] + ["baseline"])
+    assert min(_contrast_on_white(s["colour"]) for s in styles.values()) >= 3.0
+
+
+# ------------------------------------------------------------------ files: format and size
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    """A two-variant external table: baseline and MoD (the same law, MoD needing less compute)."""
+    path = chinchilla_table(tmp_path_factory.mktemp("fig") / "t.csv", budgets=(1e18, 1e19, 1e20))
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    mod = df.assign(variant="mod_c0.125_e2", val_loss=df["val_loss"] - 0.01)
+    pd.concat([df, mod]).to_csv(path, index=False)
+    return path
+
+
+def _pdf_size_inches(path: Path) -> tuple[float, float]:
+    box = re.search(rb"/MediaBox\s*\[\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*\]", path.read_bytes())
+    assert box, f"{path} has no MediaBox"
+    x0, y0, x1, y1 = map(float, box.groups())
+    return (x1 - x0) / 72, (y1 - y0) / 72
+
+
+def test_analyze_writes_pdf_at_the_size_asked(table: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pdf"
+    result = analysis.analyze(table=table, out=out, n_boot=50, figure_formats="pdf", figure_size=(6, 4))
+    assert set(result.figures) >= {"isoflop", "verdict"}
+    for name, path in result.figures.items():
+        assert path == out / f"{name}.pdf" and path.read_bytes().startswith(b"%PDF")
+        assert not (out / f"{name}.png").exists() and not (out / f"{name}.svg").exists()
+        assert _pdf_size_inches(path) == pytest.approx((6, 4), abs=0.01)
+    assert f"figures (PDF) in {out}" in result.summary
+
+
+def test_png_size_is_honoured_and_default_is_png_and_svg(table: Path, tmp_path: Path) -> None:
+    sized = analysis.analyze(
+        table=table, out=tmp_path / "sized", n_boot=50, figure_formats=("png", "pdf"), figure_size="5x3.5"
+    )
+    png = imread(sized.figures["isoflop"])
+    assert png.shape[:2] == (round(3.5 * 150), 5 * 150)  # rows, columns at 150 dpi
+    assert (tmp_path / "sized" / "isoflop.pdf").is_file()
+    default = analysis.analyze(table=table, out=tmp_path / "default", n_boot=50)
+    assert default.figures["isoflop"] == tmp_path / "default" / "isoflop.png"
+    assert (tmp_path / "default" / "isoflop.svg").is_file()
+    assert not (tmp_path / "default" / "isoflop.pdf").exists()
+    assert "figures (PNG + SVG)" in default.summary
+
+
+@pytest.mark.parametrize(
+    ("formats", "size", "message"),
+    [
+        ("jpeg", None, "figure format jpeg"),
+        ("", None, "figure format (none)"),
+        ("pdf", "6", "figure size 6"),
+        ("pdf", "6x0", "figure size 6x0"),
+        ("pdf", "axb", "figure size axb"),
+        ("pdf", (6, -4), "figure size 6x-4"),
+    ],
+)
+def test_bad_figure_options_fail_before_anything_is_written(
+    table: Path, tmp_path: Path, formats, size, message: str
+) -> None:
+    with pytest.raises(ModexpError, match=re.escape(message)):
+        analysis.analyze(table=table, out=tmp_path / "out", figure_formats=formats, figure_size=size)
+    assert not (tmp_path / "out").exists()
+
+
+def test_figure_options_normalise() -> None:
+    assert figures.figure_options(None, None) == (("png", "svg"), None)
+    assert figures.figure_options("PDF, png", "6X4") == (("pdf", "png"), (6.0, 4.0))
+    assert figures.figure_options(["svg", ".pdf"], [3, 2.5]) == (("svg", "pdf"), (3.0, 2.5))
+
+
+# ------------------------------------------------------------------ what the figures say
+
+
+@pytest.fixture(scope="module")
+def sweep_result(tmp_path_factory) -> analysis.AnalysisResult:
+    sweep_dir = make_sweep(tmp_path_factory.mktemp("fig-sweep"))
+    return analysis.analyze(sweep_dir, n_boot=50, figures=False)
+
+
+def test_figures_show_readable_labels_and_one_title_style(sweep_result) -> None:
+    result = sweep_result
+    metrics = analysis.load_metrics(result.sweep_dir, result.results["run_id"])
+    drawn = {
+        "isoflop": figures.isoflop_curves(result.points, result.fits),
+        "optimal": figures.optimal_scaling(result.fits, result.power_laws),
+        "verdict": figures.verdict(result.verdict),
+        "normalised": figures.normalised(result.points, result.fits),
+        "learning_curves": figures.learning_curves(metrics, result.results),
+        "causal_acc": figures.causal_accuracy(metrics, result.results),
+    }
+    for name, fig in drawn.items():
+        legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        legends += [t.get_text() for ax in fig.axes for a in ax.artists for t in getattr(a, "texts", [])]
+        shown = " | ".join(legends)
+        assert "mod_c0.125_e2" not in shown, (name, shown)
+        assert "MoD 12.5%, every 2nd block" in shown, (name, shown)
+        # One title per figure, at one size; panel titles smaller.
+        assert fig._suptitle is not None and fig._suptitle.get_text(), name
+        assert fig._suptitle.get_fontsize() == figures.TITLE_SIZE
+        assert all(
+            ax.title.get_fontsize() == figures.PANEL_TITLE_SIZE for ax in fig.axes if ax.get_title()
+        ), name
+    for name in ("isoflop", "optimal", "verdict", "normalised"):
+        assert "causal routing loss" in drawn[name]._suptitle.get_text(), name
+    assert "MoD 12.5%, every 2nd block vs baseline" in " ".join(
+        t.get_text() for ax in drawn["verdict"].axes for t in ax.get_legend().get_texts()
+    )
+
+
+def test_compare_verdicts_labels_each_study_and_pair(sweep_result) -> None:
+    other = sweep_result.verdict.assign(multiplier=sweep_result.verdict["multiplier"] * 1.5)
+    fig = figures.compare_verdicts(
+        {"demo": sweep_result.verdict, "cpu": other},
+        {"demo": sweep_result.verdict_overall, "cpu": sweep_result.verdict_overall},
+    )
+    left, right = fig.axes
+    legends = [t.get_text() for a in [*left.artists, left.get_legend()] for t in a.get_texts()]
+    assert {"demo", "cpu", "MoD 12.5%, every 2nd block vs baseline"} <= set(legends)
+    assert [t.get_text() for t in right.get_yticklabels()] == ["demo", "cpu"]
+    assert "MoD 12.5%, every 2nd block vs baseline" in [t.get_text() for t in right.texts]
+    assert "demo vs cpu" in fig._suptitle.get_text()
