@@ -218,6 +218,21 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, reference: Path)
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "belongs to run baseline-d32" in proc.stderr.strip().splitlines()[-1]
+    # The same file relabelled as this run's: its tensors' shapes still do not fit the model.
+    mine = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    for name in ("last.pt", "previous.pt"):
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        state["run_id"], state["model_config"] = mine["run_id"], mine["model_config"]
+        torch.save(state, run_dir / "checkpoints" / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modexp.train", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path),
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "no checkpoint of" in line and "size mismatch" in line, proc.stderr
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_run_resumable(

@@ -84,13 +84,13 @@ def check_cluster(cfg: Config) -> list[str]:
         raise ModexpError(
             "device=cuda with launcher=slurm needs launcher.gpus_per_run >= 1: with 0 the jobs get no GPU"
         )
-    if cfg.device == "auto" and not cfg.launcher.gpus_per_run:
-        print("[slurm] launcher.gpus_per_run=0: the jobs get no GPU and train on the CPU", file=sys.stderr)
     if cfg.launcher.partition and cfg.launcher.partition not in partitions:
         raise ModexpError(
             f"launcher.partition={cfg.launcher.partition} is not a partition of this cluster: "
             f"choose one of {', '.join(partitions)}"
         )
+    if cfg.device == "auto" and not cfg.launcher.gpus_per_run:
+        print("[slurm] launcher.gpus_per_run=0: the jobs get no GPU and train on the CPU", file=sys.stderr)
     return partitions
 
 
