@@ -32,7 +32,8 @@ from .data import DataConfig, check_data
 from .errors import ModexpError
 from .model import ModelConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The presets ship inside the package (a wheel has them too); the repository's top-level conf/ links here.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 VARIANTS = ("baseline", "mod", "random")
 # Folder and job names: no paths, no dotfiles, nothing that starts like runs/_data (the corpus cache).
@@ -112,6 +113,7 @@ class WandbConfig:
     project: str = MISSING
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    id_suffix: str = ""  # appended to every W&B run id: a fresh W&B run for the same run folder
 
 
 @dataclass
@@ -251,11 +253,27 @@ def _cleared(overrides: list[str]) -> list[str]:
     return [key for key, value in pairs if key in OPEN_DICTS and value.replace(" ", "") == "{}"]
 
 
-def compose_config(overrides: list[str], export: bool = True) -> DictConfig:
-    """Compose conf/ with command-line overrides into a validated DictConfig (no sweep expansion)."""
+def compose_config(overrides: list[str], export: bool = True, with_hydra: bool = False) -> DictConfig:
+    """Compose conf/ with command-line overrides into a validated DictConfig (no sweep expansion).
+
+    A user's own presets (MODEXP_CONFIG_DIR, or --config-dir) are searched after modexp's conf/.
+    with_hydra: keep Hydra's own node (what `--cfg all` prints); it is never validated or used.
+    """
+    extra = []
+    user_dir = os.environ.get("MODEXP_CONFIG_DIR")
+    if user_dir:
+        if not Path(user_dir).is_dir():
+            raise ModexpError(f"config dir {user_dir} is not a folder: give one laid out like modexp's conf/")
+        extra.append(f"hydra.searchpath=[file://{Path(user_dir).resolve()}]")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[_hydra_form(o) for o in overrides])
+            cfg = compose(
+                config_name="config",
+                overrides=[*extra, *(_hydra_form(o) for o in overrides)],
+                return_hydra_config=with_hydra,
+            )
+        if with_hydra:
+            return cfg
         for key in _cleared(overrides):  # Hydra merges `key={}` into a preset's dict; the user means "empty"
             OmegaConf.update(cfg, key, {}, merge=False, force_add=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
@@ -437,6 +455,11 @@ def _check_step_settings(cfg: Config) -> None:
     ):
         if value < low:
             raise ModexpError(f"{key}={value} is not allowed: it must be a whole number >= {low}")
+    if launcher.name == "slurm" and cfg.device == "cuda" and not launcher.gpus_per_run:
+        raise ModexpError(
+            "device=cuda with launcher=slurm and launcher.gpus_per_run=0 would ask SLURM for no GPU: "
+            "set launcher.gpus_per_run >= 1, or device=cpu for CPU nodes"
+        )
     if launcher.gpu_mem_gb is not None and not launcher.gpu_mem_gb > 0:
         raise ModexpError(f"launcher.gpu_mem_gb={launcher.gpu_mem_gb} is not allowed: give GB > 0 or null")
     for key, value in (("launcher.mem_gb", launcher.mem_gb), ("launcher.time_min", launcher.time_min)):
