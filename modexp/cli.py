@@ -135,35 +135,30 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
             print(note, file=sys.stderr)
         return
     frame = pd.DataFrame(rows)
-    # The terminal table keeps what a reader scans for; csv and json carry every column (the FLOP accounting).
-    shown = frame[
-        [
-            "run_id",
-            "variant",
-            "budget",
-            "shape",
-            "params",
-            "tokens",
-            "steps",
-            "flops",
-            "tokens_per_param",
-            "lr",
-            "epochs",
-            "micro_batch",
-            "est_peak_gb",
-            "est_time_s",
-            "status",
-        ]
-        + [c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")]
-    ]
-    shown = shown.assign(
-        budget=shown["budget"].map(sci),
-        flops=shown["flops"].map(sci),
-        epochs=shown["epochs"].map(lambda v: "-" if pd.isna(v) else si(v)),
-        est_time_s=shown["est_time_s"].map(duration),
-    ).rename(columns={"est_time_s": "est_time"})
-    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    # The terminal table keeps what a reader scans for, within 120 columns; csv and json carry every column
+    # (run ids, the FLOP accounting). A run's folder is <variant>-<shape>-<budget>-<id>.
+    shown = pd.DataFrame(
+        {
+            "variant": frame["variant"],
+            "budget": frame["budget"].map(sci),
+            "shape": frame["shape"],
+            "params": frame["params"].map(si),
+            "tokens": frame["tokens"].map(si),
+            "steps": frame["steps"],
+            "tok/p": frame["tokens_per_param"].map(lambda v: f"{v:.3g}"),
+            "lr": frame["lr"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
+            "epochs": frame["epochs"].map(lambda v: "-" if pd.isna(v) else si(v)),
+            "micro": frame["micro_batch"].map(lambda v: str(v).replace("auto (<= ", "auto<=").rstrip(")")),
+            "GB": frame["est_peak_gb"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
+            "time": frame["est_time_s"].map(duration),
+            "status": frame["status"],
+            "id": frame["run_id"].map(lambda r: r.rsplit("-", 1)[-1]),
+        }
+    )
+    for column in (c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")):
+        shown[column.replace("train_flops_per_token", "flops/tok")] = frame[column].map(sci)
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
+        print(shown.to_string(index=False))
     total = frame["flops"].sum()
     cfg = study.configs[0][1]
     devices = max(1, cfg.launcher.gpus_per_run)
@@ -172,7 +167,8 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
         f"\n{count(len(rows), 'run')}, {sci(total)} FLOPs in all: {frame['device_hours'].sum():,.1f} "
         f"{unit}-hours at {sci(cfg.sweep.flops_per_second, 2)} FLOP/s per {unit} (sweep.flops_per_second), "
         f"about {duration(frame['est_time_s'].sum())} one run at a time on {count(devices, unit)} per run "
-        "(launcher.gpus_per_run). est_peak_gb: estimated peak memory per device (modexp/memory.py)"
+        "(launcher.gpus_per_run). micro: sequences per micro-batch; GB: estimated peak memory per device "
+        "(modexp/memory.py); full rows with --format csv or json"
     )
     if (frame["micro_batch"] == "no fit").any():
         gb = cfg.launcher.gpu_mem_gb
@@ -189,12 +185,30 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def print_composed(overrides: list[str], which: str) -> int:
+    """`--cfg job|all`: the composed config (one YAML document per comma combination), nothing run."""
+    from omegaconf import OmegaConf
+
+    from .config import compose_config, expand_overrides
+
+    combos = expand_overrides(overrides)
+    for i, combo in enumerate(combos):
+        cfg = compose_config(combo, export=False, with_hydra=which == "all")
+        if len(combos) > 1:
+            print(f"--- # {' '.join(combo)}" if i else f"# {' '.join(combo)}")
+        print(OmegaConf.to_yaml(cfg, resolve=which == "job"), end="")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     from .sweep import run_sweep
 
     study = build_study(overrides)
     launcher = study.configs[0][1].launcher.name
     if args.dry_run:
+        from .sweep import check_data
+
+        check_data(study)  # a study that cannot start must not pass its dry run
         print_plan(study, "table")
         if launcher == "slurm":
             from .launch.slurm import check_cluster, resources
@@ -266,6 +280,84 @@ def _train_processes(run_dir: Path, cfg: Config) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace, overrides: list[str]) -> int:
+    import pandas as pd
+
+    from .status import format_study, run_rows, studies, summary_line, totals
+
+    if args.sweep_dir and "=" in args.sweep_dir:  # `modexp status runs_dir=X`: an override, not a folder
+        overrides, args.sweep_dir = [args.sweep_dir, *overrides], None
+    if args.sweep_dir:
+        rows = run_rows(Path(args.sweep_dir))
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+        elif args.format == "csv":
+            print(pd.DataFrame(rows).to_csv(index=False), end="")
+        else:
+            print(format_study(Path(args.sweep_dir), rows))
+        return 0
+    runs_dir = Path(next((o.split("=", 1)[1] for o in overrides if o.startswith("runs_dir=")), "runs"))
+    found = studies(runs_dir)
+    if not found:
+        print(f"no studies under {runs_dir} (a study is a folder with a plan.json, written by modexp sweep)")
+    for folder in found:
+        t = totals(run_rows(folder))
+        print(
+            summary_line(folder, t) if args.format == "table" else json.dumps({"sweep_dir": str(folder), **t})
+        )
+    return 0
+
+
+def completion_words() -> dict[str, list[str]]:
+    """What a shell may complete: commands with their flags, presets (group=NAME) and every setting (key=)."""
+    from omegaconf import OmegaConf
+
+    from .config import CONF_DIR, Config
+
+    def keys(node, prefix: str = "") -> list[str]:
+        out = []
+        for key in node.keys():
+            child = node._get_node(key)
+            name = f"{prefix}{key}"
+            out += keys(child, f"{name}.") if OmegaConf.is_dict(child) and len(child) else [f"{name}="]
+        return out
+
+    presets = [
+        f"{group.name}={yaml.stem}"
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir()
+        for yaml in sorted(group.glob("*.yaml"))
+    ]
+    commands = {}
+    for name, sub in parser()._subparsers._group_actions[0].choices.items():  # type: ignore[union-attr]
+        commands[name] = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
+    return {"commands": commands, "settings": presets + keys(OmegaConf.structured(Config))}
+
+
+BASH_COMPLETION = """# modexp completion for bash: source <(modexp completion bash)
+_modexp() {
+  local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
+  if [ "$COMP_CWORD" -eq 1 ]; then COMPREPLY=($(compgen -W "%(commands)s" -- "$cur")); return; fi
+  case "$cmd" in
+%(cases)s
+  esac
+  compopt -o nospace 2>/dev/null
+  COMPREPLY=($(compgen -W "$flags %(settings)s" -- "$cur"))
+}
+complete -o default -F _modexp modexp
+"""
+
+
+def cmd_completion(args: argparse.Namespace, overrides: list[str]) -> int:
+    words = completion_words()
+    cases = "\n".join(f'    {c}) flags="{" ".join(f)}" ;;' for c, f in words["commands"].items())
+    print(
+        BASH_COMPLETION
+        % {"commands": " ".join(words["commands"]), "cases": cases, "settings": " ".join(words["settings"])}
+    )
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
     from .analysis import analyze
 
@@ -279,8 +371,13 @@ def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
         out=Path(args.out) if args.out else None,
         loss=args.loss,
         split_by=tuple(c for c in (args.split_by or "").split(",") if c),
+        figure_formats=args.figure_format,
+        figure_size=args.figure_size,
     )
     print(result.summary)
+    from .tracking import log_study
+
+    log_study(result, Path(args.sweep_dir) if args.sweep_dir else None, args.wandb)
     return 0
 
 
@@ -305,9 +402,50 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     from .bench import run_bench
 
-    run_bench(quick=args.quick, out=Path(args.out), device=args.device)
+    run_bench(
+        quick=args.quick, out=Path(args.out), device=args.device, compile=args.compile, threads=args.threads
+    )
     print((Path(args.out) / "bench.md").read_text())
     return 0
+
+
+def _refuse_hydra_internals(overrides: list[str]) -> None:
+    """Hydra's own launchers and settings do not drive modexp: say what does, in one line."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith("hydra/launcher") or key.startswith("hydra.launcher"):
+            raise ModexpError(
+                f"{override} is Hydra's launcher, which modexp does not use: modexp starts runs itself, "
+                "launcher=local (default) or launcher=slurm (submitit), e.g. launcher=slurm launcher.partition=gpu"
+            )
+        if key.startswith("hydra/") or (key.startswith("hydra.") and not key.startswith("hydra.searchpath")):
+            raise ModexpError(
+                f"{override} is a Hydra setting modexp does not use: runs go to runs_dir/sweep.name, "
+                "comma lists sweep, and presets are sweep=NAME (see --help)"
+            )
+
+
+def _hydra_flags(s: argparse.ArgumentParser, sweeps: bool = True) -> None:
+    """What Hydra users type: --cfg job|all, -m/--multirun, --config-dir for their own presets."""
+    s.add_argument(
+        "--cfg",
+        choices=("job", "all"),
+        help="print the composed config (job: modexp's; all: with Hydra's) and exit, running nothing",
+    )
+    s.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="accepted for Hydra habits; comma lists sweep without it"
+        if sweeps
+        else "refused: this trains one run (several runs: modexp sweep)",
+    )
+    s.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="a folder of your own presets (DIR/sweep/NAME.yaml, DIR/model/..., same layout as modexp's conf), "
+        "searched after modexp's; also MODEXP_CONFIG_DIR",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -331,6 +469,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
     s.add_argument("--detach", action="store_true", help="SLURM: submit and return; run again to reattach")
+    _hydra_flags(s)
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("plan", help="one row per planned run", description=hydra_help)
@@ -341,10 +480,30 @@ def parser() -> argparse.ArgumentParser:
         default="exact",
         help="also report FLOPs under this convention (exact is what plans the runs)",
     )
+    _hydra_flags(s)
     s.set_defaults(func=cmd_plan)
 
-    s = sub.add_parser("train", help="train one model for budget=<FLOPs>", description=hydra_help)
+    s = sub.add_parser(
+        "train",
+        help="train one model for budget=<FLOPs>",
+        description="Hydra overrides: key=value, one value each (to train several, use modexp sweep with comma "
+        "lists); budget=<FLOPs> is required",
+    )
+    _hydra_flags(s, sweeps=False)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "status",
+        help="a study's progress from its folder: done, running, interrupted, failed, pending, ETA",
+        description="modexp status [SWEEP_DIR] [runs_dir=...]: without a folder, one line per study under runs_dir",
+    )
+    s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
+    s.add_argument("--format", choices=FORMATS, default="table")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("completion", help="shell completion: source <(modexp completion bash)")
+    s.add_argument("shell", choices=("bash",))
+    s.set_defaults(func=cmd_completion)
 
     s = sub.add_parser("analyze", help="results table, isoFLOP fits and figures")
     s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
@@ -362,6 +521,19 @@ def parser() -> argparse.ArgumentParser:
         metavar="COL[,COL]",
         help="draw separate curves per value of these result columns (e.g. beta2) instead of refusing to pool",
     )
+    s.add_argument(
+        "--figure-format",
+        metavar="FMT[,FMT]",
+        help="figure files: png,svg (default), pdf, or any comma list of png, svg, pdf",
+    )
+    s.add_argument(
+        "--figure-size", metavar="WxH", help="figure size in inches, e.g. 6x4 (default: each its own)"
+    )
+    s.add_argument(
+        "--wandb",
+        choices=("auto", "online", "offline", "disabled"),
+        help="log the analysis as a W&B run (default: the study's tracker.wandb.mode; WANDB_MODE wins)",
+    )
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
@@ -376,7 +548,14 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("bench", help="speed ratios measured side by side: MoD vs baseline, ours vs reference")
-    s.add_argument("--quick", action="store_true", help="small shapes, under a minute on 2 CPU cores")
+    s.add_argument("--quick", action="store_true", help="small shapes, about 2 minutes on 2 CPU cores")
+    s.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time torch.compile against eager (default: in the full bench, not in --quick)",
+    )
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: the bench's choice)")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_bench)
@@ -397,6 +576,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("modexp").setLevel(logging.INFO)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     try:
+        if getattr(args, "multirun", False):
+            if args.command == "train":
+                raise ModexpError("-m/--multirun: modexp train trains one run; for several use modexp sweep")
+            print(
+                "modexp: -m/--multirun is not needed: comma lists already sweep (model.capacity=0.125,0.5)",
+                file=sys.stderr,
+            )
+        if getattr(args, "config_dir", None):
+            os.environ["MODEXP_CONFIG_DIR"] = str(Path(args.config_dir).resolve())
+        _refuse_hydra_internals(rest)
+        if getattr(args, "cfg", None):
+            return print_composed(rest, args.cfg)
         return args.func(args, rest)
     except ModexpError as exc:
         print(f"modexp: error: {exc}", file=sys.stderr)

@@ -1,0 +1,154 @@
+"""`modexp status [DIR]`: a study's progress from its folder alone (plan.json and the run folders).
+
+Per run: done / running / interrupted / failed / pending, the step, the latest loss and, for running runs,
+an ETA from their own pace; in total: counts, the share of FLOPs done, and an ETA for what is left at the
+FLOP rate the study's finished runs achieved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ModexpError
+from .rundir import read_json, read_status, run_state
+from .units import count, duration, sci
+
+STATES = ("done", "running", "interrupted", "failed", "pending")
+
+
+def _last_records(run_dir: Path) -> tuple[dict | None, dict | None]:
+    """(last train record, last val record) of metrics.jsonl, reading only its tail."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None, None
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 16384))
+        lines = f.read().decode(errors="ignore").splitlines()
+    train = val = None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "train" and train is None:
+            train = record
+        if record.get("kind") == "val" and val is None:
+            val = record
+        if train and val:
+            break
+    return train, val
+
+
+def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per run the study planned (every sweep into this folder), in plan order."""
+    plan_path = sweep_dir / "plan.json"
+    if not plan_path.exists():
+        raise ModexpError(
+            f"{sweep_dir} has no plan.json: not a sweep folder (modexp sweep writes one; see modexp status "
+            "without a folder for the studies under runs_dir)"
+        )
+    plan = read_json(plan_path)
+    planned = {r["run_id"]: r for r in plan.get("runs", [])}
+    ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
+    rows = []
+    now = time.time()
+    for run_id in ids:
+        run_dir = sweep_dir / run_id
+        info = planned.get(run_id)
+        if info is None and (run_dir / "run.json").exists():
+            info = read_json(run_dir / "run.json")
+        info = info or {"run_id": run_id}
+        state = run_state(run_dir)
+        status = read_status(run_dir)
+        steps = info.get("steps") or status.get("steps")
+        step = steps if state == "done" else status.get("step") or 0
+        train, val = _last_records(run_dir)
+        row = {
+            "run_id": run_id,
+            "variant": info.get("variant"),
+            "budget": info.get("budget"),
+            "shape": info.get("shape"),
+            "flops": info.get("flops"),
+            "state": state if state in STATES else "pending",
+            "step": step,
+            "steps": steps,
+            "loss": train["loss"] if train else None,
+            "val_loss": val.get("val_loss") if val else None,
+            "wall_time": (train or {}).get("wall_time"),
+            "eta_s": None,
+            "reason": status.get("reason") if state in ("failed", "interrupted") else None,
+        }
+        if state == "running" and train and steps:
+            pace = train.get("step_time")  # seconds per step, between host syncs
+            row["eta_s"] = pace * (steps - train["step"]) if pace else None
+            stale = now - float(status.get("updated", now))
+            row["last_update_s"] = stale
+        rows.append(row)
+    return rows
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    flops_total = sum(r["flops"] or 0 for r in rows)
+    flops_done = sum(
+        (r["flops"] or 0) * (1.0 if r["state"] == "done" else (r["step"] or 0) / max(1, r["steps"] or 1))
+        for r in rows
+    )
+    # The pace of this study's finished runs, for what is left (one run at a time, as the plan assumes).
+    rates = [
+        r["flops"] / r["wall_time"] for r in rows if r["state"] == "done" and r["flops"] and r["wall_time"]
+    ]
+    rate = sorted(rates)[len(rates) // 2] if rates else None
+    eta = (flops_total - flops_done) / rate if rate and flops_total > flops_done else None
+    return {**counts, "runs": len(rows), "flops_done": flops_done, "flops_total": flops_total, "eta_s": eta}
+
+
+def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """A table no wider than 120 columns, then one line of totals."""
+    import pandas as pd
+
+    lines = []
+    if rows:
+        frame = pd.DataFrame(rows)
+        shown = pd.DataFrame(
+            {
+                "run_id": frame["run_id"].map(lambda s: s if len(s) <= 44 else s[:43] + "~"),
+                "state": frame["state"],
+                "step": [f"{r['step'] or 0}/{r['steps'] or '?'}" for r in rows],
+                "loss": frame["loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
+                "val_loss": frame["val_loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
+                "eta": frame["eta_s"].map(lambda v: "-" if pd.isna(v) else duration(v)),
+                "note": [(r["reason"] or "")[:30] for r in rows],
+            }
+        )
+        lines.append(shown.to_string(index=False))
+    t = totals(rows)
+    lines.append(summary_line(sweep_dir, t))
+    if t["interrupted"]:
+        lines.append("interrupted runs resume when the sweep's command runs again")
+    if t["failed"]:
+        lines.append("failed runs run again with the sweep's command and --retry-failed")
+    return "\n".join(lines)
+
+
+def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
+    share = t["flops_done"] / t["flops_total"] if t["flops_total"] else 0.0
+    return (
+        f"{sweep_dir}: {count(t['runs'], 'run')}: "
+        + ", ".join(f"{t[s]} {s}" for s in STATES if t[s])
+        + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
+        + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
+    )
+
+
+def studies(runs_dir: Path) -> list[Path]:
+    """Sweep folders under runs_dir (those with a plan.json)."""
+    if not runs_dir.is_dir():
+        raise ModexpError(
+            f"runs_dir={runs_dir} is not a folder: give a sweep folder, e.g. modexp status runs/demo"
+        )
+    return sorted(p.parent for p in runs_dir.glob("*/plan.json"))

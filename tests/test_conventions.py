@@ -1,0 +1,241 @@
+"""Habits researchers bring from Hydra and pip: --cfg job|all, -m, modexp status, tables that fit 120 columns,
+a user's own presets, launcher settings that contradict the preset's device (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_plan import run_main
+
+EXE = Path(sys.executable).parent / "modexp"
+
+
+def modexp(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(EXE), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, "WANDB_MODE": "disabled", "MODEXP_THREADS": "1"},
+    )
+
+
+@pytest.mark.parametrize("command", ["plan", "sweep", "train"])
+def test_cfg_job_prints_the_composed_config_and_exits(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(
+        [command, "sweep=smoke", "model.capacity=0.25", f"runs_dir={tmp_path / 'runs'}", "--cfg", "job"],
+        capsys,
+    )
+    assert rc == 0, err
+    cfg = yaml.safe_load(out)
+    assert cfg["model"]["capacity"] == 0.25 and cfg["sweep"]["name"] == "smoke"
+    assert "hydra" not in cfg
+    assert not (tmp_path / "runs").exists()  # nothing planned, trained or written
+
+
+def test_cfg_all_adds_hydra_and_comma_lists_print_each_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, _ = run_main(["plan", "sweep=smoke", "model.capacity=0.25,0.5", "--cfg", "job"], capsys)
+    assert rc == 0
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert [d["model"]["capacity"] for d in docs] == [0.25, 0.5]
+    rc, out, _ = run_main(["plan", "sweep=smoke", "--cfg", "all"], capsys)
+    assert rc == 0 and "hydra" in yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("flag", ["-m", "--multirun"])
+def test_multirun_flag_is_accepted_and_comma_lists_sweep(
+    tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(
+        ["plan", flag, "sweep=smoke", "model.capacity=0.25,0.5", f"runs_dir={tmp_path}", "--format", "json"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "comma lists already sweep" in err
+    variants = {row["variant"] for row in json.loads(out)}
+    assert {"mod_c0.25_e2", "mod_c0.5_e2"} <= variants
+
+
+def test_hydra_launcher_override_names_modexps_launcher(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = run_main(["sweep", "hydra/launcher=submitit_slurm", f"runs_dir={tmp_path}"], capsys)
+    assert rc == 2 and "launcher=slurm" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_help_does_not_promise_comma_sweeps(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_main(["train", "--help"], capsys)
+    assert rc == 0 and "comma lists sweep" not in out and "modexp sweep" in out
+
+
+def test_plan_table_fits_120_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for preset in ("smoke", "demo", "paper"):
+        rc, out, _ = run_main(["plan", f"sweep={preset}", f"runs_dir={tmp_path}"], capsys)
+        assert rc == 0
+        table = out.split("\n\n")[0].splitlines()
+        assert max(len(line) for line in table) <= 120, (preset, max(len(line) for line in table))
+
+
+def test_slurm_with_a_gpu_preset_asks_for_gpus_and_contradictions_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, _ = run_main(["plan", "sweep=gpu", "launcher=slurm", "--cfg", "job"], capsys)
+    cfg = yaml.safe_load(out)
+    assert cfg["launcher"]["gpus_per_run"] == 1 and cfg["device"] == "cuda"
+    rc, _, err = run_main(["plan", "sweep=gpu", "launcher=slurm", "launcher.gpus_per_run=0"], capsys)
+    assert rc == 2 and "device=cuda" in err and "gpus_per_run=0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_checks_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_main(
+        ["sweep", "sweep=smoke", "data=text", f"data.path={tmp_path / 'missing.txt'}", "--dry-run"], capsys
+    )
+    assert rc == 2 and "missing.txt" in err
+
+
+def test_a_users_config_folder_adds_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "myconf" / "sweep").mkdir(parents=True)
+    (tmp_path / "myconf" / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - smoke\nsweep:\n  name: mine\n  budgets: [4.0e+9]\n"
+    )
+    rc, out, err = run_main(
+        ["plan", "--config-dir", str(tmp_path / "myconf"), "sweep=mine", "--format", "json"], capsys
+    )
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert {r["budget"] for r in rows} == {4e9}
+
+
+# --- modexp status ------------------------------------------------------------------------------------
+
+
+def test_status_of_a_study_from_its_folder_alone(tmp_path: Path) -> None:
+    argv = [
+        "sweep=smoke",
+        "sweep.budgets=[2e9]",
+        "sweep.min_tokens_per_param=0.1",
+        f"runs_dir={tmp_path / 'runs'}",
+    ]
+    plan = modexp(tmp_path, "sweep", *argv, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    sweep = modexp(tmp_path, "sweep", *argv, "sweep.variants=[baseline]")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    out = modexp(tmp_path, "status", str(tmp_path / "runs" / "smoke"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    assert "2 runs: 2 done" in out.stdout and "100% of" in out.stdout, out.stdout
+    # A run of the folder marked interrupted shows as such, with its reason.
+    run_dir = next(p for p in (tmp_path / "runs" / "smoke").iterdir() if (p / "run.json").exists())
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "interrupted", "reason": "by test"}))
+    out = modexp(tmp_path, "status", str(tmp_path / "runs" / "smoke"), "--format", "json")
+    rows = json.loads(out.stdout)
+    assert {r["state"] for r in rows} == {"done", "interrupted"}
+    assert next(r for r in rows if r["state"] == "interrupted")["reason"] == "by test"
+    # Without a folder: every study under runs_dir, one line each.
+    out = modexp(tmp_path, "status", f"runs_dir={tmp_path / 'runs'}")
+    assert out.returncode == 0 and "smoke" in out.stdout and "1 interrupted" in out.stdout, out.stdout
+
+
+def test_status_of_a_folder_without_a_plan_is_one_line(tmp_path: Path) -> None:
+    out = modexp(tmp_path, "status", str(tmp_path))
+    assert out.returncode == 2 and "has no plan.json" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- the package --------------------------------------------------------------------------------------
+
+
+def test_a_built_wheel_carries_its_presets_and_runs_from_anywhere(tmp_path: Path) -> None:
+    """Not an editable install: the wheel alone (conf/ inside the package), run from another folder."""
+    repo = Path(__file__).resolve().parents[1]
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("modexp-*.whl")
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled", "MODEXP_THREADS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "modexp.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=elsewhere,
+            env=env,
+            timeout=600,
+        )
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import modexp.config as c; print(c.CONF_DIR)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+    )
+    assert where.stdout.strip() == str(target / "modexp" / "conf"), where
+    plan = run("plan", "sweep=paper")
+    assert plan.returncode == 0 and "d2560-l40" in plan.stdout, plan.stderr[-2000:]
+    sweep = run(
+        "sweep",
+        "sweep=smoke",
+        "sweep.budgets=[2e9]",
+        "sweep.variants=[baseline]",
+        "sweep.min_tokens_per_param=0.1",
+    )
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert (
+        elsewhere / "runs" / "smoke" / "results.csv"
+    ).exists()  # runs_dir is relative to the working folder
+
+
+def test_shell_completion_knows_commands_presets_and_settings(tmp_path: Path, capsys) -> None:
+    rc, out, _ = run_main(["completion", "bash"], capsys)
+    assert rc == 0 and "sweep=paper" in out and "model.capacity=" in out and "launcher=slurm" in out
+    script = tmp_path / "modexp.bash"
+    script.write_text(out)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        probe = f'source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _modexp; echo "${{COMPREPLY[@]}}"'
+        return subprocess.run(["bash", "-c", probe], capture_output=True, text=True).stdout.split()
+
+    assert "status" in complete("modexp", "st")
+    assert complete("modexp", "plan", "model.capa") == ["model.capacity="]
+    assert "sweep=cpu_lr" in complete("modexp", "sweep", "sweep=cpu")
+    assert "--dry-run" in complete("modexp", "sweep", "--dr")
