@@ -252,6 +252,9 @@ def finish(study: Study) -> int:
         try:
             result = analyze(sweep_dir=study.dir, table=None, out=None)
             print(result.summary, file=sys.stderr)
+            from .tracking import log_study
+
+            log_study(result, study.dir)
         except ModexpError as exc:
             print(f"[sweep] analysis: {exc}", file=sys.stderr)
     for rid in failed:

@@ -6,12 +6,14 @@ Local files are what every later stage reads: W&B offline runs cannot be read ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
 import socket
 import subprocess
+import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -75,6 +77,11 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(strict_json(record) + "\n")
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far (after a resume: those up to the checkpoint)."""
+        self._file.flush()
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
     def close(self) -> None:
         self._file.close()
 
@@ -86,41 +93,94 @@ def _step_of(line: str) -> float:
         return float("inf")  # a line cut by a kill: drop it
 
 
+def wandb_host() -> str:
+    """The W&B server this process talks to: WANDB_BASE_URL (a self-hosted server) or wandb.ai's API."""
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+
+
 def wandb_mode(requested: str) -> str:
-    """auto -> online when an API key is configured, else offline. WANDB_MODE in the environment wins."""
+    """auto -> online when a key for the configured server is known, else offline. WANDB_MODE wins."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_API_KEY"):
         return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
+    import netrc
+
+    try:
+        if netrc.netrc().authenticators(wandb_host()):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
     return "offline"
 
 
+def wandb_identity(run_dir: Path, run_id: str, suffix: str = "") -> tuple[str, str]:
+    """(W&B run id, group) for a run folder: unique to (study folder, run id), so two studies with the same
+    runs never share a W&B run; `suffix` (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B
+    run, whose id W&B never accepts again."""
+    folder = str(run_dir.resolve().parent)
+    study = hashlib.sha256(folder.encode()).hexdigest()[:8]
+    digest = run_id.rsplit("-", 1)[-1]
+    return f"{digest}-{study}{suffix}", f"{run_dir.resolve().parent.name}-{study}"
+
+
+def record_to_wandb(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.jsonl record as logged to W&B: train/... or val/..., with flops and tokens at the top so
+    every chart can use them as its x-axis."""
+    kind = record.get("kind", "train")
+    out: dict[str, Any] = {"flops": record.get("flops"), "tokens": record.get("tokens")}
+    for key, value in record.items():
+        if key in ("kind", "step", "flops", "tokens"):
+            continue
+        name = key.removeprefix("val_") if kind == "val" else key
+        out[f"{kind}/{name}"] = value
+    return {k: v for k, v in out.items() if v is not None}
+
+
 class WandbMirror:
-    """Mirrors metrics to W&B. Any W&B error turns it off with a warning; training never depends on it."""
+    """Mirrors a run's metrics to W&B. Any W&B error turns it off with a warning; training never depends on it.
+
+    One W&B run per run folder, resumed with it:
+    - online, W&B resumes the run ("allow") and the steps it already has are not logged again (training
+      resumes exactly, so they hold the same numbers): no step lost, none twice;
+    - offline, every process writes its own offline-run folder; on resume the earlier folders of this run are
+      moved to wandb/superseded/ and the new one is given the whole history again from metrics.jsonl, so
+      `wandb sync <run>/wandb/offline-run-*` uploads one history with each step once.
+    """
 
     def __init__(
-        self, run_dir: Path, run_id: str, settings: Any, group: str, job_type: str, config: dict[str, Any]
+        self,
+        run_dir: Path,
+        run_id: str,
+        settings: Any,
+        sweep: str,
+        job_type: str,
+        config: dict[str, Any],
+        history: list[dict[str, Any]] | None = None,
     ) -> None:
         self.run = None
+        self.skip_through = 0  # W&B already has every step up to this one
         self.mode = wandb_mode(settings.mode)
         if self.mode == "disabled":
             return
+        wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
         try:
             import wandb
 
+            if self.mode == "offline":
+                _supersede_offline(run_dir / "wandb", wandb_id)
             self.run = wandb.init(
                 project=settings.project,
                 entity=settings.entity,
-                id=run_id,
+                id=wandb_id,
                 name=run_id,
                 group=group,
                 job_type=job_type,
-                tags=list(settings.tags) + [job_type],
+                tags=[*settings.tags, job_type, sweep],
                 config=config,
                 dir=str(run_dir),
                 mode=self.mode,
@@ -128,13 +188,33 @@ class WandbMirror:
                 reinit="finish_previous",
                 settings=wandb.Settings(init_timeout=60, console="off", silent=True),
             )
+            self.run.define_metric("flops")
+            self.run.define_metric("tokens")
             self.run.define_metric("val/loss", summary="min")
+            if self.mode == "online" and self.run.resumed:
+                self.skip_through = max(0, int(self.run.step) - 1)
+            elif self.mode == "offline" and history:
+                for record in history:  # the new offline folder carries the whole history
+                    self.log_record(record)
+            self._say_where(run_dir, wandb_id)
         except Exception as exc:  # noqa: BLE001 - a tracker must never take the run down
             warnings.warn(f"W&B disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)
             self.run = None
 
+    def _say_where(self, run_dir: Path, wandb_id: str) -> None:
+        """Once per run: where to look (online) or the exact command that uploads it (offline)."""
+        if self.mode == "online":
+            log.info("W&B: %s", self.run.url)
+        else:
+            folder = Path(self.run.dir).parent  # .../wandb/offline-run-<time>-<id>/files -> the run's folder
+            log.info("W&B offline: upload with `wandb sync %s`", folder)
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl record, at its step."""
+        self.log(record_to_wandb(record), int(record["step"]))
+
     def log(self, record: dict[str, Any], step: int) -> None:
-        if self.run is None:
+        if self.run is None or step <= self.skip_through:
             return
         try:
             self.run.log(record, step=step)
@@ -152,3 +232,111 @@ class WandbMirror:
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"W&B finish failed: {exc}", stacklevel=2)
         self.run = None
+
+
+def _supersede_offline(wandb_dir: Path, wandb_id: str) -> None:
+    """Earlier offline folders of this W&B run: out of the way of `wandb sync wandb/offline-run-*`."""
+    earlier = sorted(wandb_dir.glob(f"offline-run-*-{wandb_id}"))
+    if not earlier:
+        return
+    (wandb_dir / "superseded").mkdir(parents=True, exist_ok=True)
+    for folder in earlier:
+        os.replace(folder, wandb_dir / "superseded" / folder.name)
+
+
+def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | None:
+    """The study itself as a W&B run (job type "analysis"): results, points, fits and verdict as tables, the
+    figures as images, the analysis outputs as an artifact. Returns where it went (URL or sync command).
+
+    One W&B run per analysis folder, in the same group as the study's runs; offline, earlier offline folders
+    of it move to wandb/superseded/ like a run's. Any W&B error is a warning.
+    """
+    mode = wandb_mode(settings.mode)
+    if mode == "disabled":
+        return None
+    out = Path(result.out_dir).resolve()
+    study = hashlib.sha256(str((sweep_dir or out).resolve()).encode()).hexdigest()[:8]
+    suffix = getattr(settings, "id_suffix", "") or ""
+    wandb_id = f"analysis-{study}{suffix}"
+    group = f"{(sweep_dir or out).resolve().name}-{study}"
+    try:
+        import wandb
+
+        if mode == "offline":
+            _supersede_offline(out / "wandb", wandb_id)
+        run = wandb.init(
+            project=settings.project,
+            entity=settings.entity,
+            id=wandb_id,
+            name=f"analysis {(sweep_dir or out).name}",
+            group=group,
+            job_type="analysis",
+            tags=[*settings.tags, "analysis"],
+            config={"sweep_dir": str(sweep_dir) if sweep_dir else None, "loss": result.loss},
+            dir=str(out),
+            mode=mode,
+            resume="allow",
+            reinit="finish_previous",
+            settings=wandb.Settings(init_timeout=60, console="off", silent=True),
+        )
+        tables = {
+            "results": result.results,
+            "points": result.points,
+            "fits": result.fits,
+            "power_laws": result.power_laws,
+            "verdict": result.verdict,
+            "verdict_overall": result.verdict_overall,
+        }
+        logged: dict[str, Any] = {
+            f"table/{name}": wandb.Table(dataframe=frame.reset_index(drop=True))
+            for name, frame in tables.items()
+            if frame is not None and len(frame)
+        }
+        for name, path in result.figures.items():
+            png = Path(path).with_suffix(".png")
+            if png.exists():
+                logged[f"figure/{name}"] = wandb.Image(str(png), caption=name)
+        run.log(logged)
+        for _, row in result.verdict_overall.iterrows():  # the headline, searchable across studies
+            if {"curve", "reference", "multiplier"} <= set(row.index):
+                run.summary[
+                    f"multiplier/{row['curve']}_vs_{row['reference']}/{row.get('loss', result.loss)}"
+                ] = row["multiplier"]
+        artifact = wandb.Artifact(f"analysis-{study}", type="analysis", metadata={"loss": result.loss})
+        for path in sorted(out.rglob("*")):
+            if path.is_file() and "wandb" not in path.relative_to(out).parts:
+                artifact.add_file(str(path), name=str(path.relative_to(out)))
+        run.log_artifact(artifact)
+        where = run.url if mode == "online" else f"wandb sync {Path(run.dir).parent}"
+        run.finish()
+        return where
+    except Exception as exc:  # noqa: BLE001 - the analysis is on disk whatever W&B does
+        warnings.warn(f"W&B: the analysis was not logged: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
+
+
+def study_wandb_settings(sweep_dir: Path | None) -> Any:
+    """tracker.wandb as the study's runs were configured (the first run folder's config.yaml), else the
+    defaults of conf/."""
+    from omegaconf import OmegaConf
+
+    from .config import WandbConfig, compose_config
+
+    schema = OmegaConf.structured(WandbConfig)
+    for config in sorted(sweep_dir.glob("*/config.yaml")) if sweep_dir else []:
+        try:
+            node = OmegaConf.load(config).tracker.wandb
+            return OmegaConf.to_object(OmegaConf.merge(schema, node))
+        except Exception:  # noqa: BLE001 - an older or broken config: try the next one
+            continue
+    return OmegaConf.to_object(OmegaConf.merge(schema, compose_config([], export=False).tracker.wandb))
+
+
+def log_study(result: Any, sweep_dir: Path | None, mode: str | None = None) -> None:
+    """`modexp analyze` and the end of a sweep: the analysis as its own W&B run; says where it went."""
+    settings = study_wandb_settings(sweep_dir)
+    if mode:
+        settings.mode = mode
+    where = log_analysis(result, settings, sweep_dir)
+    if where:
+        print(f"W&B analysis run: {where}", file=sys.stderr)

@@ -535,6 +535,7 @@ def _train(
             spec.sweep,
             spec.variant,
             {"config": config_dict, "run": {k: v for k, v in spec.row().items()}},
+            history=metrics.records() if start_step else None,  # what W&B must hold before this step
         )
     val_batches = corpus.val_batches(cfg.train.batch_size, seq_len, cfg.train.eval_tokens)
 
@@ -651,26 +652,23 @@ def _train(
                 record.update(routing_stats(out.routing, model_cfg.router_weight))
                 if main:
                     metrics.write(record)
-                    mirror.log(
-                        {f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, done
-                    )
+                    mirror.log_record(record)
                     progress.update(done, lm_loss)
             del out
             if done % cfg.train.eval_every == 0 or is_last:
                 last_eval = evaluate(model, val_batches, device, autocast, cfg.seed, plan.micro_batch, world)
                 wall = wall_before + time.perf_counter() - t_start
                 if main:
-                    metrics.write(
-                        {
-                            "kind": "val",
-                            "step": done,
-                            "tokens": tokens,
-                            "flops": tokens * count.train_per_token,
-                            "wall_time": wall,
-                            **last_eval,
-                        }
-                    )
-                    mirror.log({f"val/{k.removeprefix('val_')}": v for k, v in last_eval.items()}, done)
+                    val_record = {
+                        "kind": "val",
+                        "step": done,
+                        "tokens": tokens,
+                        "flops": tokens * count.train_per_token,
+                        "wall_time": wall,
+                        **last_eval,
+                    }
+                    metrics.write(val_record)
+                    mirror.log_record(val_record)
                     progress.note(f"step {done}/{steps} val_loss {last_eval['val_loss']:.4f}")
             if done % cfg.train.checkpoint_every == 0 or is_last:
                 checkpoint(done, wall_before + time.perf_counter() - t_start)

@@ -1,0 +1,178 @@
+"""W&B that tells the whole story: one W&B run per (study folder, run), a kill and resume under offline W&B
+syncs to one history with each step once, and `modexp analyze` logs the study as its own run (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modexp.tracking import record_to_wandb, wandb_identity, wandb_mode
+
+EXE = Path(sys.executable).parent / "modexp"
+RUN = ["sweep=smoke", "budget=1e10", "model.d_model=16", "model.n_heads=2", "train.checkpoint_every=10"]
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
+        "MODEXP_THREADS": "1",
+        "HOME": str(tmp_path / "home"),
+    }
+
+
+def wandb_records(path: Path):
+    """The protobuf records of an offline .wandb file (LevelDB log format: 32 KiB blocks, 7-byte headers)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL, LAST
+            record = pb.Record()
+            record.ParseFromString(pending + chunk if kind == 4 else chunk)
+            pending = b""
+            yield record
+        else:  # FIRST, MIDDLE
+            pending = chunk if kind == 2 else pending + chunk
+
+
+def history(path: Path) -> list[tuple[int, dict[str, float]]]:
+    rows = []
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "history":
+            items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+            rows.append((record.history.step.num, items))
+    return rows
+
+
+def test_wandb_ids_are_unique_per_study_folder_and_settable(tmp_path: Path) -> None:
+    run_id = "mod_c0.125_e2-d64-l4-1e12-0123456789"
+    a, group_a = wandb_identity(tmp_path / "runs" / "study_a" / run_id, run_id)
+    b, _ = wandb_identity(tmp_path / "elsewhere" / "study_a" / run_id, run_id)
+    again, _ = wandb_identity(tmp_path / "runs" / "study_a" / run_id, run_id)
+    fresh, _ = wandb_identity(tmp_path / "runs" / "study_a" / run_id, run_id, "-v2")
+    assert a != b and a == again and fresh == a + "-v2"
+    assert not set("/\\#?%:") & set(a) and len(a) <= 64
+    assert group_a.startswith("study_a-")
+
+
+def test_metrics_map_to_wandb_keys_with_flops_and_tokens_at_the_top() -> None:
+    train = {"kind": "train", "step": 5, "tokens": 10, "flops": 1e9, "loss": 3.0, "lr": 1e-3}
+    val = {"kind": "val", "step": 5, "tokens": 10, "flops": 1e9, "val_loss": 2.5, "val_loss_causal": 2.6}
+    assert record_to_wandb(train) == {"flops": 1e9, "tokens": 10, "train/loss": 3.0, "train/lr": 1e-3}
+    assert record_to_wandb(val) == {"flops": 1e9, "tokens": 10, "val/loss": 2.5, "val/loss_causal": 2.6}
+
+
+def test_auto_mode_knows_a_self_hosted_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert wandb_mode("auto") == "offline"
+    (tmp_path / ".netrc").write_text("machine wandb.example.org\n  login user\n  password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert wandb_mode("auto") == "offline"  # a key for another server is not a key for wandb.ai
+
+
+def test_kill_and_resume_under_offline_wandb_syncs_one_history(tmp_path: Path) -> None:
+    env = offline_env(tmp_path)
+    runs = tmp_path / "runs"
+    argv = [str(EXE), "train", *RUN, f"runs_dir={runs}", "tracker.wandb.mode=offline"]
+    with open(tmp_path / "child.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            found = list(runs.glob("smoke/*/status.json"))
+            status = json.loads(found[0].read_text()) if found else {}
+            if status.get("state") == "running" and status.get("step", 0) >= 60:
+                break
+            assert proc.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = found[0].parent
+    rerun = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "upload with `wandb sync" in rerun.stderr
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["resumed_from_step"] is not None
+
+    current = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(current) == 1, current  # what `wandb sync <run>/wandb/offline-run-*` uploads
+    assert len(list((run_dir / "wandb" / "superseded").glob("offline-run-*"))) == 1
+    (wandb_file,) = current[0].glob("run-*.wandb")
+    rows = history(wandb_file)
+    steps = [step for step, _ in rows]
+    assert steps == sorted(set(steps)), steps  # each step once, in order
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert set(steps) == {r["step"] for r in records}  # nothing lost before or after the kill
+    logged = {step: items for step, items in rows}
+    for record in records:
+        if record["kind"] == "train":
+            assert logged[record["step"]]["train/loss"] == pytest.approx(record["loss"])
+            assert logged[record["step"]]["flops"] == pytest.approx(record["flops"])
+        else:
+            assert logged[record["step"]]["val/loss"] == pytest.approx(record["val_loss"])
+
+
+def test_analyze_with_offline_wandb_leaves_an_analysis_run(tmp_path: Path) -> None:
+    env = offline_env(tmp_path)
+    table = tmp_path / "results.csv"
+    rows = ["variant,budget,params,tokens,flops,val_loss"]
+    for budget in (1e12, 3e12):
+        for params in (1e5, 2e5, 4e5, 8e5):
+            tokens = budget / (6 * params)
+            loss = 2 + 0.5 * (abs(__import__("math").log(params / (budget / 6 / 20) ** 0.5))) ** 2
+            rows.append(f"baseline,{budget},{params},{tokens},{budget},{loss}")
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "analysis"
+    proc = subprocess.run(
+        [str(EXE), "analyze", "--table", str(table), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "W&B analysis run: wandb sync" in proc.stderr
+    (run,) = (out / "wandb").glob("offline-run-*-analysis-*")
+    media = run / "files" / "media"
+    assert list(media.glob("table/table/results_*.table.json")) and list(
+        media.glob("table/table/fits_*.table.json")
+    )
+    assert list(media.glob("images/figure/isoflop_*.png"))
+    (wandb_file,) = run.glob("run-*.wandb")
+    kinds = {r.WhichOneof("record_type") for r in wandb_records(wandb_file)}
+    assert {"history", "artifact"} <= kinds
