@@ -269,7 +269,10 @@ class _DecodeRun:
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.autocast = _autocast(device)
         with torch.inference_mode(), self.autocast():
-            self.decoder = Decoder(model, prompt.shape[0], prompt.shape[1] + steps * rounds)
+            # Select-path decoding: routed blocks compute only the rows that take the token (one host sync per
+            # routed block per step, nothing at a batch this wide), which is where MoD's decode saving lives;
+            # the sync-free masked path computes every row and would hide it.
+            self.decoder = Decoder(model, prompt.shape[0], prompt.shape[1] + steps * rounds, masked=False)
             self.logits = self.decoder.prefill(prompt)
 
     def __call__(self) -> float:
