@@ -149,7 +149,9 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
             "lr": frame["lr"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
             "epochs": frame["epochs"].map(lambda v: "-" if pd.isna(v) else si(v)),
             "micro": frame["micro_batch"].map(lambda v: str(v).replace("auto (<= ", "auto<=").rstrip(")")),
-            "GB": frame["est_peak_gb"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
+            "GB": frame["est_peak_gb"].map(
+                lambda v: "-" if pd.isna(v) else f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+            ),
             "time": frame["est_time_s"].map(duration),
             "status": frame["status"],
             "id": frame["run_id"].map(lambda r: r.rsplit("-", 1)[-1]),
