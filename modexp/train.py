@@ -295,8 +295,13 @@ def resume_state(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """The gist of an error in one line (a heading such as "Error(s) in loading state_dict:" takes its
+    first detail with it, e.g. the size mismatch)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    gist = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{type(exc).__name__}: {gist[:300]}"
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
