@@ -301,7 +301,7 @@ def _first_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     gist = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return f"{type(exc).__name__}: {gist[:300]}"
+    return f"{type(exc).__name__}: {gist[:200]}"
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
