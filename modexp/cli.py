@@ -210,7 +210,7 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.dry_run:
         from .sweep import check_data
 
-        check_data(study)  # a study that cannot start must not pass its dry run
+        check_data(study, dry_run=True)  # a study that cannot start must not pass its dry run
         print_plan(study, "table")
         if launcher == "slurm":
             from .launch.slurm import check_cluster, resources

@@ -135,13 +135,8 @@ def _windows(data: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.
     return x, y
 
 
-def load_corpus(cfg: DataConfig, seq_len: int) -> Corpus:
-    """Load the corpus ``cfg`` describes, preparing its cache first if needed.
-
-    Raises ModexpError (one line, no half-written cache) for a bad setting or unusable data, including
-    splits too small for windows of seq_len + 1 tokens.
-    """
-    _check_settings(cfg, seq_len)
+def _identify(cfg: DataConfig) -> tuple[Path, list, dict[str, Any], str, Path]:
+    """(root, files, settings, fingerprint, cache folder) of the corpus cfg describes."""
     root, files = _list_shards(cfg) if cfg.name == "tokens" else _list_text(cfg)
     sources = [(rel, *_stat(path)) for rel, path in files]
     settings = {
@@ -154,9 +149,25 @@ def load_corpus(cfg: DataConfig, seq_len: int) -> Corpus:
     if cfg.name == "tokens":
         settings["token_dtype"] = cfg.token_dtype
     fingerprint = hashlib.sha1(json.dumps([settings, sources]).encode()).hexdigest()
+    final = Path(cfg.cache_dir).expanduser().absolute() / f"{cfg.name}-{fingerprint[:16]}"
+    return root, files, settings, fingerprint, final
 
-    cache_dir = Path(cfg.cache_dir).expanduser().absolute()
-    final = cache_dir / f"{cfg.name}-{fingerprint[:16]}"
+
+def is_prepared(cfg: DataConfig) -> bool:
+    """Whether the corpus cfg describes is already in its cache (so loading it writes nothing)."""
+    _check_settings(cfg, 1)
+    return (_identify(cfg)[4] / "meta.json").exists()
+
+
+def load_corpus(cfg: DataConfig, seq_len: int) -> Corpus:
+    """Load the corpus ``cfg`` describes, preparing its cache first if needed.
+
+    Raises ModexpError (one line, no half-written cache) for a bad setting or unusable data, including
+    splits too small for windows of seq_len + 1 tokens.
+    """
+    _check_settings(cfg, seq_len)
+    root, files, settings, fingerprint, final = _identify(cfg)
+    cache_dir = final.parent
     if not (final / "meta.json").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
 

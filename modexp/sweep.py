@@ -51,19 +51,30 @@ def run_config(dict_cfg: DictConfig, spec: RunSpec) -> DictConfig:
     return cfg
 
 
-def check_data(study: Study) -> None:
-    """Prepare each corpus once, before any run folder exists: bad data fails here, leaving nothing behind."""
-    from .data import load_corpus
+def check_data(study: Study, dry_run: bool = False) -> None:
+    """Prepare each corpus once, before any run folder exists: bad data fails here, leaving nothing behind.
+
+    dry_run: check it just the same, but a corpus not yet cached is prepared into a temporary folder, so a
+    dry run writes nothing.
+    """
+    import dataclasses
+    import tempfile
+
+    from .data import is_prepared, load_corpus
 
     seen = set()
-    for _, cfg in study.configs:
-        seq_lens = {r.model.seq_len for r in study.plan.runs}
-        key = (repr(cfg.data), tuple(sorted(seq_lens)))
-        if key in seen:
-            continue
-        seen.add(key)
-        for seq_len in seq_lens:
-            load_corpus(cfg.data, seq_len)
+    with tempfile.TemporaryDirectory(prefix="modexp-dry-run-") as scratch:
+        for _, cfg in study.configs:
+            seq_lens = {r.model.seq_len for r in study.plan.runs}
+            key = (repr(cfg.data), tuple(sorted(seq_lens)))
+            if key in seen:
+                continue
+            seen.add(key)
+            data = cfg.data
+            if dry_run and not is_prepared(data):
+                data = dataclasses.replace(data, cache_dir=scratch)
+            for seq_len in seq_lens:
+                load_corpus(data, seq_len)
 
 
 def pending_runs(study: Study, retry_failed: bool) -> tuple[list[RunSpec], list[RunSpec]]:

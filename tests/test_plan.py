@@ -496,10 +496,14 @@ def test_table_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     rc, out, err = run_main(["plan", "sweep=smoke", f"runs_dir={tmp_path / 'runs'}"], capsys)
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["run_id", "variant", "budget"]
+    assert lines[0].split()[:3] == ["variant", "budget", "shape"] and lines[0].split()[-1] == "id"
     s = study(tmp_path, "sweep=smoke")
-    for r in s.plan.runs:
-        assert any(line.strip().startswith(r.run_id) for line in lines), r.run_id
+    for r in s.plan.runs:  # each run on its own row: variant, shape and the id hash its folder ends in
+        variant, shape, digest = r.variant, r.shape, r.run_id.rsplit("-", 1)[1]
+        assert any(
+            line.split()[0] == variant and shape in line.split() and line.split()[-1] == digest
+            for line in lines
+        ), r.run_id
     assert any(f"{len(s.plan.runs)} runs" in line for line in lines)
     assert not (tmp_path / "runs").exists()
 

@@ -266,8 +266,8 @@ def concurrent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sweep
 def test_dry_run_prints_the_plan_and_creates_nothing(sweeps: Sweeps, queue: list[str]) -> None:
     sweep = sweeps.run("dry", "--dry-run", timeout=120)
     assert sweep.proc.returncode == 0, sweep.stderr
-    for run_id in queue:
-        assert run_id in sweep.stdout
+    for run_id in queue:  # each run's row ends in the hash its folder name ends in
+        assert run_id.rsplit("-", 1)[1] in sweep.stdout
     assert "4 runs" in sweep.stdout
     assert not sweeps.runs.exists()  # no run folder, no plan.json, no prepared data
     assert sorted(p.name for p in sweeps.cwd.iterdir()) == ["dry.err", "dry.out"]

@@ -371,7 +371,9 @@ def test_wandb_offline_run_lands_inside_the_run_folder(tmp_path: Path) -> None:
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, list(run_dir.rglob("*"))
     assert files[0].stat().st_size > 0
-    assert run_dir.name in files[0].name  # W&B run id = the run id, so a rerun resumes the same W&B run
+    # The W&B id: the run's hash and its study folder's, so a rerun resumes the same W&B run and another
+    # study with the same run does not.
+    assert f"run-{run_dir.name.rsplit('-', 1)[1]}-" in files[0].name
     assert not (work / "wandb").exists()  # nothing in the working directory
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
     assert (run_dir / "summary.json").exists()
