@@ -7,6 +7,7 @@ A thin argparse front end: our own flags are parsed here, everything else is a H
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -577,6 +578,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("modexp").setLevel(logging.INFO)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    with contextlib.ExitStack() as stack:
+        return _run(args, rest, stack)
+
+
+def _restore_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _run(args: argparse.Namespace, rest: list[str], stack: contextlib.ExitStack) -> int:
     try:
         if getattr(args, "multirun", False):
             if args.command == "train":
@@ -585,8 +598,10 @@ def main(argv: list[str] | None = None) -> int:
                 "modexp: -m/--multirun is not needed: comma lists already sweep (model.capacity=0.125,0.5)",
                 file=sys.stderr,
             )
-        if getattr(args, "config_dir", None):
+        if getattr(args, "config_dir", None):  # for this command and the processes it starts, then undone
+            before = os.environ.get("MODEXP_CONFIG_DIR")
             os.environ["MODEXP_CONFIG_DIR"] = str(Path(args.config_dir).resolve())
+            stack.callback(_restore_env, "MODEXP_CONFIG_DIR", before)
         _refuse_hydra_internals(rest)
         if getattr(args, "cfg", None):
             return print_composed(rest, args.cfg)

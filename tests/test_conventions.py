@@ -115,6 +115,7 @@ def test_a_users_config_folder_adds_presets(tmp_path: Path, capsys: pytest.Captu
     assert rc == 0, err
     rows = json.loads(out)
     assert {r["budget"] for r in rows} == {4e9}
+    assert "MODEXP_CONFIG_DIR" not in os.environ  # the command's setting does not outlive it
 
 
 # --- modexp status ------------------------------------------------------------------------------------
