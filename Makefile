@@ -24,8 +24,8 @@ test-fast: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 lint: $(STAMP)
-	$(BIN)/ruff check modexp tests benchmarks
-	$(BIN)/ruff format --check modexp tests benchmarks
+	$(BIN)/ruff check modexp tests benchmarks scripts
+	$(BIN)/ruff format --check modexp tests benchmarks scripts
 
 demo: $(STAMP)
 	$(BIN)/modexp sweep
