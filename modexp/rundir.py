@@ -175,23 +175,26 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     except FileNotFoundError:
         raise ModexpError(f"{run_dir} has no config.yaml: not a run folder, or not yet written") from None
     except Exception as exc:  # YAML syntax, bad encoding, interpolation errors
-        raise ModexpError(
-            f"{run_dir / 'config.yaml'} does not parse ({_first_line(exc)}): {remedy}"
-        ) from None
+        raise ModexpError(f"{run_dir / 'config.yaml'} does not parse ({first_line(exc)}): {remedy}") from None
     try:
         raw = read_json(run_dir / "run.json")
         raw["model"] = ModelConfig(**raw["model"])
         spec = RunSpec(**raw)
     except Exception as exc:  # missing, truncated, edited into another shape
         raise ModexpError(
-            f"{run_dir / 'run.json'} is not a run record ({_first_line(exc)}): {remedy}"
+            f"{run_dir / 'run.json'} is not a run record ({first_line(exc)}): {remedy}"
         ) from None
     return with_new_keys(cfg), spec
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The gist of an error in one line (a heading such as "Error(s) in loading state_dict:" takes its
+    first detail with it, e.g. the size mismatch)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    gist = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{type(exc).__name__}: {gist[:200]}"
 
 
 def locking() -> str:

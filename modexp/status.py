@@ -19,7 +19,7 @@ from .units import count, duration, sci
 STATES = ("done", "running", "interrupted", "failed", "pending")
 
 
-def _last_records(run_dir: Path) -> tuple[dict | None, dict | None]:
+def last_records(run_dir: Path) -> tuple[dict | None, dict | None]:
     """(last train record, last val record) of metrics.jsonl, reading only its tail."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -66,7 +66,7 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         status = read_status(run_dir)
         steps = info.get("steps") or status.get("steps")
         step = steps if state == "done" else status.get("step") or 0
-        train, val = _last_records(run_dir)
+        train, val = last_records(run_dir)
         row = {
             "run_id": run_id,
             "variant": info.get("variant"),

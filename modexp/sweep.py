@@ -140,23 +140,10 @@ class LiveView:
 
 
 def _last_loss(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    import json
+    from .status import last_records
 
-    with path.open("rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - 4096))
-        lines = f.read().decode(errors="ignore").splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "train":
-            return record["loss"]
-    return None
+    train, _ = last_records(run_dir)
+    return train["loss"] if train else None
 
 
 def write_plan(study: Study, overrides: list[str]) -> None:

@@ -46,6 +46,7 @@ from .rundir import (
     DiskFull,
     RunLock,
     atomic_write,
+    first_line,
     load_run,
     read_json,
     read_status,
@@ -280,8 +281,8 @@ def resume_state(
                 raise ValueError("its model config differs from the run's")
             restore_state(model, optimizer, state)
         except Exception as exc:  # truncated (EOFError, zip errors), unpicklable, wrong shapes, another run
-            problems.append(f"{path.name}: {_first_line(exc)}")
-            log.warning("checkpoint %s does not load (%s)", path, _first_line(exc))
+            problems.append(f"{path.name}: {first_line(exc)}")
+            log.warning("checkpoint %s does not load (%s)", path, first_line(exc))
             continue
         if path.name != LAST:
             log.warning("resuming from %s instead", path)
@@ -292,16 +293,6 @@ def resume_state(
             "again from step 0"
         )
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The gist of an error in one line (a heading such as "Error(s) in loading state_dict:" takes its
-    first detail with it, e.g. the size mismatch)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    gist = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return f"{type(exc).__name__}: {gist[:200]}"
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

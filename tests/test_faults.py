@@ -75,6 +75,16 @@ def start_child(tmp_path: Path, run_dir: Path, code: str = "") -> subprocess.Pop
     )
 
 
+def train_folder(run_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`python -m modexp.train RUN_DIR`, as a sweep starts it."""
+    return subprocess.run(
+        [sys.executable, "-m", "modexp.train", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path),
+    )
+
+
 def wait_for(predicate, proc: subprocess.Popen, tmp_path: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -179,12 +189,7 @@ def test_no_loadable_checkpoint_is_one_line_naming_the_remedy(tmp_path: Path, re
     run_dir = interrupted_run(tmp_path, reference)
     for name in ("last.pt", "previous.pt"):
         (run_dir / "checkpoints" / name).write_bytes(b"not a checkpoint")
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "no checkpoint of" in line and "last.pt" in line and "previous.pt" in line, proc.stderr
@@ -210,12 +215,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, reference: Path)
     assert rc == 0, err
     for name in ("last.pt", "previous.pt"):
         shutil.copy(Path(out.strip()) / "checkpoints" / "last.pt", run_dir / "checkpoints" / name)
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "belongs to run baseline-d32" in proc.stderr.strip().splitlines()[-1]
     # The same file relabelled as this run's: its tensors' shapes still do not fit the model.
@@ -224,12 +224,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, reference: Path)
         state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         state["run_id"], state["model_config"] = mine["run_id"], mine["model_config"]
         torch.save(state, run_dir / "checkpoints" / name)
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "no checkpoint of" in line and "in loading state_dict" in line, proc.stderr
@@ -272,12 +267,7 @@ def test_an_edited_config_is_refused_under_the_old_id(tmp_path: Path, reference:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg["train"]["lr"] = 0.5
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"config.yaml of {reference.name} was edited" in proc.stderr
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
@@ -285,24 +275,14 @@ def test_an_edited_config_is_refused_under_the_old_id(tmp_path: Path, reference:
     cfg["train"]["lr"] = yaml.safe_load((reference / "config.yaml").read_text())["train"]["lr"]
     cfg["train"]["warmup_fraction"] = 0.2
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 2 and "hashes to" in proc.stderr
     cfg["train"]["warmup_fraction"] = yaml.safe_load((reference / "config.yaml").read_text())["train"][
         "warmup_fraction"
     ]
     cfg["train"]["log_every"] = 7
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -324,12 +304,7 @@ def test_a_train_refused_by_the_lock_writes_nothing(tmp_path: Path, reference: P
 def test_a_corrupt_run_file_is_one_line(tmp_path: Path, reference: Path, broken: str) -> None:
     run_dir = planned_run(tmp_path, reference)
     (run_dir / broken).write_text("model: [unclosed\n" if broken == "config.yaml" else '{"run_id": "x", ')
-    proc = subprocess.run(
-        [sys.executable, "-m", "modexp.train", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path),
-    )
+    proc = train_folder(run_dir, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert str(run_dir / broken) in line and "rerun the sweep" in line, proc.stderr
