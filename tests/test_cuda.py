@@ -214,6 +214,56 @@ def test_evaluation_memory_at_t2048(mode: str) -> None:
     )
 
 
+@pytest.mark.parametrize("variant", ["baseline", "mod_predictor"])
+def test_micro_batched_paper_step_fits_its_memory_estimate(variant: str) -> None:
+    """The paper preset's smallest run (d640-l10, T=2048, vocab 32000) in micro-batches of 8 sequences, as
+    train.micro_batch_size does it: finite loss, and the measured peak beside modexp.memory's estimate, which
+    `auto` and `modexp plan` rely on (gpu-readiness.md item 7)."""
+    from modexp.memory import estimate
+
+    dims = dict(vocab_size=32000, seq_len=2048, d_model=640, n_layers=10, n_heads=10)
+    model = make(variant, dims)
+    micro, parts = 8, 2
+    step = Trainer(model)
+    batches = [batch(model, micro, seed) for seed in range(parts)]
+
+    def accumulate() -> float:
+        total = 0.0
+        for x, y in batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(x, y)
+            loss = out.loss + out.aux_loss if out.aux_loss is not None else out.loss
+            (loss / parts).backward()
+            total += out.loss.detach() / parts
+            del out, loss  # as train.py does: no micro-batch's graph outlives its backward
+        clip_gradients(step.trunk, step.predictor, 1.0)
+        step.optimizer.step()
+        step.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    accumulate()  # optimizer state exists from here on, as in every step after the first
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    loss = accumulate()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated()
+    predicted = estimate(model.cfg, micro, "bf16").peak_bytes
+    assert torch.isfinite(loss)
+    ms = cuda_ms(accumulate, repeats=2)
+    record(
+        f"paper_micro_step[{variant},d640-l10,T=2048,2x8]",
+        loss=round(float(loss), 4),
+        step_ms=round(ms, 1),
+        tokens_per_s=round(parts * micro * 2048 / ms * 1e3),
+        peak_memory_gb=round(measured / GB, 2),
+        estimate_gb=round(predicted / GB, 2),
+        estimate_over_measured=round(predicted / measured, 3),
+    )
+    # The estimate may be generous (it counts a CUDA context and allocator slack that
+    # max_memory_allocated does not); it must never be far below what the step takes.
+    assert predicted >= 0.8 * measured, (predicted / GB, measured / GB)
+
+
 @pytest.mark.parametrize("variant", ["baseline", "mod_predictor", "mod_aux_loss"])
 def test_decode_with_cache_equals_recompute(variant: str) -> None:
     dims = dict(vocab_size=64, seq_len=32, d_model=64, n_layers=4, n_heads=4, init_std=0.1)
