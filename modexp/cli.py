@@ -1,4 +1,4 @@
-"""`modexp sweep | plan | train | analyze | sample | bench`.
+"""`modexp sweep | plan | train | analyze | sample | prepare | bench`.
 
 A thin argparse front end: our own flags are parsed here, everything else is a Hydra override
 (`key=value`, comma lists to sweep). Bad input ends in one line on stderr and exit status 2.
@@ -402,6 +402,25 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .prepare import prepare, summary
+
+    if overrides:
+        raise ModexpError(f"modexp prepare takes no overrides: {overrides[0]} (see modexp prepare --help)")
+    out = Path(args.out).expanduser().absolute()
+    meta = prepare(
+        args.source,
+        args.tokenizer,
+        out,
+        text_field=args.text_field,
+        val_fraction=args.val_fraction,
+        limit_tokens=None if args.limit_tokens is None else int(args.limit_tokens),
+        shard_tokens=int(args.shard_tokens),
+    )
+    print(summary(meta, out))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     from .bench import run_bench
 
@@ -549,6 +568,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser(
+        "prepare",
+        help="tokenise text, JSONL, Parquet or a Hugging Face dataset into token shards",
+        description="Tokenise a corpus into llm.c shards with a validation split, the tokenizer and a "
+        "meta.json; train on it with data=tokens data.path=OUT.",
+    )
+    s.add_argument(
+        "source",
+        help="stdlib, a text/.jsonl/.json/.parquet file or folder, or hf:NAME[:CONFIG][@SPLIT]",
+    )
+    s.add_argument(
+        "--tokenizer", required=True, help="bytes, bpe:N, a tokenizer.json, a HF name, tiktoken:NAME"
+    )
+    s.add_argument("--out", required=True, help="the folder to create (atomically)")
+    s.add_argument(
+        "--text-field", default="text", help="the text column of JSON/Parquet/hub rows (default text)"
+    )
+    s.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)"
+    )
+    s.add_argument("--limit-tokens", type=float, default=None, help="stop after this many tokens (e.g. 1e8)")
+    s.add_argument("--shard-tokens", type=float, default=1e8, help="tokens per shard (default 1e8, as llm.c)")
+    s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("bench", help="speed ratios measured side by side: MoD vs baseline, ours vs reference")
     s.add_argument("--quick", action="store_true", help="small shapes, about 2 minutes on 2 CPU cores")

@@ -28,7 +28,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from .data import DataConfig, check_data
+from .data import DataConfig, check_data, prepared_meta
 from .errors import ModexpError
 from .model import ModelConfig
 
@@ -278,10 +278,32 @@ def compose_config(overrides: list[str], export: bool = True, with_hydra: bool =
             OmegaConf.update(cfg, key, {}, merge=False, force_add=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ModexpError(_explain(exc, overrides)) from None
+    _take_prepared_corpus(cfg, overrides)
     typed = to_typed(cfg)  # validate now, so bad values are refused before any planning or training
     if export:  # every process this one starts (runs, SLURM jobs) obeys it
         os.environ["MODEXP_LOCKING"] = typed.locking
     return cfg
+
+
+def _take_prepared_corpus(cfg: DictConfig, overrides: list[str]) -> None:
+    """data=tokens on a folder `modexp prepare` wrote: its meta.json sets the vocabulary and the id dtype.
+
+    A preset's data.vocab_size (a planning default for raw shards) gives way; one given on the command line
+    that disagrees is refused, since the model would not match the tokenizer.
+    """
+    path = OmegaConf.select(cfg, "data.path", default=None, throw_on_missing=False)
+    if OmegaConf.select(cfg, "data.name") != "tokens" or not path:
+        return
+    meta = prepared_meta(path)
+    if meta is None:
+        return
+    given = [o for o in overrides if o.lstrip("+~").partition("=")[0] == "data.vocab_size"]
+    if given and cfg.data.vocab_size != meta["vocab_size"]:
+        raise ModexpError(
+            f"data.vocab_size={cfg.data.vocab_size} disagrees with {path}/meta.json, whose tokenizer "
+            f"({meta['tokenizer']['spec']}) has {meta['vocab_size']} tokens: drop the override"
+        )
+    cfg.data.vocab_size, cfg.data.token_dtype = int(meta["vocab_size"]), str(meta["dtype"])
 
 
 def with_new_keys(cfg: DictConfig) -> DictConfig:
@@ -428,6 +450,12 @@ def check(cfg: Config) -> None:
                 f"{key}={name!r} is not allowed: it names a folder, so use letters, digits and . _ - "
                 "(starting with a letter or digit), e.g. my_study-2"
             )
+    kind = {"none": "baseline", "topk": "mod", "random": "random"}.get(cfg.model.routing)
+    if cfg.variant in VARIANTS and kind and cfg.variant != kind:  # a dense run filed as "mod" would mislead
+        raise ModexpError(
+            f"variant={cfg.variant} names a {cfg.variant} run but model.routing={cfg.model.routing} trains a "
+            f"{kind} one: set model.routing, or leave variant unset (it is derived from the routing)"
+        )
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     if cfg.launcher.name not in ("local", "slurm"):

@@ -61,6 +61,9 @@ NAMES = ("stdlib", "text", "tokens")
 TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 BYTE_DTYPE = np.dtype("u1")
 FORMAT_VERSION = 1  # bump when the prepared layout or split rules change: old caches are then ignored
+TOKENS_FORMAT_VERSION = 2  # 2: shards are read in place; the cache holds only their check (1 copied them)
+PREPARED_META = "meta.json"  # what `modexp prepare` writes beside its shards
+PREPARED_FORMAT = "modexp-tokens"
 DOC_SEP = b"\x00"  # byte-level <|endoftext|>: never inside accepted text, so file boundaries stay visible
 LLMC_MAGIC = 20240520
 LLMC_HEADER_BYTES = 256 * 4
@@ -79,10 +82,49 @@ class DataConfig:
     cache_dir: str = "runs/_data"  # where prepared memmaps are cached (one subfolder per fingerprint)
 
 
+class TokenView:
+    """Tokens [start, stop) of memory-mapped shards read in place, as one sequence: len(), slices, dtype.
+
+    A slice reads only the tokens it spans (joining neighbouring shards where it crosses a boundary), so a
+    corpus of many shards is never copied or concatenated.
+    """
+
+    def __init__(self, shards: list[np.ndarray], start: int = 0, stop: int | None = None) -> None:
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(a) for a in shards])  # shard i holds [offsets[i], offsets[i+1])
+        self.start, self.stop = start, int(self.offsets[-1]) if stop is None else stop
+        self.dtype = shards[0].dtype if shards else np.dtype("<u2")
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a TokenView takes contiguous slices only")
+        lo, hi, _ = index.indices(len(self))
+        lo, hi = self.start + lo, self.start + max(lo, hi)
+        pieces, i = [], int(np.searchsorted(self.offsets, lo, side="right")) - 1
+        while lo < hi:
+            take = min(hi, int(self.offsets[i + 1])) - lo
+            first = lo - int(self.offsets[i])
+            pieces.append(np.asarray(self.shards[i][first : first + take]))
+            lo, i = lo + take, i + 1
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # np.asarray(view): the whole range, copied
+        out = self[0 : len(self)] if len(self) else np.zeros(0, self.dtype)
+        return out if dtype is None else out.astype(dtype)
+
+
+Tokens = np.ndarray | TokenView  # a split: a cached memmap (byte-level corpora) or shards read in place
+
+
 @dataclass(eq=False)
 class Corpus:
-    train: np.ndarray = field(repr=False)
-    val: np.ndarray = field(repr=False)
+    train: Tokens = field(repr=False)
+    val: Tokens = field(repr=False)
     vocab_size: int
     fingerprint: str  # full sha1 hex digest of the sources and settings
     description: dict[str, Any]  # the contents of meta.json; recorded in every run's meta
@@ -127,9 +169,9 @@ class Corpus:
         ]
 
 
-def _windows(data: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(data: Tokens, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Index only the windows: the memmap itself is never copied.
-    buf = np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+    buf = np.stack([data[int(s) : int(s) + seq_len + 1] for s in starts]).astype(np.int64)
     x = torch.from_numpy(np.ascontiguousarray(buf[:, :-1]))
     y = torch.from_numpy(np.ascontiguousarray(buf[:, 1:]))
     return x, y
@@ -139,8 +181,10 @@ def _identify(cfg: DataConfig) -> tuple[Path, list, dict[str, Any], str, Path]:
     """(root, files, settings, fingerprint, cache folder) of the corpus cfg describes."""
     root, files = _list_shards(cfg) if cfg.name == "tokens" else _list_text(cfg)
     sources = [(rel, *_stat(path)) for rel, path in files]
+    if cfg.name == "tokens" and root.is_dir() and (root / PREPARED_META).is_file():
+        sources.append((PREPARED_META, *_stat(root / PREPARED_META)))
     settings = {
-        "format": FORMAT_VERSION,
+        "format": FORMAT_VERSION if cfg.name != "tokens" else TOKENS_FORMAT_VERSION,
         "name": cfg.name,
         "root": str(root),
         "vocab_size": int(cfg.vocab_size),
@@ -172,18 +216,35 @@ def load_corpus(cfg: DataConfig, seq_len: int) -> Corpus:
         cache_dir.mkdir(parents=True, exist_ok=True)
 
         def prepare(out: Path) -> dict[str, Any]:
-            prepare_source = _prepare_tokens if cfg.name == "tokens" else _prepare_text
+            prepare_source = _check_tokens if cfg.name == "tokens" else _prepare_text
             meta = prepare_source(cfg, root, files, out)
             _check_sizes(cfg, meta["n_train"], meta["n_val"], seq_len)  # before the rename: no unusable cache
             return {"fingerprint": fingerprint, **settings, **meta}
 
         _prepare_once(final, prepare)
-    corpus = _open(final, fingerprint)
+    corpus = _open(final, fingerprint, cfg.token_dtype)
     _check_sizes(cfg, len(corpus.train), len(corpus.val), seq_len)
     return corpus
 
 
 # --- settings and sources ---------------------------------------------------------------------------
+
+
+def prepared_meta(path: str | Path | None) -> dict[str, Any] | None:
+    """The meta.json that `modexp prepare` wrote in a shard folder (vocab, dtype, tokenizer), or None for
+    raw shards (nanoGPT / llm.c files made elsewhere) and for anything that is not a folder."""
+    if not path:
+        return None
+    meta_path = Path(path).expanduser() / PREPARED_META
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModexpError(f"{meta_path} is not readable JSON ({exc}): prepare the corpus again") from exc
+    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
+        return None  # someone else's meta.json: the shards are raw
+    return meta
 
 
 def _where(cfg: DataConfig) -> str:
@@ -468,7 +529,12 @@ def _shard_split(cfg: DataConfig, shards: list[Path], total: int) -> tuple[list[
     return is_val, None
 
 
-def _prepare_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+def _check_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+    """The split and token counts of shards that stay where they are (nothing is copied), checked once.
+
+    Shards written by `modexp prepare` are vouched for by their meta.json (the tokenizer, the vocabulary, each
+    shard's count); any other shards are read once here to check every token id against data.vocab_size.
+    """
     shards = [path for _, path in files]
     arrays = [_open_shard(p, cfg) for p in shards]
     dtypes = {a.dtype for a in arrays}
@@ -477,36 +543,53 @@ def _prepare_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], 
             f"data.path={cfg.path} mixes token dtypes {sorted(d.name for d in dtypes)}: "
             "all shards must be uint16 or all uint32"
         )
-    dtype = arrays[0].dtype
-    is_val, n_train_target = _shard_split(cfg, shards, sum(len(a) for a in arrays))
-    split = "val_shards" if n_train_target is None else "tail_of_tokens"
-
-    train, val = _Sink(out / "train.bin", dtype.itemsize), _Sink(out / "val.bin", dtype.itemsize)
-    with train.file, val.file:
-        for path, arr, in_val in zip(shards, arrays, is_val, strict=True):
+    prepared = prepared_meta(cfg.path)
+    if prepared is not None:
+        counts = {rel: len(a) for (rel, _), a in zip(files, arrays, strict=True)}
+        if counts != prepared.get("shards"):
+            raise ModexpError(
+                f"the shards in data.path={cfg.path} do not match its meta.json (shards added, removed or "
+                "cut short since `modexp prepare` wrote them): prepare the corpus again"
+            )
+    else:
+        for path, arr in zip(shards, arrays, strict=True):
             for i in range(0, len(arr), CHUNK_TOKENS):
-                chunk = np.ascontiguousarray(arr[i : i + CHUNK_TOKENS])
-                top = int(chunk.max())
+                top = int(arr[i : i + CHUNK_TOKENS].max())
                 if top >= cfg.vocab_size:
                     raise ModexpError(
                         f"shard {path} has token {top} >= data.vocab_size={cfg.vocab_size}: "
                         f"set data.vocab_size to the tokenizer's vocabulary size (more than {top})"
                     )
-                if n_train_target is None:
-                    (val if in_val else train).write(chunk)
-                else:  # tail split: what is left after the first n_train_target tokens is val
-                    cut = max(0, min(len(chunk), n_train_target - train.n))
-                    train.write(chunk[:cut])
-                    val.write(chunk[cut:])
+    is_val, n_train = _shard_split(cfg, shards, sum(len(a) for a in arrays))
+    total = sum(len(a) for a in arrays)
+    if n_train is None:  # val shards: the train split is the other shards, in name order
+        n_train = sum(len(a) for a, v in zip(arrays, is_val, strict=True) if not v)
     return {
-        "source": "token shards",
-        "dtype": dtype.name,
-        "split": split,
-        "n_train": train.n,
-        "n_val": val.n,
+        "source": "token shards, read in place" + (" (modexp prepare)" if prepared else ""),
+        "dtype": arrays[0].dtype.name,
+        "split": "tail_of_tokens" if not any(is_val) else "val_shards",
+        "n_train": n_train,
+        "n_val": total - n_train,
         "files": {"train": is_val.count(False), "val": is_val.count(True), "skipped": 0},
-        "sha1": {"train": train.sha1.hexdigest(), "val": val.sha1.hexdigest()},
+        "shards": [[rel, len(a), v] for (rel, _), a, v in zip(files, arrays, is_val, strict=True)],
+        "tokenizer": (prepared or {}).get("tokenizer"),
     }
+
+
+def _open_in_place(meta: dict[str, Any], cfg_dtype: str) -> tuple[TokenView, TokenView]:
+    """The train and val splits of shards read where they lie, as meta (from _check_tokens) describes them."""
+    root = Path(meta["root"])
+    cfg = DataConfig(name="tokens", path=str(root), token_dtype=cfg_dtype)
+    paths = [root if root.is_file() else root / rel for rel, _, _ in meta["shards"]]
+    arrays = [_open_shard(p, cfg) for p in paths]
+    if [len(a) for a in arrays] != [n for _, n, _ in meta["shards"]]:
+        raise ModexpError(f"the shards in {root} changed since they were checked: run again to re-check them")
+    if meta["split"] == "tail_of_tokens":
+        every = TokenView(arrays)
+        return TokenView(arrays, 0, meta["n_train"]), TokenView(arrays, meta["n_train"], len(every))
+    train = [a for a, (_, _, v) in zip(arrays, meta["shards"], strict=True) if not v]
+    val = [a for a, (_, _, v) in zip(arrays, meta["shards"], strict=True) if v]
+    return TokenView(train), TokenView(val)
 
 
 def _check_sizes(cfg: DataConfig, n_train: int, n_val: int, seq_len: int) -> None:
@@ -583,8 +666,11 @@ def _build(final: Path, prepare: Callable[[Path], dict[str, Any]]) -> None:
             raise
         log.info("%s was prepared by another process first; using that", final)
         return
-    n_train, n_val, seconds = meta["n_train"], meta["n_val"], time.perf_counter() - started
-    log.info("prepared %s: %d train + %d val tokens in %.1fs", final, n_train, n_val, seconds)
+    if "n_train" in meta:  # `modexp prepare` reports its own summary
+        seconds = time.perf_counter() - started
+        log.info(
+            "prepared %s: %d train + %d val tokens in %.1fs", final, meta["n_train"], meta["n_val"], seconds
+        )
 
 
 def _remove_dead_tmp(final: Path) -> None:
@@ -607,12 +693,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _open(folder: Path, fingerprint: str) -> Corpus:
+def _open(folder: Path, fingerprint: str, token_dtype: str = "uint16") -> Corpus:
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        dtype = BYTE_DTYPE if meta["dtype"] == "uint8" else TOKEN_DTYPES[meta["dtype"]]
-        train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
-        val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
+        if "shards" in meta:  # token shards: read where they lie, the cache holds only their check
+            train, val = _open_in_place(meta, token_dtype)
+        else:
+            dtype = BYTE_DTYPE if meta["dtype"] == "uint8" else TOKEN_DTYPES[meta["dtype"]]
+            train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
+            val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
     except (OSError, ValueError, KeyError) as e:
         raise ModexpError(
             f"the data cache {folder} is damaged ({e}): delete that folder to prepare it again"

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from modexp import tokenizer as tokenizers
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
 from modexp.model.layers import Attention, Block
@@ -356,23 +357,29 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
     return model.to(device).eval()
 
 
-GLYPHS = {ord("\n"): "↵", ord("\t"): "→", ord("\r"): "←"}  # one column each, so the mask lines stay aligned
+GLYPHS = {"\n": "↵", "\t": "→", "\r": "←"}  # one column each, so the mask lines stay aligned
 
 
-def render_routing(
-    text_bytes: list[int], masks: list[torch.Tensor], layers: list[int], width: int = 96
-) -> str:
-    """Under the text, one line per routed block: '#' under each byte the block processed, '.' else.
+def shown(piece: str) -> str:
+    """A token's text in columns: newlines and tabs as ↵ and →, other unprintable characters as '?'."""
+    return "".join(GLYPHS.get(ch, ch if ch.isprintable() else "?") for ch in piece)
 
-    Each byte is one column: newlines and tabs as ↵ and →, other control and non-ASCII bytes as '?'. Long text
-    wraps every `width` columns; each block's share of processed tokens closes the picture.
+
+def render_routing(pieces: list[str], masks: list[torch.Tensor], layers: list[int], width: int = 96) -> str:
+    """Under the text, one line per routed block: '#' under each token the block processed, '.' else.
+
+    Each token (a byte, or a subword piece of the run's tokenizer) takes as many columns as its text, at least
+    one; long text wraps every `width` columns; each block's share of processed tokens closes the picture.
     """
-    shown = "".join(GLYPHS.get(b, chr(b) if 32 <= b < 127 else "?") for b in text_bytes)
+    texts = [shown(p) or "?" for p in pieces]
+    text_line = "".join(texts)
     label = max(len(f"block {layer}") for layer in layers) if layers else 5
-    marks = ["".join("#" if taken else "." for taken in mask.tolist()) for mask in masks]
+    marks = [
+        "".join(("#" if taken else ".") * len(t) for t, taken in zip(texts, mask.tolist())) for mask in masks
+    ]
     chunks = []
-    for start in range(0, len(shown), width):
-        lines = [f"{'text':>{label}} |{shown[start : start + width]}|"]
+    for start in range(0, len(text_line), width):
+        lines = [f"{'text':>{label}} |{text_line[start : start + width]}|"]
         lines += [
             f"{f'block {layer}':>{label}} |{m[start : start + width]}|" for layer, m in zip(layers, marks)
         ]
@@ -394,17 +401,13 @@ def sample_cli(
     seed: int,
     device: str,
 ) -> str:
-    """`modexp sample`: continue a UTF-8 prompt with a byte-level model; return the text to print."""
+    """`modexp sample`: continue a prompt with the run's model, decoded by its tokenizer; return the text."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(Path(run_dir), device=device)
-    if model.cfg.vocab_size != 256:
-        raise ModexpError(
-            f"the model in {run_dir} has vocab_size={model.cfg.vocab_size}; sampling text needs a byte-level "
-            f"model (vocab_size=256)"
-        )
-    prompt_bytes = list(prompt.encode("utf-8"))
-    if not prompt_bytes:
+    tok = tokenizers.for_run(Path(run_dir), model.cfg.vocab_size)
+    prompt_ids = tok.encode_batch([prompt])[0]
+    if not prompt_ids:
         raise ModexpError("--prompt is empty: give at least one character to continue")
     if max_new_tokens < 0:
         raise ModexpError(f"--max-new-tokens={max_new_tokens} is not allowed: it must be >= 0")
@@ -414,13 +417,13 @@ def sample_cli(
         raise ModexpError(f"--top-k={top_k} is not allowed: give a positive integer")
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)  # random routing draws its causal decisions from the global generator
-    tokens = torch.tensor([prompt_bytes], dtype=torch.long, device=device)
+    tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out, masks = generate(model, tokens, max_new_tokens, temperature, top_k, generator, return_routing=True)
-    out_bytes = out[0].tolist()
-    text = bytes(out_bytes).decode("utf-8", errors="replace")
+    out_ids = out[0].tolist()
+    text = tok.decode(out_ids)
     if not show_routing:
         return text
     if not masks:
         return text + "\n(dense model: every block processes every token)"
     layers = model.cfg.routed_layers
-    return text + "\n\n" + render_routing(out_bytes, [m[0] for m in masks], layers)
+    return text + "\n\n" + render_routing(tok.pieces(out_ids), [m[0] for m in masks], layers)

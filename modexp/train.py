@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from . import distributed, flops
+from . import tokenizer as tokenizers
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
 from .distributed import SINGLE, World, chunks, world_from_env
@@ -54,6 +55,7 @@ from .rundir import (
     set_status,
     write_json,
 )
+from .tokenizer import Tokenizer
 from .tracking import MetricsLog, WandbMirror, environment
 
 log = logging.getLogger("modexp.train")
@@ -227,8 +229,20 @@ def _unwrap(model: nn.Module) -> Transformer:
     return model
 
 
-def routing_sample(model: Transformer, corpus: Corpus, device: torch.device) -> dict[str, Any] | None:
-    """Which tokens each routed block took on one held-out window (the paper's Fig. 5)."""
+def run_tokenizer(cfg: Any) -> Tokenizer | None:
+    """The tokenizer of the run's data, to show its tokens as text; None when unknown or not loadable."""
+    try:
+        return tokenizers.for_data(cfg.data.name, cfg.data.path)
+    except ModexpError as exc:
+        log.warning("routing sample without text: %s", exc)
+        return None
+
+
+def routing_sample(
+    model: Transformer, corpus: Corpus, device: torch.device, tok: Tokenizer | None = None
+) -> dict[str, Any] | None:
+    """Which tokens each routed block took on one held-out window (the paper's Fig. 5), with each token's
+    text by the run's tokenizer (tok; None for raw shards, whose tokenizer is unknown: ids only)."""
     if model.cfg.routing == "none":
         return None
     x, _ = corpus.val_batches(1, model.cfg.seq_len, model.cfg.seq_len)[0]
@@ -240,9 +254,9 @@ def routing_sample(model: Transformer, corpus: Corpus, device: torch.device) -> 
     gate = torch.sigmoid if model.cfg.router_weight == "sigmoid" else (lambda t: t)
     return {
         "tokens": tokens,
-        "text": bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
-        if model.cfg.vocab_size == 256
-        else "",
+        "text": tok.decode(tokens) if tok else "",
+        "pieces": tok.pieces(tokens) if tok else None,
+        "tokenizer": tok.spec if tok else None,
         "layers": [r.layer for r in out.routing],
         "selected": [r.mask[0].int().tolist() for r in out.routing],
         "router_weights": [gate(r.router_logits[0].float()).tolist() for r in out.routing],
@@ -703,7 +717,7 @@ def _train(
     peak, peak_kind = peak_memory_gb(device)
     peak = distributed.all_max(peak, world)
     # Under FSDP every process must run the forward (it gathers the parameters); rank 0 keeps the result.
-    sample = routing_sample(model, corpus, device) if main or fsdp else None
+    sample = routing_sample(model, corpus, device, run_tokenizer(cfg)) if main or fsdp else None
     if not main:
         return {}
     if sample is not None:

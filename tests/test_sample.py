@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
 from modexp.sample import Decoder, generate, load_model, next_token, render_routing, sample_cli
+from modexp.tokenizer import ByteTokenizer
 
 VOCAB = 64
 
@@ -402,7 +403,7 @@ def test_sample_cli(tmp_path: Path) -> None:
 def test_render_routing_keeps_columns_aligned_and_wraps() -> None:
     text = list(b"def f():\n\treturn 1\n") * 8  # 176 bytes with newlines and tabs
     masks = [torch.arange(len(text)) % 8 == 0, torch.zeros(len(text), dtype=torch.bool)]
-    picture = render_routing(text, masks, [1, 3], width=50)
+    picture = render_routing(ByteTokenizer().pieces(text), masks, [1, 3], width=50)
     chunks = picture.split("\n\n")
     assert len(chunks) == 4 + 1  # ceil(176 / 50) pictures, then the shares
     first = chunks[0].splitlines()

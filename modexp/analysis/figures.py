@@ -643,10 +643,18 @@ def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
 
 
 def _token_labels(sample: dict, window: int) -> list[str]:
+    pieces = sample.get("pieces")
+    if pieces:  # each token's text by the run's tokenizer: subwords as they read, whitespace visible
+        return [
+            "".join(TOKEN_GLYPHS.get(ord(ch), ch if ch.isprintable() else "·") for ch in piece) or "·"
+            for piece in pieces[:window]
+        ]
     tokens = sample.get("tokens")
-    if tokens:
+    if tokens and not sample.get("tokenizer") and max(tokens[:window], default=0) < 256:
         # Byte tokens: printable ASCII as is, whitespace as visible glyphs, other bytes as a dot.
         return [TOKEN_GLYPHS.get(t, chr(t) if 32 < t < 127 else "·") for t in tokens[:window]]
+    if tokens:  # raw shards: no tokenizer is known, so the ids themselves
+        return [str(t) for t in tokens[:window]]
     text = sample.get("text", "")
     return [TOKEN_GLYPHS.get(ord(ch), ch if ch.isprintable() else "·") for ch in text[:window]]
 
@@ -660,7 +668,8 @@ def routing(sample: dict, window: int = 80) -> Figure:
     top, bottom = fig.subplots(2, 1, height_ratios=[max(1.5, 0.4 * len(layers)), 2])
     top.imshow(selected[:, :window], aspect="auto", cmap="Purples", vmin=0, vmax=1.4, interpolation="nearest")
     labels = _token_labels(sample, window)
-    top.set_xticks(range(len(labels)), labels, fontsize=7, family="monospace")
+    vertical = max(map(len, labels), default=1) > 1  # subword pieces and ids: one column per token still
+    top.set_xticks(range(len(labels)), labels, fontsize=7, family="monospace", rotation=90 if vertical else 0)
     top.set_yticks(range(len(layers)), [f"block {layer}" for layer in layers], fontsize=8)
     top.set_xlabel(f"sequence position (first {window} tokens; ␣ space, ↵ newline)")
     top.set_ylabel("routed block")
