@@ -180,6 +180,8 @@ def _rows(spec: str, text_field: str, *args: Any, **kwargs: Any) -> Iterator[str
             yield text
     except ModexpError:
         raise
+    except StopIteration:  # datasets' schema inference on an empty file: no rows
+        return
     except Exception as exc:  # noqa: BLE001 - a bad file, no network, an unknown dataset: one line
         raise ModexpError(
             f"source {spec} could not be read ({type(exc).__name__}: {tokenizers.first_words(exc)})"

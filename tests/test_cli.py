@@ -11,7 +11,7 @@ import pytest
 
 from modexp.cli import main
 
-SUBCOMMANDS = ("sweep", "plan", "train", "analyze", "sample", "bench")
+SUBCOMMANDS = ("sweep", "plan", "train", "analyze", "sample", "prepare", "bench")
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
