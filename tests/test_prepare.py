@@ -285,3 +285,37 @@ def test_edited_prepared_shards_are_refused(jsonl_corpus, tmp_path) -> None:
     cfg = DataConfig(name="tokens", path=str(copy), vocab_size=1024, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ModexpError, match="do not match its meta.json"):
         data.load_corpus(cfg, 64)
+
+
+def test_hub_datasets_go_through_the_same_streamed_call_as_local_files(tmp_path, monkeypatch) -> None:
+    """Nothing is downloaded here: the hub call is intercepted, and must be the local files' call."""
+    import datasets
+
+    calls = []
+    real = datasets.load_dataset
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        if args[0] == "org/corpus":
+            return iter([{"text": doc} for doc in stdlib_docs(6)])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    meta = prepare.prepare("hf:org/corpus:en@validation", "bytes", tmp_path / "hub")
+    assert meta["source"] == {
+        "spec": "hf:org/corpus:en@validation",
+        "kind": "huggingface",
+        "name": "org/corpus",
+        "config": "en",
+        "split": "validation",
+        "text_field": "text",
+    }
+    source = write_jsonl(tmp_path / "docs.jsonl", stdlib_docs(6))
+    local = prepare.prepare(str(source), "bytes", tmp_path / "local")
+    (hub_args, hub_kwargs), (local_args, local_kwargs) = calls
+    assert hub_args == ("org/corpus", "en") and local_args == ("json",)
+    assert hub_kwargs == {"split": "validation", "streaming": True}
+    assert local_kwargs == {"data_files": [str(source)], "split": "train", "streaming": True}
+    assert meta["tokens"] == local["tokens"] and meta["fingerprint"] == local["fingerprint"]  # same documents
+    with pytest.raises(ModexpError, match="names no dataset"):
+        prepare.prepare("hf:", "bytes", tmp_path / "none")
