@@ -77,6 +77,29 @@ def test_identity_keeps_earlier_run_ids_and_names_expert_settings() -> None:
     assert "noop_experts" not in inert_keys(variant_model(cfg.model, "mode_integrated", None))
 
 
+def test_verdict_compares_each_mode_form_with_the_moe_too() -> None:
+    import pandas as pd
+
+    from modexp.analysis.verdict import comparisons
+
+    curves = [
+        "baseline",
+        "moe_x4_k0.25",
+        "mode_staged_c0.125_e2_x4_k0.25",
+        "mode_integrated_c0.125_e2_x4_k0.25_n1",
+    ]
+    pairs = comparisons(pd.DataFrame({"curve": curves, "variant": curves}))
+    assert set(pairs) == {(c, "baseline") for c in curves[1:]} | {(c, "moe_x4_k0.25") for c in curves[2:]}
+
+
+def test_expert_settings_sweep_from_the_command_line() -> None:
+    from modexp.config import expand_overrides
+
+    combos = expand_overrides(["sweep=smoke", "sweep.variants=[moe]", "model.expert_capacity=0.25,0.5"])
+    plan = plan_sweep([to_typed(compose_config(c, export=False)) for c in combos])
+    assert {r.variant for r in plan.runs} == {"moe_x4_k0.25", "moe_x4_k0.5"}
+
+
 def test_sweep_variants_and_settings_are_checked() -> None:
     from modexp.errors import ModexpError
 
