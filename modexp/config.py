@@ -35,14 +35,8 @@ from .model import ModelConfig
 # The presets ship inside the package (a wheel has them too); the repository's top-level conf/ links here.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-VARIANTS = (
-    "baseline",
-    "mod",
-    "random",
-    "moe",
-    "mode_staged",
-    "mode_integrated",
-)  # modexp.plan.VARIANT_SETTINGS
+# The kinds of sweep.variants; what each sets is modexp.plan.VARIANT_SETTINGS.
+VARIANTS = ("baseline", "mod", "random", "moe", "mode_staged", "mode_integrated")
 # Folder and job names: no paths, no dotfiles, nothing that starts like runs/_data (the corpus cache).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEVICES = ("auto", "cpu", "cuda")
