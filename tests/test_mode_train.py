@@ -178,3 +178,40 @@ def test_resume_matches_the_uninterrupted_run(
     b = json.loads((run_dir / "summary.json").read_text())
     assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
     assert b["val_loss_causal"] == pytest.approx(a["val_loss_causal"], abs=1e-4)
+
+
+def test_analysis_of_four_variants_ends_with_curves_and_the_mode_verdict(tmp_path: Path) -> None:
+    """`modexp analyze` on a table of baseline, MoE and both MoDE forms (Chinchilla-shaped losses): the
+    summary has every variant's verdict against the baseline and each MoDE form's against the MoE."""
+    import numpy as np
+    import pandas as pd
+    from fixtures_results import SWEEP_LAW, chinchilla_loss, optimal_params
+
+    variants = {  # name: (FLOPs per token over 6N, factor on the size term: lower is better)
+        "baseline": (1.0, 1.0),
+        "moe_x4_k0.25": (0.5, 0.9),
+        "mode_staged_c0.125_e2_x4_k0.25": (0.3, 0.85),
+        "mode_integrated_c0.125_e2_x4_k0.25_n1": (0.4, 0.85),
+    }
+    rng = np.random.default_rng(0)
+    rows = []
+    for budget in (1e11, 3e11, 1e12):
+        for variant, (fpt, a) in variants.items():
+            law = {**SWEEP_LAW, "a": SWEEP_LAW["a"] * a}
+            centre = optimal_params(budget, fpt, law["a"], law["b"])
+            for params in (centre * 10**o for o in np.linspace(-0.6, 0.6, 5)):
+                tokens = budget / (6 * fpt * params)
+                loss = float(chinchilla_loss(params, tokens, **law)) * (1 + 0.001 * rng.standard_normal())
+                causal = loss if variant == "baseline" else loss * 1.003
+                rows.append(dict(variant=variant, budget=budget, params=int(params), tokens=int(tokens),
+                                 flops=budget, val_loss=loss, val_loss_causal=causal))  # fmt: skip
+    table = tmp_path / "mode.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    rc, _, err = train_in_process(["analyze", "--table", str(table), "--out", str(tmp_path / "out")])
+    assert rc == 0, err
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    for variant in list(variants)[1:]:
+        assert f"{variant} vs baseline: m = " in summary
+    for variant in list(variants)[2:]:
+        assert f"{variant} vs moe_x4_k0.25: m = " in summary
+    assert (tmp_path / "out" / "isoflop.png").exists() and (tmp_path / "out" / "verdict.png").exists()
