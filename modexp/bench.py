@@ -671,7 +671,8 @@ def _mode_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "MoE and MoDE (4 experts x 25% of the tokens; MoD 12.5% every other block; integrated: 1 no-op "
-        "expert): training step time over the reference's, next to the FLOP ratio.",
+        "expert): each variant's training step time over that of the model in the `vs` column, next to the "
+        "ratio of their training FLOPs.",
         "",
         "| shape | variant | vs | step ratio (median) | spread: min-max (IQR, rounds) | FLOP ratio | "
         "step / FLOP ratio - 1 | step ms |",
