@@ -148,6 +148,53 @@ def _base_config(shape: BenchShape) -> ModelConfig:
     return ModelConfig(**_dims(shape), routing="none")
 
 
+# Mixture of experts and both MoDE forms (modexp/model/experts.py): 4 experts x 25% (a compute-matched MoE),
+# MoD at 12.5% every other block on top. Their step times against their FLOP ratios, beside the baseline's.
+MODE_VARIANTS = {
+    "moe": dict(routing="none"),
+    "mode_staged": dict(routing="topk"),
+    "mode_integrated": dict(routing="integrated", noop_experts=1),
+}
+
+
+def _mode_config(shape: BenchShape, kind: str) -> ModelConfig:
+    return ModelConfig(
+        **_dims(shape),
+        **MODE_VARIANTS[kind],
+        moe=True,
+        experts=4,
+        expert_capacity=0.25,
+        capacity=0.125,
+        route_every=2,
+        causal_router="predictor",
+    )
+
+
+def _bench_mode(shape: BenchShape, device: torch.device) -> dict[str, Any]:
+    """Training steps of the baseline, MoE and both MoDE forms, interleaved: each one's step-time ratio to
+    the baseline's and to the MoE's, next to its FLOP ratio (does MoDE's FLOP saving show up as time?)."""
+    configs = {"base": _base_config(shape)} | {kind: _mode_config(shape, kind) for kind in MODE_VARIANTS}
+    x, y = _train_batch(shape, device)
+    runs = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        runs[name] = _train_run(Transformer(cfg).to(device), x, y, device)
+    times = _interleaved(runs, shape.train_rounds, shape.warmup)
+    del runs
+    train_flops = {name: flops.count(cfg).train_per_token for name, cfg in configs.items()}
+    result: dict[str, Any] = {"train_step_s": {name: statistics.median(t) for name, t in times.items()}}
+    for kind in MODE_VARIANTS:
+        for reference in ("base", "moe"):
+            if kind == reference:
+                continue
+            result[f"{kind}_vs_{reference}"] = {
+                "step_ratio": _paired(times[kind], times[reference]),
+                "flop_ratio": train_flops[kind] / train_flops[reference],
+            }
+    result["params"] = {name: flops.count(cfg).params for name, cfg in configs.items()}
+    return result
+
+
 def _dims(shape: BenchShape) -> dict[str, int]:
     return {
         "vocab_size": shape.vocab_size,
@@ -465,6 +512,9 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
         "reference_pass": dense_vs_reference >= REFERENCE_TARGET,
         "phase_s": {"train": train_s, "decode": decode_s},
     }
+    phase_start = time.perf_counter()
+    result["mode"] = _bench_mode(shape, device)
+    result["phase_s"]["mode"] = time.perf_counter() - phase_start
     device_name, peak = _peak_flops(device)
     if peak is not None:
         result["mfu"] = {name: value / peak for name, value in flops_per_s.items()}
@@ -616,6 +666,35 @@ def _compile_markdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mode_markdown(report: dict[str, Any]) -> list[str]:
+    """MoE and MoDE training steps against their FLOP ratios (information: no target)."""
+    lines = [
+        "",
+        "MoE and MoDE (4 experts x 25% of the tokens; MoD 12.5% every other block; integrated: 1 no-op "
+        "expert): each variant's training step time over that of the model in the `vs` column, next to the "
+        "ratio of their training FLOPs.",
+        "",
+        "| shape | variant | vs | step ratio (median) | spread: min-max (IQR, rounds) | FLOP ratio | "
+        "step / FLOP ratio - 1 | step ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["shapes"].items():
+        mode = r.get("mode")
+        if not mode:
+            continue
+        for key, v in mode.items():
+            if "_vs_" not in key:
+                continue
+            kind, _, reference = key.partition("_vs_")
+            step = v["step_ratio"]["median"]
+            lines.append(
+                f"| {name} | {kind} | {reference} | {step:.3f} | {_fmt_spread(v['step_ratio'])} | "
+                f"{v['flop_ratio']:.3f} | {step / v['flop_ratio'] - 1:+.3f} | "
+                f"{mode['train_step_s'][kind] * 1e3:.0f} |"
+            )
+    return lines
+
+
 def _markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
@@ -664,6 +743,7 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"| {name} | mfu | {mfu['base']:.3f} | - | - | info | base {mfu['base']:.1%}, MoD "
                 f"{mfu['mod']:.1%}, reference {mfu['reference']:.1%} of {r['peak_flops'] / 1e12:.0f} TFLOP/s |"
             )
+    lines += _mode_markdown(report)
     lines += _compile_markdown(report)
     lines += [
         "",

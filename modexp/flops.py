@@ -27,32 +27,57 @@ class FlopCount:
     convention: str
 
 
+def _mlp_params(cfg: ModelConfig, layer: int) -> int:
+    """One block's MLP: a dense SwiGLU/GELU MLP, or every expert of its MoE plus the MoE's router and predictor."""
+    d, f, h = cfg.d_model, cfg.ffn_dim, cfg.predictor_dim
+    mlp = d * (2 if cfg.mlp == "swiglu" else 1) * f + f * d  # up (and gate), down
+    if not cfg.moe:
+        return mlp
+    params = cfg.experts * mlp + d * (cfg.experts + cfg.noop_experts_in(layer))  # router d -> E + N, no bias
+    if cfg.has_expert_predictor:
+        params += d * h + h + h * cfg.experts + cfg.experts  # Linear(d, h) and Linear(h, E), both with bias
+    return params
+
+
 def _params(cfg: ModelConfig) -> tuple[int, int]:
     """(all parameters, non-embedding parameters), mirroring the modules the model builds."""
-    d, f, h, v = cfg.d_model, cfg.ffn_dim, cfg.predictor_dim, cfg.vocab_size
+    d, h, v = cfg.d_model, cfg.predictor_dim, cfg.vocab_size
     d_a = cfg.n_heads * cfg.head_dim
-    up = (2 if cfg.mlp == "swiglu" else 1) * f
-    block = 2 * d + d * 3 * d_a + d_a * d + d * up + f * d  # two RMSNorm weights, qkv, out, up, down
+    attention = 2 * d + d * 3 * d_a + d_a * d  # two RMSNorm weights, qkv, out
     routed = d if cfg.routing == "topk" else 0  # router d -> 1, no bias; random routing has none
     if cfg.has_predictor:
         routed += d * h + h + h + 1  # Linear(d, h) and Linear(h, 1), both with bias
-    n_routed = len(cfg.routed_layers)
-    non_embedding = cfg.n_layers * block + n_routed * routed + d  # + final RMSNorm
+    non_embedding = d  # the final RMSNorm
+    for layer in range(cfg.n_layers):
+        non_embedding += attention + _mlp_params(cfg, layer) + (routed if cfg.is_routed(layer) else 0)
     embedding = v * d * (1 if cfg.tie_embeddings else 2)
     return non_embedding + embedding, non_embedding
 
 
-def _block_forward(cfg: ModelConfig, t: int) -> dict[str, int]:
-    """Forward matmul FLOPs of one block's update on t tokens (t = k for a routed block)."""
-    d, f = cfg.d_model, cfg.ffn_dim
+def _block_forward(cfg: ModelConfig, layer: int, t: int) -> dict[str, int]:
+    """Forward matmul FLOPs of block `layer`'s update on t tokens (t = k for a routed block).
+
+    An MoE's experts each run on their k_e = fraction * t tokens; its router scores all t tokens for every
+    expert (no-op ones included) and its predictor, if any, reads all t. Forward only: see count() for training.
+    """
+    d, f, h = cfg.d_model, cfg.ffn_dim, cfg.predictor_dim
     d_a = cfg.n_heads * cfg.head_dim
     m = 3 if cfg.mlp == "swiglu" else 2  # SwiGLU: up is d -> 2f, down f -> d
-    return {
+    flops = {
         "qkv": 2 * t * d * 3 * d_a,
         "attention": 2 * 2 * t * t * d_a,  # QK^T and AV over the full t x t square, as the math path computes
         "out": 2 * t * d_a * d,
         "mlp": 2 * t * d * f * m,
+        "router": 0,
+        "predictor": 0,
     }
+    if cfg.moe:
+        k_e = cfg.capacity_tokens(t, cfg.expert_fraction(layer))
+        flops["mlp"] = cfg.experts * 2 * k_e * d * f * m
+        flops["router"] = 2 * t * d * (cfg.experts + cfg.noop_experts_in(layer))
+        if cfg.has_expert_predictor:
+            flops["predictor"] = 2 * t * (d * h + h * cfg.experts)  # d -> h -> E, biases free
+    return flops
 
 
 def count(cfg: ModelConfig, convention: str = "exact") -> FlopCount:
@@ -62,21 +87,28 @@ def count(cfg: ModelConfig, convention: str = "exact") -> FlopCount:
     t, d, h, v = cfg.seq_len, cfg.d_model, cfg.predictor_dim, cfg.vocab_size
     params, non_embedding = _params(cfg)
 
-    # Per-sequence FLOPs, kept as integers until the end so sums are exact.
-    n_routed = len(cfg.routed_layers)
-    dense = _block_forward(cfg, t)
-    routed = _block_forward(cfg, cfg.capacity_tokens(t))
-    fwd = {name: (cfg.n_layers - n_routed) * dense[name] + n_routed * routed[name] for name in dense}
+    # Per-sequence FLOPs, kept as integers until the end so sums are exact. A routed MoD block sees k tokens.
+    k = cfg.capacity_tokens(t)
+    fwd = dict.fromkeys(COMPONENTS, 0)
+    detached = 0  # FLOPs of predictor first layers, whose input is detached (no input-gradient matmul)
+    for layer in range(cfg.n_layers):
+        routed = cfg.is_routed(layer)
+        tokens = k if routed else t
+        for name, value in _block_forward(cfg, layer, tokens).items():
+            fwd[name] += value
+        if cfg.has_expert_predictor:
+            detached += 2 * tokens * d * h
+        if routed:
+            fwd["router"] += 2 * t * d if cfg.routing == "topk" else 0  # scores every token, d -> 1
+            if cfg.has_predictor:
+                fwd["predictor"] += 2 * t * (d * h + h)  # d -> h -> 1, biases free
+                detached += 2 * t * d * h
     fwd["lm_head"] = 2 * t * d * v
-    fwd["router"] = n_routed * 2 * t * d if cfg.routing == "topk" else 0  # scores every token, d -> 1
-    fwd["predictor"] = n_routed * 2 * t * (d * h + h) if cfg.has_predictor else 0  # d -> h -> 1, biases free
     fwd["embedding"] = 2 * t * d * v if convention == "chinchilla" else 0  # a lookup: no FLOPs but here
 
-    # Backward = 2 x forward (input grad + weight grad) for every matmul whose input needs a gradient. The
+    # Backward = 2 x forward (input grad + weight grad) for every matmul whose input needs a gradient. A
     # predictor reads x.detach(), so its first layer has a weight grad only: 2 t d h, not 4 t d h.
-    train = 3 * sum(fwd.values())
-    if cfg.has_predictor:
-        train -= n_routed * 2 * t * d * h
+    train = 3 * sum(fwd.values()) - detached
 
     forward_per_token = sum(fwd.values()) / t
     train_per_token = train / t

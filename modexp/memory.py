@@ -20,6 +20,11 @@ GB = 1e9
 DENSE_PER_D = {"fp32": 110.0, "bf16": 66.0}
 # A routed block keeps capacity x a dense block's, plus its gathered inputs, router and gate.
 ROUTED_EXTRA_PER_D = {"fp32": 23.0, "bf16": 14.0}
+# A mixture-of-experts MLP (model.moe) against the dense MLP it replaces, per token it sees: BASE at
+# experts x share = 1 (gathers, router), plus SLOPE per unit of experts x share above 1 (measured like the
+# rest, at d96 and d192: fp32 -11 / +15 / +65 at 0.5 / 1 / 2; bf16 +5..14 / +19..28 / +47..55).
+MOE_BASE_PER_D = {"fp32": 15.0, "bf16": 24.0}
+MOE_SLOPE_PER_D = {"fp32": 51.0, "bf16": 28.0}
 # The loss: saved log-probabilities and, at the backward's start, the logits' gradient and copies (per vocab entry).
 LOSS_PER_VOCAB = {"fp32": 13.0, "bf16": 11.0}
 STATE_BYTES_PER_PARAM = 16.0  # fp32 weights, gradients, AdamW's two moments
@@ -58,10 +63,22 @@ def estimate(
     dense = model.n_layers - routed
     per_layer_dense = DENSE_PER_D[precision] * d
     per_layer_routed = model.capacity * per_layer_dense + ROUTED_EXTRA_PER_D[precision] * d
+    # Each block's MoE against a dense MLP, per token of the sequence (a MoD-routed block sees capacity of them).
+    moe = [
+        (model.capacity if model.is_routed(i) else 1.0)
+        * d
+        * (
+            MOE_BASE_PER_D[precision]
+            + MOE_SLOPE_PER_D[precision] * (model.experts * model.expert_fraction(i) - 1)
+        )
+        for i in range(model.n_layers)
+        if model.moe
+    ]
     if activation_checkpointing:  # each block keeps its fp32 input; one block's activations live at a time
-        saved = model.n_layers * 4 * d + max(per_layer_dense, per_layer_routed if routed else 0)
+        largest = max(per_layer_dense, per_layer_routed if routed else 0) + max([0.0, *moe])
+        saved = model.n_layers * 4 * d + largest
     else:
-        saved = dense * per_layer_dense + routed * per_layer_routed
+        saved = dense * per_layer_dense + routed * per_layer_routed + sum(moe)
     activations = tokens * (saved + LOSS_PER_VOCAB[precision] * model.vocab_size)
     params = params_of(model)
     state = params * STATE_BYTES_PER_PARAM / (processes if fsdp else 1)

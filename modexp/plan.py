@@ -40,7 +40,21 @@ MOD_ONLY = (
     "aux_loss_weight",
     "predictor_hidden",
 )
-ROUTING_OF = {"baseline": "none", "mod": "topk", "random": "random"}
+# The mixture-of-experts settings; a run without moe has none of them in its identity (so adding them kept
+# every earlier run's id). noop_experts matters for integrated MoDE only.
+MOE_ONLY = ("moe", "experts", "expert_capacity", "noop_experts")
+# How a causal decision is made and trained: MoD's router and the MoE's experts both use these.
+CAUSAL_KEYS = ("causal_router", "aux_loss_weight", "predictor_hidden")
+# Each variant kind of sweep.variants, as model settings (the other keys come from the config's model).
+VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
+    "baseline": {"routing": "none", "moe": False},
+    "mod": {"routing": "topk", "moe": False},
+    "random": {"routing": "random", "moe": False},
+    "moe": {"routing": "none", "moe": True},  # mixture of experts in every block, no MoD
+    "mode_staged": {"routing": "topk", "moe": True},  # MoD around blocks whose MLP is an MoE
+    "mode_integrated": {"routing": "integrated", "moe": True},  # MoD as no-op experts in the MoE router
+}
+ROUTING_OF = {kind: settings["routing"] for kind, settings in VARIANT_SETTINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -123,24 +137,60 @@ def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
 
 
 def variant_model(base: ModelConfig, variant: str, shape: Shape | None) -> ModelConfig:
-    """base with the variant's routing (and shape); ValueError when they do not fit (ModelConfig.validate)."""
-    changes: dict[str, Any] = {"routing": ROUTING_OF[variant]}
+    """base with the variant's routing and MLP (and shape); ValueError when they do not fit (ModelConfig.validate)."""
+    changes: dict[str, Any] = dict(VARIANT_SETTINGS[variant])
     if shape is not None:
         changes.update(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads)
     return replace(base, **changes)
 
 
-def variant_name(model: ModelConfig, routing: str | None = None) -> str:
-    """A run's label from model's routing settings. routing (default: model.routing) names a variant without
-    building its model, which a base shape shallower than route_every would refuse."""
-    routing = routing or model.routing
-    if routing == "none":
+def variant_kind(model: ModelConfig) -> str:
+    """The sweep.variants kind a model is: baseline, mod, random, moe, mode_staged or mode_integrated."""
+    return next(
+        kind
+        for kind, settings in VARIANT_SETTINGS.items()
+        if (model.routing, model.moe) == (settings["routing"], settings["moe"])
+    )
+
+
+def variant_name(model: ModelConfig, kind: str | None = None) -> str:
+    """A run's label from model's routing and expert settings. kind (a sweep.variants entry; default: the
+    model's own) names a variant without building its model, which a base shape shallower than route_every
+    would refuse. modexp.analysis.figures.variant_label reads these back into words.
+
+    baseline; mod_c0.125_e2 (MoD: capacity, interval); random_c0.125_e2; moe_x4_k0.25 (experts, each one's
+    share of the tokens); mode_staged_c0.125_e2_x4_k0.25; mode_integrated_c0.125_e2_x4_k0.25_n1 (+ no-op
+    experts). Suffixes: _lin (linear MoD router weight), then _aux / _nocausal (the causal decision).
+    """
+    kind = kind or variant_kind(model)
+    if kind == "baseline":
         return "baseline"
-    name = f"{'mod' if routing == 'topk' else 'random'}_c{model.capacity:g}_e{model.route_every}"
-    if routing == "topk":
+    mod = f"_c{model.capacity:g}_e{model.route_every}"
+    experts = f"_x{model.experts}_k{model.expert_capacity:g}"
+    name = {
+        "mod": "mod" + mod,
+        "random": "random" + mod,
+        "moe": "moe" + experts,
+        "mode_staged": "mode_staged" + mod + experts,
+        "mode_integrated": f"mode_integrated{mod}{experts}_n{model.noop_experts}",
+    }[kind]
+    if kind in ("mod", "mode_staged"):  # the MoD router's weight g; an MoE weighs by its softmax
         name += {"sigmoid": "", "linear": "_lin"}[model.router_weight]
+    if kind != "random":  # random routing decides causally by its noise, with no router to train
         name += {"predictor": "", "aux_loss": "_aux", "none": "_nocausal"}[model.causal_router]
     return name
+
+
+def inert_keys(model: ModelConfig) -> list[str]:
+    """Model settings that do nothing in this model: left out of its identity and its run record."""
+    keys = []
+    if model.routing == "none":  # no MoD router; an MoE still decides causally with the causal keys
+        keys += [k for k in MOD_ONLY if not (model.moe and k in CAUSAL_KEYS)]
+    if not model.moe:
+        keys += MOE_ONLY
+    elif model.routing != "integrated":
+        keys.append("noop_experts")
+    return keys
 
 
 def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, Any]:
@@ -148,9 +198,8 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, An
     train = {k: v for k, v in asdict(cfg.train).items() if k not in _NOT_IDENTITY}
     data = {k: v for k, v in asdict(cfg.data).items() if k != "cache_dir"}
     arch = asdict(model)
-    if model.routing == "none":  # a baseline is the same run whatever MoD settings sit beside it
-        for key in MOD_ONLY:
-            arch.pop(key)
+    for key in inert_keys(model):  # a baseline is the same run whatever MoD settings sit beside it
+        arch.pop(key)
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
@@ -229,7 +278,7 @@ def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
     if cfg.train.lr_from:
         return lr_law_from_study(cfg.train.lr_from)
     laws = {
-        variant_name(cfg.model, ROUTING_OF[kind]): (law.coefficient, law.exponent)
+        variant_name(cfg.model, kind): (law.coefficient, law.exponent)
         for kind, law in cfg.train.lr_law.items()
     }
     return lr_law_from_config(laws)
@@ -260,6 +309,7 @@ class _Rung:
     params: int
     run: RunSpec | None  # None when the variant cannot be built on this shape
     reason: str | None
+    size: float = 0.0  # what the ladder is centred on: params, or an MoE's active params (active_params)
 
 
 def _ladder_runs(
@@ -272,7 +322,7 @@ def _ladder_runs(
     """
     rungs = [_rung(cfg, shape, budget, variant) for shape in shapes]
     fit = [r for r in rungs if r.reason is None]
-    label = variant_name(cfg.model, ROUTING_OF[variant])
+    label = variant_name(cfg.model, variant)
     if not fit:
         reasons = sorted({r.reason for r in rungs if r.reason})
         raise ModexpError(
@@ -281,8 +331,8 @@ def _ladder_runs(
         )
     centre = _expected_optimum(cfg, budget, variant)
     n = cfg.sweep.sizes_per_budget
-    chosen = [fit[i] for i in _centred([r.params for r in fit], centre, n)]
-    centred = [rungs[i] for i in _centred([r.params for r in rungs], centre, n)]
+    chosen = [fit[i] for i in _centred([r.size for r in fit], centre, n)]
+    centred = [rungs[i] for i in _centred([r.size for r in rungs], centre, n)]
     note = _ladder_note(f"budget {sci(budget)} {label}", rungs, chosen, centred, n)
     return [r.run for r in chosen if r.run], note  # admissible rungs all have a run
 
@@ -291,15 +341,40 @@ def _rung(cfg: Config, shape: Shape, budget: float, variant: str) -> _Rung:
     if ROUTING_OF[variant] != "none" and cfg.model.route_every > shape.n_layers:
         # A shallow rung cannot honour a long routing interval: it would train a baseline under MoD's name.
         params = flops.count(variant_model(cfg.model, "baseline", shape)).params
-        return _Rung(shape, params, None, f"route_every={cfg.model.route_every} > n_layers={shape.n_layers}")
-    run = make_run(cfg, variant_model(cfg.model, variant, shape), budget)
-    return _Rung(shape, run.accounting["params"], run, _unsensible(run, cfg.sweep))
+        reason = f"route_every={cfg.model.route_every} > n_layers={shape.n_layers}"
+        return _Rung(shape, params, None, reason, params)
+    model = variant_model(cfg.model, variant, shape)
+    run = make_run(cfg, model, budget)
+    params = run.accounting["params"]
+    return _Rung(shape, params, run, _unsensible(run, cfg.sweep), active_params(model))
+
+
+def active_params(model: ModelConfig) -> float:
+    """The size an MoE variant is planned at: what its FLOPs per token buy in dense parameters.
+
+    Total parameters count every expert, but a token pays for expert_capacity x experts of them, so an MoE
+    ladder centred on total parameters would sit far too small. Its active size is the parameters of the
+    same model with a dense MLP, times the ratio of their training FLOPs per token. With experts x
+    expert_capacity = 1 that is about the dense model's own size (a compute-matched MoE); integrated MoDE's
+    saved MLP FLOPs make it larger, as MoD's routed FLOPs do (so it takes no sweep.mod_size_shift on top).
+    Other variants: their parameters.
+    """
+    if not model.moe:
+        return float(flops.count(model).params)
+    dense = replace(model, moe=False, routing="none" if model.routing == "integrated" else model.routing)
+    dense_count, count = flops.count(dense), flops.count(model)
+    return dense_count.params * count.train_per_token / dense_count.train_per_token
 
 
 def _expected_optimum(cfg: Config, budget: float, variant: str) -> float:
-    """Parameters at ~tokens_per_param tokens per parameter (C = 6 N D); routed variants' sit higher."""
+    """Parameters at ~tokens_per_param tokens per parameter (C = 6 N D); MoD-routed variants' sit higher.
+
+    MoE variants are centred in active parameters (active_params); staged MoDE shifts like MoD, integrated
+    MoDE's FLOP saving is already in its active size.
+    """
     centre = math.sqrt(budget / (6 * cfg.sweep.tokens_per_param))
-    return centre if variant == "baseline" else centre * cfg.sweep.mod_size_shift
+    shifted = variant in ("mod", "random", "mode_staged")
+    return centre * cfg.sweep.mod_size_shift if shifted else centre
 
 
 def _centred(params: list[int], centre: float, n: int) -> list[int]:
@@ -377,6 +452,12 @@ def single_run(cfg: Config) -> RunSpec:
     """The one run `modexp train` trains: cfg.model as given, for cfg.budget FLOPs."""
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
+    kind = variant_kind(cfg.model)
+    if cfg.variant in VARIANT_SETTINGS and cfg.variant != kind:  # a dense run filed as "mod" would mislead
+        raise ModexpError(
+            f"variant={cfg.variant} names a {cfg.variant} run but the model settings (model.routing="
+            f"{cfg.model.routing}) make a {kind} one: set the model, or leave variant unset (it is derived)"
+        )
     run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
     law = load_lr_law(cfg)
     if law is not None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data import LOCKS_REFUSED
 from .errors import ModexpError
 from .model.config import ModelConfig
-from .plan import MOD_ONLY, RunSpec
+from .plan import RunSpec, inert_keys
 
 EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # stopped by a signal: the run resumes on the next plain rerun
@@ -153,8 +153,8 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
     try:
         atomic_write(run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         record = asdict(spec)
-        if spec.model.routing == "none":  # a baseline has no router: its record carries no inert MoD settings
-            record["model"] = {k: v for k, v in record["model"].items() if k not in MOD_ONLY}
+        inert = inert_keys(spec.model)  # a baseline has no router: its record carries no inert MoD settings
+        record["model"] = {k: v for k, v in record["model"].items() if k not in inert}
         write_json(run_dir / "run.json", record)
         if not (run_dir / "status.json").exists():
             write_json(run_dir / "status.json", {"state": "planned"})

@@ -122,7 +122,10 @@ class LiveView:
                 flops_done += spec.flops * step / max(1, spec.steps)
                 loss = _last_loss(run_dir)
                 if loss is not None:
-                    losses.append(f"{spec.shape}/{spec.variant[:3]} {loss:.3f}")
+                    short = (
+                        spec.variant[:3] if not spec.variant.startswith("mode_") else "md" + spec.variant[5]
+                    )
+                    losses.append(f"{spec.shape}/{short} {loss:.3f}")  # mds, mdi: staged, integrated MoDE
         elapsed = now - self.started
         eta = ""
         if 0 < flops_done < flops_total and elapsed > 5:

@@ -37,6 +37,7 @@ from .distributed import SINGLE, World, chunks, world_from_env
 from .errors import ModexpError
 from .memory import MemoryEstimate, resolve_micro_batch
 from .model import ModelConfig, Transformer
+from .model.experts import ExpertRecord
 from .model.routing import RoutingRecord
 from .model.transformer import ModelOutput
 from .plan import RunSpec, run_digest
@@ -150,6 +151,22 @@ def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str,
     return dict(zip(names, torch.stack(values).tolist())) if values else {}
 
 
+def expert_stats(records: list[ExpertRecord]) -> dict[str, float]:
+    """Per block with an MoE: share of (token, expert) slots its experts processed, the share of tokens no
+    expert took (they skip the MLP), and the causal decision's agreement with expert choice. One host sync."""
+    names, values = [], []
+    for i, rec in enumerate(records):
+        names += [f"expert_frac/{i}", f"expert_skipped/{i}"]
+        values += [rec.mask.float().mean(), (~rec.mask.any(-1)).float().mean()]
+        logits = rec.predictor_logits
+        if logits is None and rec.aux_loss is not None:
+            logits = rec.router_logits[..., : rec.mask.shape[-1]]  # aux_loss: the router itself decides
+        if logits is not None:
+            names.append(f"expert_causal_acc/{i}")
+            values.append(((logits.detach() > 0) == rec.topk_mask).float().mean())
+    return dict(zip(names, torch.stack(values).tolist())) if values else {}
+
+
 def noise_seed(seed: int, stream: int, index: int) -> int:
     """A seed for random routing's noise: one per (run seed, training or evaluation, step or batch)."""
     return (seed * 1_000_003 + stream * 7_919 + index) % (2**63 - 1)
@@ -187,7 +204,8 @@ def evaluate(
     model.eval()
     cfg: ModelConfig = getattr(model, "cfg", None) or model.module.cfg  # type: ignore[union-attr]
     modes = ["topk"]
-    if cfg.routing == "random" or (cfg.routing == "topk" and cfg.causal_router != "none"):
+    # Causal routing where top-k is not causal: MoD's routers and every MoE's expert choice (experts.py).
+    if cfg.routing == "random" or ((cfg.routing == "topk" or cfg.moe) and cfg.causal_router != "none"):
         modes.append("causal")
     result = {}
     rounds = math.ceil(len(batches) / world.size)
@@ -243,7 +261,7 @@ def routing_sample(
 ) -> dict[str, Any] | None:
     """Which tokens each routed block took on one held-out window (the paper's Fig. 5), with each token's
     text by the run's tokenizer (tok; None for raw shards, whose tokenizer is unknown: ids only)."""
-    if model.cfg.routing == "none":
+    if not model.cfg.skips_blocks:  # no block is skipped whole (integrated MoDE routes inside the MoE)
         return None
     x, _ = corpus.val_batches(1, model.cfg.seq_len, model.cfg.seq_len)[0]
     model.eval()
@@ -660,6 +678,7 @@ def _train(
                     record["aux_loss"] = aux_loss
                 # Routing statistics of rank 0's last micro-batch: a sample of the step, not the whole batch.
                 record.update(routing_stats(out.routing, model_cfg.router_weight))
+                record.update(expert_stats(out.experts))
                 if main:
                     metrics.write(record)
                     mirror.log_record(record)
@@ -723,14 +742,18 @@ def _train(
     if sample is not None:
         write_json(run_dir / "routing_sample.json", sample)
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
-    routed_by = model_cfg.causal_router if model_cfg.routing == "topk" else "none"
+    routed_by = model_cfg.causal_router if model_cfg.routing == "topk" or model_cfg.moe else "none"
     summary = {
         **spec.row(),
         "sweep": spec.sweep,
         "routing": model_cfg.routing,
         "capacity": model_cfg.capacity if model_cfg.routing != "none" else 1.0,
         "route_every": model_cfg.route_every if model_cfg.routing != "none" else 0,
-        "causal_router": model_cfg.causal_router if model_cfg.routing == "topk" else "none",
+        "causal_router": routed_by,
+        # Mixture of experts (moe, mode_staged, mode_integrated): 0 experts for a dense MLP.
+        "experts": model_cfg.experts if model_cfg.moe else 0,
+        "expert_capacity": model_cfg.expert_capacity if model_cfg.moe else 1.0,
+        "noop_experts": model_cfg.noop_experts if model_cfg.routing == "integrated" else 0,
         "router_weight": model_cfg.router_weight,
         "d_ff": model_cfg.ffn_dim,
         "seq_len": seq_len,

@@ -54,6 +54,13 @@ def test_run_bench_tiny_writes_json_and_markdown(tmp_path: Path) -> None:
     for text in ("train_step_ratio", "decode_speedup", "dense_vs_reference", "threads 1", torch.__version__):
         assert text in markdown
     assert markdown.count("IQR") >= 3
+    # MoE and both MoDE forms: step-time ratios against the baseline and the MoE, next to their FLOP ratios.
+    mode = result["mode"]
+    for key in ("moe_vs_base", "mode_staged_vs_base", "mode_staged_vs_moe", "mode_integrated_vs_moe"):
+        assert mode[key]["step_ratio"]["n"] == TINY.train_rounds and mode[key]["step_ratio"]["median"] > 0
+    assert mode["mode_staged_vs_moe"]["flop_ratio"] < 1 and mode["mode_integrated_vs_moe"]["flop_ratio"] < 1
+    assert mode["params"]["moe"] > mode["params"]["base"]
+    assert "| tiny | mode_staged | moe |" in markdown
 
 
 def test_calibrate_predictors_takes_capacity() -> None:

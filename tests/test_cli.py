@@ -174,3 +174,11 @@ def test_launcher_extra_takes_any_sbatch_option(tmp_path: Path) -> None:
     assert cfg.launcher.extra == {"qos": "high", "constraint": "a100"}
     cfg = to_typed(compose_config(["launcher=slurm", "launcher.extra.qos=low"]))
     assert cfg.launcher.extra == {"qos": "low"}
+
+
+def test_a_variant_label_that_names_another_kind_is_refused(tmp_path, capsys) -> None:
+    """variant=mod on a dense model would file a baseline run under MoD's name: refused, nothing written."""
+    argv = ["train", "sweep=smoke", "budget=1e10", "variant=mod", f"runs_dir={tmp_path}"]
+    rc, _, err = run_main(argv, capsys)
+    assert rc == 2 and "variant=mod names a mod run" in err and "baseline" in err
+    assert not list(tmp_path.iterdir())

@@ -33,11 +33,48 @@ VARIANTS = {
         routing="topk", capacity=0.3, route_every=2, router_weight="linear", tie_embeddings=True
     ),
     "random-c0.25-every2": dict(routing="random", capacity=0.25, route_every=2),
+    # Mixture of experts (dense MoE) and both MoDE forms: every expert's matmuls, the routers and predictors.
+    "moe-x4-k0.25-pred": dict(moe=True, experts=4, expert_capacity=0.25, causal_router="predictor"),
+    "moe-x3-k0.5-gelu-aux": dict(
+        moe=True, experts=3, expert_capacity=0.5, mlp="gelu", causal_router="aux_loss"
+    ),
+    "mode-staged-c0.5-every2-x4-k0.25": dict(
+        routing="topk", capacity=0.5, route_every=2, moe=True, experts=4
+    ),
+    "mode-staged-c0.25-every1-x2-k0.3-none": dict(
+        routing="topk",
+        capacity=0.25,
+        route_every=1,
+        moe=True,
+        experts=2,
+        expert_capacity=0.3,
+        causal_router="none",
+    ),
+    "mode-integrated-c0.5-every2-x4-n1": dict(
+        routing="integrated", capacity=0.5, route_every=2, moe=True, experts=4, noop_experts=1
+    ),
+    "mode-integrated-c0.125-every1-x3-n2-aux": dict(
+        routing="integrated",
+        capacity=0.125,
+        route_every=1,
+        moe=True,
+        experts=3,
+        noop_experts=2,
+        expert_capacity=0.5,
+        causal_router="aux_loss",
+    ),
 }
+MOE_VARIANTS = [v for v in VARIANTS if v.startswith(("moe", "mode"))]
 # Every variant on one shape, every shape on a few variants: the axes are covered without a full product.
-GRID = [("s64-d48-l3-v1000", v) for v in VARIANTS] + [
-    (s, v) for s in SHAPES for v in ("dense", "c0.5-every2-pred", "c0.125-every2-none", "random-c0.25-every2")
-]
+GRID = (
+    [("s64-d48-l3-v1000", v) for v in VARIANTS]
+    + [
+        (s, v)
+        for s in SHAPES
+        for v in ("dense", "c0.5-every2-pred", "c0.125-every2-none", "random-c0.25-every2")
+    ]
+    + [(s, v) for s in ("s32-d32-l2-v256", "s96-d96-l6-v1000") for v in MOE_VARIANTS]
+)
 GRID = list(dict.fromkeys(GRID))
 
 
@@ -66,7 +103,18 @@ def test_train_count_matches_counter(shape: str, variant: str) -> None:
     assert counted_flops(cfg) / analytic == pytest.approx(1.0, abs=1e-9)  # exact, not just within 0.5%
 
 
-@pytest.mark.parametrize("variant", ["dense", "c0.5-every2-pred", "c0.25-every1-aux", "random-c0.25-every2"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "dense",
+        "c0.5-every2-pred",
+        "c0.25-every1-aux",
+        "random-c0.25-every2",
+        "moe-x4-k0.25-pred",
+        "mode-staged-c0.5-every2-x4-k0.25",
+        "mode-integrated-c0.5-every2-x4-n1",
+    ],
+)
 def test_forward_count_matches_counter(variant: str) -> None:
     cfg = make_cfg("s64-d48-l3-v1000", variant)
     c = count(cfg)
@@ -120,6 +168,38 @@ def test_mod_saves_the_expected_amount(capacity: float) -> None:
         count(ModelConfig(**small, routing="topk", capacity=capacity)).train_per_token
         < count(ModelConfig(**small)).train_per_token
     )
+
+
+def test_moe_counts_every_expert_but_pays_for_its_capacity() -> None:
+    """Parameters include all E experts; FLOPs only the tokens each expert takes. At E x capacity = 1 the
+    experts cost exactly the dense MLP; staged and integrated MoDE cut that further by MoD's capacity."""
+    shape = dict(vocab_size=256, seq_len=128, d_model=64, n_layers=4, n_heads=4, causal_router="none")
+    dense, moe = (
+        count(ModelConfig(**shape)),
+        count(ModelConfig(**shape, moe=True, experts=4, expert_capacity=0.25)),
+    )
+    d, f = 64, ModelConfig(**shape).ffn_dim
+    assert moe.params - dense.params == 4 * (
+        3 * (3 * d * f) + 4 * d
+    )  # 3 more experts and a d -> 4 router/block
+    assert moe.by_component["mlp"] == dense.by_component["mlp"]
+    assert moe.by_component["router"] == 4 * 2 * d * 4
+    mode = dict(shape, moe=True, experts=4, expert_capacity=0.25, capacity=0.5, route_every=2)
+    staged = count(ModelConfig(**mode, routing="topk"))
+    integrated = count(ModelConfig(**mode, routing="integrated", noop_experts=1))
+    assert (
+        staged.by_component["mlp"]
+        == integrated.by_component["mlp"]
+        == pytest.approx(0.75 * moe.by_component["mlp"])
+    )
+    assert (
+        staged.by_component["attention"]
+        < integrated.by_component["attention"]
+        == dense.by_component["attention"]
+    )
+    assert (
+        integrated.params == moe.params + 2 * d
+    )  # one no-op expert's router column in each of 2 routed blocks
 
 
 def test_conventions() -> None:

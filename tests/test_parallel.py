@@ -273,11 +273,22 @@ def test_micro_batch_auto_takes_the_largest_that_fits_and_evens_it_out() -> None
         resolve_micro_batch(cfg, 128, "auto", 2e9, "bf16")
 
 
-@pytest.mark.parametrize("routing", ["none", "topk"])
+MEMORY_VARIANTS = {
+    "none": dict(routing="none"),
+    "topk": dict(routing="topk"),
+    "moe": dict(routing="none", moe=True),
+    "moe-x4-k0.5": dict(routing="none", moe=True, expert_capacity=0.5),
+    "mode_staged": dict(routing="topk", moe=True),
+    "mode_integrated": dict(routing="integrated", moe=True),
+}
+
+
+@pytest.mark.parametrize("routing", list(MEMORY_VARIANTS))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_memory_estimate_tracks_the_measured_saved_activations(routing: str, precision: str) -> None:
     """The activation part of the estimate against what autograd really saves for backward (CPU)."""
-    cfg = ModelConfig(vocab_size=512, seq_len=128, d_model=96, n_layers=4, n_heads=4, routing=routing)
+    shape = dict(vocab_size=512, seq_len=128, d_model=96, n_layers=4, n_heads=4)
+    cfg = ModelConfig(**shape, **MEMORY_VARIANTS[routing])
     model = Transformer(cfg)
     storages: dict[int, int] = {}
 

@@ -9,6 +9,7 @@ keyed by their `curve` id and shown under `variant_label` ("MoD 12.5%, every 2nd
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -47,9 +48,46 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+_NUMBER = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
+_EXPERT_NAMES = re.compile(
+    rf"(?P<kind>moe|mode_staged|mode_integrated)(?:_c{_NUMBER}_e(\d+))?_x(\d+)_k{_NUMBER}(?:_n(\d+))?"
+    r"(?P<lin>_lin)?(?P<causal>_aux|_nocausal)?"
+)
+
+
+def _expert_label(variant: str) -> str | None:
+    """MoE and MoDE ids of modexp.plan.variant_name: moe_x4_k0.25, mode_staged_c0.125_e2_x4_k0.25(_lin),
+    mode_integrated_c0.125_e2_x4_k0.25_n1, each with an optional _aux / _nocausal."""
+    match = _EXPERT_NAMES.fullmatch(variant)
+    if match is None:
+        return None
+    kind, capacity, every, experts, share, noop = match.groups()[:6]
+    has_mod = capacity is not None
+    if has_mod != (kind != "moe") or (noop is not None) != (kind == "mode_integrated"):
+        return None
+    if match["lin"] and kind != "mode_staged":
+        return None
+    moe = f"MoE {experts} experts x {100 * float(share):g}%"
+    causal = _CAUSAL_ROUTERS[match["causal"] or ""]
+    lin = _ROUTER_WEIGHTS[match["lin"] or ""]
+    if kind == "moe":
+        words = [moe]
+    else:
+        interval = int(every)
+        where = "every block" if interval == 1 else f"every {_ordinal(interval)} block"
+        if kind == "mode_staged":
+            words = [f"staged MoDE: MoD {100 * float(capacity):g}% {where}", moe]
+        else:
+            noops = f"{noop} no-op expert{'s' if noop != '1' else ''}"
+            words = [f"integrated MoDE: {moe}", f"{100 * float(capacity):g}% of it {where} with {noops}"]
+    return ", ".join(words + [w for w in (lin, causal) if w])
+
+
 def _variant_label(variant: str) -> str | None:
     if variant == BASELINE:
         return "baseline"
+    if variant.startswith(("moe_", "mode_")):
+        return _expert_label(variant)
     kind, sep, rest = variant.partition("_c")
     if kind not in ("mod", "random") or not sep:
         return None
@@ -85,7 +123,10 @@ def variant_label(variant: str) -> str:
 
     "baseline" -> "baseline"; "mod_c0.125_e2" -> "MoD 12.5%, every 2nd block"; "random_c0.125_e2" ->
     "MoD 12.5%, every 2nd block, random routing"; "_lin" adds "linear router weight", "_aux" "aux-loss
-    causal router", "_nocausal" "no causal router". Any other id (an external table's) is shown as it is.
+    causal router", "_nocausal" "no causal router". "moe_x4_k0.25" -> "MoE 4 experts x 25%";
+    "mode_staged_c0.125_e2_x4_k0.25" -> "staged MoDE: MoD 12.5% every 2nd block, MoE 4 experts x 25%";
+    "mode_integrated_c0.125_e2_x4_k0.25_n1" -> "integrated MoDE: MoE 4 experts x 25%, 12.5% of it every 2nd
+    block with 1 no-op expert". Any other id (an external table's) is shown as it is.
     """
     variant = str(variant)
     base, sep, split = variant.partition(" [")

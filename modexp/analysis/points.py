@@ -92,8 +92,13 @@ def loss_column(loss: str) -> str:
 
 
 def _unrouted(df: pd.DataFrame) -> pd.Series:
+    """Runs whose top-k loss is already causal: no MoD routing and no mixture of experts (whose expert choice
+    over the sequence is not causal either)."""
     if "routing" in df:
-        return df["routing"].fillna("none").astype(str).eq("none")
+        unrouted = df["routing"].fillna("none").astype(str).eq("none")
+        if "experts" in df:
+            unrouted &= pd.to_numeric(df["experts"], errors="coerce").fillna(0).eq(0)
+        return unrouted
     return df["variant"].eq(BASELINE)
 
 

@@ -29,6 +29,7 @@ from .points import reference_curve
 from .table import BASELINE
 
 RANDOM = "random"
+MOE, MODE = "moe_", "mode_"  # variant ids of modexp.plan.variant_name
 VERDICT_COLUMNS = [
     "curve",
     "reference",
@@ -54,7 +55,8 @@ def is_random(variant: str) -> bool:
 
 
 def comparisons(fits: pd.DataFrame) -> list[tuple[str, str]]:
-    """(curve, reference curve) pairs: every variant against the baseline, learned routing against random."""
+    """(curve, reference curve) pairs: every variant against the baseline, learned routing against random,
+    and each MoDE form against the mixture of experts it is built on (the paper's Fig. 7)."""
     curves = fits.drop_duplicates("curve").set_index("curve")["variant"]
     pairs = []
     for curve, variant in curves.items():
@@ -63,6 +65,8 @@ def comparisons(fits: pd.DataFrame) -> list[tuple[str, str]]:
         references = [BASELINE] + (
             [] if is_random(variant) else sorted(v for v in set(curves) if is_random(v))
         )
+        if str(variant).startswith(MODE):
+            references += sorted(v for v in set(curves) if str(v).startswith(MOE))
         for reference in references:
             ref_curve = reference_curve(str(curve), variant, reference)
             if ref_curve in curves.index:

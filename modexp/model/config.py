@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ROUTINGS = ("none", "topk", "random")
+ROUTINGS = ("none", "topk", "random", "integrated")
 ROUTER_WEIGHTS = ("sigmoid", "linear")
 CAUSAL_ROUTERS = ("none", "aux_loss", "predictor")
 ATTENTIONS = ("sdpa", "math")
@@ -27,11 +27,21 @@ class ModelConfig:
     d_ff: int | None = None  # None: 4 d for GELU, 8/3 d (rounded up to a multiple of 8) for SwiGLU
     mlp: str = "swiglu"
     # Mixture-of-Depths (see ../shared/spec/mod-method.md and modexp/model/routing.py)
-    routing: str = "none"  # none: dense baseline; topk: learned expert-choice; random: the paper's control
+    # none: dense baseline; topk: learned expert-choice; random: the paper's control; integrated: MoD inside the
+    # MoE router of the routed blocks (integrated MoDE, needs moe=true; modexp/model/experts.py)
+    routing: str = "none"
     capacity: float = 0.125  # fraction of the sequence a routed block processes
     route_every: int = 2  # every route_every-th block is routed (blocks route_every-1, 2*route_every-1, ...)
     router_weight: str = "sigmoid"  # g in x + g(r) * f(x): sigmoid, or linear (the paper's literal Eq. 1)
     causal_router: str = "predictor"  # how sampling decides per token: predictor | aux_loss | none
+    # Mixture-of-experts MLP (modexp/model/experts.py). The values below are the library's "off" defaults; the
+    # study's defaults live in conf/model/default.yaml like every other key.
+    moe: bool = False  # every block's MLP is a mixture of `experts` MLPs with expert-choice routing
+    experts: int = 4  # real MLP experts per block, each as wide as the dense MLP (ffn_dim)
+    expert_capacity: float = (
+        0.25  # fraction of a block's tokens each expert takes (experts x this = 1: dense cost)
+    )
+    noop_experts: int = 1  # routing=integrated: no-op experts beside the real ones in a routed block's router
     aux_loss_weight: float = 0.01  # weight of the router's BCE loss (aux_loss) or the predictor's BCE loss
     predictor_hidden: int | None = None  # None: max(8, d_model // 4)
     attention: str = "sdpa"  # sdpa, or math: explicit matmul + softmax (what FLOP counters can see)
@@ -81,6 +91,25 @@ class ModelConfig:
                 f"route_every={self.route_every} is not allowed with n_layers={self.n_layers}: "
                 f"it would route no block (use route_every <= n_layers)"
             )
+        if not isinstance(self.moe, bool):
+            raise ValueError(f"moe={self.moe!r} is not allowed: give true or false")
+        for name in ("experts", "noop_experts"):
+            value, low = getattr(self, name), 1 if name == "experts" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} is not allowed: it must be an integer >= {low}")
+        if (
+            isinstance(self.expert_capacity, bool)
+            or not isinstance(self.expert_capacity, (int, float))
+            or not 0.0 < self.expert_capacity <= 1.0
+        ):
+            raise ValueError(
+                f"expert_capacity={self.expert_capacity!r} is not allowed: it must lie in (0, 1]"
+            )
+        if self.routing == "integrated" and not (self.moe and self.noop_experts >= 1):
+            raise ValueError(
+                f"routing=integrated is not allowed with moe={self.moe} and noop_experts={self.noop_experts}: "
+                "integrated MoDE routes inside the MoE router, so it needs moe=true and noop_experts >= 1"
+            )
         if not self.aux_loss_weight >= 0:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight!r} is not allowed: it must be >= 0")
         if self.predictor_hidden is not None and (
@@ -107,13 +136,23 @@ class ModelConfig:
     def predictor_dim(self) -> int:
         return self.predictor_hidden or max(8, self.d_model // 4)
 
-    def is_routed(self, layer: int) -> bool:
-        """Block `layer` (from 0) is routed: every route_every-th block, so block 0 is dense unless route_every=1."""
+    def on_route_interval(self, layer: int) -> bool:
+        """Block `layer` (from 0) is every route_every-th block, so block 0 is not unless route_every=1."""
         return self.routing != "none" and layer % self.route_every == self.route_every - 1
+
+    def is_routed(self, layer: int) -> bool:
+        """Block `layer` is a Mixture-of-Depths block (routing.py): tokens it does not take skip it whole."""
+        return self.skips_blocks and self.on_route_interval(layer)
 
     @property
     def routed_layers(self) -> list[int]:
         return [i for i in range(self.n_layers) if self.is_routed(i)]
+
+    @property
+    def skips_blocks(self) -> bool:
+        """MoD proper: routed blocks are skipped whole by unselected tokens (topk, random). Integrated MoDE
+        routes inside the MoE instead: its routed blocks run attention on every token."""
+        return self.routing in ("topk", "random")
 
     @property
     def has_predictor(self) -> bool:
@@ -123,8 +162,25 @@ class ModelConfig:
     def has_aux_loss(self) -> bool:
         return self.routing == "topk" and self.causal_router == "aux_loss"
 
-    def capacity_tokens(self, seq_len: int | None = None) -> int:
-        """k: tokens a routed block takes from a sequence. Fixed by capacity and length, never by the data."""
+    @property
+    def has_expert_predictor(self) -> bool:
+        return self.moe and self.causal_router == "predictor"
+
+    def expert_fraction(self, layer: int) -> float:
+        """Fraction of the tokens entering block `layer`'s MoE that each real expert takes: expert_capacity,
+        times capacity in integrated MoDE's routed blocks (MoD's capacity applied to the MoE's compute)."""
+        if self.routing == "integrated" and self.on_route_interval(layer):
+            return self.expert_capacity * self.capacity
+        return self.expert_capacity
+
+    def noop_experts_in(self, layer: int) -> int:
+        """No-op experts in block `layer`'s MoE router: only integrated MoDE's routed blocks have them."""
+        return self.noop_experts if self.routing == "integrated" and self.on_route_interval(layer) else 0
+
+    def capacity_tokens(self, seq_len: int | None = None, fraction: float | None = None) -> int:
+        """k: tokens a routed block (or, with `fraction`, an expert) takes from a sequence of seq_len tokens.
+        Fixed by capacity and length, never by the data."""
         t = self.seq_len if seq_len is None else seq_len
+        c = self.capacity if fraction is None else fraction
         # round() first so 0.29 * 100 = 28.999... still gives 29; at least one token, so k never hits 0.
-        return max(1, min(t, math.floor(round(self.capacity * t, 6))))
+        return max(1, min(t, math.floor(round(c * t, 6))))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .experts import MoE
 
 
 class Rotary(nn.Module):
@@ -140,12 +141,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """A pre-norm transformer block. `update` gives its residual update; `forward` adds it."""
 
-    def __init__(self, cfg: ModelConfig, rotary: Rotary) -> None:
+    def __init__(self, cfg: ModelConfig, rotary: Rotary, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.mlp_norm = nn.RMSNorm(cfg.d_model)
-        self.mlp = MLP(cfg)
+        # A mixture of experts (experts.py) where cfg.moe; `layer` says whether it has integrated MoDE's no-ops.
+        self.mlp = MoE(cfg, cfg.expert_fraction(layer), cfg.noop_experts_in(layer)) if cfg.moe else MLP(cfg)
         self._rotary = [rotary]  # shared tables; a list keeps it out of this module's state_dict
 
     @property
@@ -153,21 +155,31 @@ class Block(nn.Module):
         return self._rotary[0]
 
     def update(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        routing_mode: str = "causal",
     ) -> torch.Tensor:
-        """Residual update f(x) = attn + mlp, for the tokens in x at their given positions."""
+        """Residual update f(x) = attn + mlp, for the tokens in x at their given positions.
+
+        routing_mode reaches a mixture-of-experts MLP only (experts.py): topk (expert choice) or causal.
+        """
         # Positions 0..T-1 (a dense block): a slice of the tables; a routed block's (B, k) original positions: a
         # gather.
         cos, sin = self.rotary(x.shape[1] if positions is None else positions)
-        return self.finish(x, self.attn(self.attn_norm(x), cos, sin, mask))
+        return self.finish(x, self.attn(self.attn_norm(x), cos, sin, mask), routing_mode)
 
-    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, routing_mode: str = "causal") -> torch.Tensor:
         """The update once the attention output is known: attn + mlp(mlp_norm(x + attn)).
 
         Decoding with a KV cache (modexp.sample) computes attention against its cache and finishes here, so the
-        block's formula lives in one place.
+        block's formula lives in one place; it passes no routing_mode, so an MoE decides causally per token.
         """
-        return attn + self.mlp(self.mlp_norm(x + attn))
+        h = self.mlp_norm(x + attn)
+        return attn + (self.mlp(h, routing_mode) if isinstance(self.mlp, MoE) else self.mlp(h))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return x + self.update(x, positions)
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, routing_mode: str = "causal"
+    ) -> torch.Tensor:
+        return x + self.update(x, positions, routing_mode=routing_mode)

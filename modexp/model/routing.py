@@ -9,6 +9,9 @@ Top-k over the sequence is not causal (whether token i is picked depends on late
 per-token decision: either the router itself trained with a BCE "aux loss" towards top-k membership (processed
 if sigmoid(r) > 0.5), or a small predictor MLP on the detached hidden state (it never changes the LM loss).
 `routing_mode="causal"` runs that decision on a whole sequence; modexp.sample does it token by token with a cache.
+
+The block's MLP may be a mixture of experts with its own expert-choice routing (staged MoDE); that routing, and
+integrated MoDE's no-op experts, are in experts.py.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class RoutedBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, rotary: Rotary) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
-        self.block = Block(cfg, rotary)
+        self.block = Block(cfg, rotary, layer)  # staged MoDE: its MLP is an MoE over the k tokens
         # One router per routed block (sharing one across layers is a known bug). Random routing has none.
         self.router = nn.Linear(cfg.d_model, 1, bias=False) if cfg.routing == "topk" else None
         # The predictor normalises its (detached) input first: the residual stream starts at the embedding scale
@@ -115,7 +118,7 @@ class RoutedBlock(nn.Module):
             idx = topk_idx.unsqueeze(-1).expand(b, k, d)
             x_sel = x.gather(1, idx)
             # Positions are the ORIGINAL ones: rotary embeddings see real distances between selected tokens.
-            delta = self.block.update(x_sel, positions=topk_idx)
+            delta = self.block.update(x_sel, positions=topk_idx, routing_mode="topk")
             weight = self.gate(r.gather(1, topk_idx)).unsqueeze(-1).to(x.dtype)
             out = x.scatter(1, idx, x_sel + weight * delta)  # all other rows are copied untouched
             indices, mask = topk_idx, topk_mask
@@ -129,7 +132,7 @@ class RoutedBlock(nn.Module):
             order = (~mask).to(torch.int8).sort(dim=1, stable=True).indices
             idx = order.unsqueeze(-1).expand(b, t, d)
             x_front = x.gather(1, idx)
-            delta = self.block.update(x_front, positions=order)
+            delta = self.block.update(x_front, positions=order, routing_mode="causal")
             weight = self.gate(r.gather(1, order)).unsqueeze(-1).to(x.dtype)
             taken = mask.gather(1, order).unsqueeze(-1)
             out = x.scatter(1, idx, torch.where(taken, x_front + weight * delta, x_front))

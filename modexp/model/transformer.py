@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .experts import ExpertRecord, MoE
 from .layers import Block, Rotary
 from .routing import RoutedBlock, RoutingRecord
 
@@ -21,6 +22,9 @@ class ModelOutput:
     loss: torch.Tensor | None  # LM cross-entropy, None without targets
     aux_loss: torch.Tensor | None  # weighted causal-router loss (aux_loss or predictor), None where off
     routing: list[RoutingRecord] = field(default_factory=list)  # one per routed block, in depth order
+    experts: list[ExpertRecord] = field(
+        default_factory=list
+    )  # one per block's MoE (moe=true), in depth order
 
 
 class Transformer(nn.Module):
@@ -31,7 +35,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rotary = Rotary(cfg.head_dim, cfg.seq_len, cfg.rope_base)
         self.blocks = nn.ModuleList(
-            RoutedBlock(cfg, i, self.rotary) if cfg.is_routed(i) else Block(cfg, self.rotary)
+            RoutedBlock(cfg, i, self.rotary) if cfg.is_routed(i) else Block(cfg, self.rotary, i)
             for i in range(cfg.n_layers)
         )
         self.norm = nn.RMSNorm(cfg.d_model)
@@ -52,7 +56,7 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
         # Depth-scaled init of the projections that write into the residual stream (GPT-2).
         for name, param in self.named_parameters():
-            if name.endswith(("attn.out.weight", "mlp.down.weight")):
+            if name.endswith(("attn.out.weight", "down.weight")):  # the MLP's, or each expert's
                 nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layers))
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -82,6 +86,7 @@ class Transformer(nn.Module):
         """
         x = self.tok_emb(tokens)
         routing: list[RoutingRecord] = []
+        experts: list[ExpertRecord] = []
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if isinstance(block, RoutedBlock):
@@ -91,12 +96,17 @@ class Transformer(nn.Module):
                 else:
                     x, record = block(x, routing_mode=routing_mode, noise=noise)
                 routing.append(record)
+            elif recompute:
+                x = checkpoint(block, x, None, routing_mode, use_reentrant=False)
             else:
-                x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+                x = block(x, routing_mode=routing_mode)
+            moe = block.block.mlp if isinstance(block, RoutedBlock) else block.mlp
+            if isinstance(moe, MoE):
+                experts.append(moe.last)
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        aux_terms = [r.aux_loss for r in routing if r.aux_loss is not None]
+        aux_terms = [r.aux_loss for r in [*routing, *experts] if r.aux_loss is not None]
         aux_loss = self.cfg.aux_loss_weight * torch.stack(aux_terms).mean() if aux_terms else None
-        return ModelOutput(logits, loss, aux_loss, routing)
+        return ModelOutput(logits, loss, aux_loss, routing, experts)
