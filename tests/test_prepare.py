@@ -18,7 +18,7 @@ from modexp.data import LLMC_HEADER_BYTES, LLMC_MAGIC, DataConfig, load_corpus
 from modexp.errors import ModexpError
 from modexp.tokenizer import for_data
 
-TINY = ["model.d_model=32", "model.n_layers=4", "model.n_heads=2", "sweep=smoke", "budget=2e10"]
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "sweep=smoke", "budget=3e10"]
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
