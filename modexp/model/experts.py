@@ -43,6 +43,17 @@ from torch import nn
 from .config import ModelConfig
 
 
+def predictor_logits(predictor: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A causal predictor's logits on the detached input (it never changes the LM loss), its last layer in
+    fp32 under autocast (ties at the decision threshold). Shared by MoD's routed blocks and the MoE's experts."""
+    *body, last = predictor
+    h = x.detach()
+    for layer in body:
+        h = layer(h)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(h.float(), last.weight.float(), last.bias.float())
+
+
 @dataclass
 class ExpertRecord:
     """What one block's MoE did to a batch (kept on the module as `last`, read by Transformer.forward)."""
@@ -84,12 +95,7 @@ class MoE(nn.Module):
         """The predictor's logits (B, T, E) on the detached input, its last layer in fp32; None without one."""
         if self.predictor is None:
             return None
-        *body, last = self.predictor
-        h = x.detach()
-        for layer in body:
-            h = layer(h)
-        with torch.autocast(x.device.type, enabled=False):
-            return F.linear(h.float(), last.weight.float(), last.bias.float())
+        return predictor_logits(self.predictor, x)
 
     def causal_decision(self, r: torch.Tensor, predictor_logits: torch.Tensor | None) -> torch.Tensor:
         """Per token and real expert, from the token's own input only: (B, T, E) bool."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .experts import predictor_logits
 from .layers import Block, Rotary
 
 
@@ -75,12 +76,7 @@ class RoutedBlock(nn.Module):
         """The predictor's logits (B, T) on the detached hidden state, its last layer in fp32; None without one."""
         if self.predictor is None:
             return None
-        *body, last = self.predictor
-        h = x.detach()
-        for layer in body:
-            h = layer(h)
-        with torch.autocast(x.device.type, enabled=False):
-            return F.linear(h.float(), last.weight.float(), last.bias.float()).squeeze(-1)
+        return predictor_logits(self.predictor, x).squeeze(-1)
 
     def gate(self, r: torch.Tensor) -> torch.Tensor:
         """g(r): puts the router on the gradient path. Random routing has no router, so no gate."""
