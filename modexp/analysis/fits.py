@@ -1,6 +1,6 @@
 """isoFLOP fits: a parabola per (curve, budget), bootstrap intervals, power laws, Approach 3.
 
-The method (shared spec, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
+The method (docs/isoflop.md, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
 
 - Per (curve, budget): a parabola of the points' loss against log10(params). Its vertex is n_opt and
   loss_opt. d_opt is the vertex of a second parabola against log10(tokens) (no FLOP convention needed).
@@ -8,14 +8,15 @@ The method (shared spec, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
   opens upward with its vertex inside the sampled sizes. Otherwise n_opt and d_opt are NaN, loss_opt is the
   best point's loss (an upper bound on L*), the budget is left out of the power laws, and when the lowest
   point is an end the optimum is a bound: `bound` says "below" (N* < smallest size) or "above" (N* > largest).
-- Interval: a bootstrap. Replicate b draws the study's seeds with replacement (one draw for every curve, so
-  comparisons are paired over seeds) and redoes each point's reduction; then it adds the parabola's residuals,
-  resampled and scaled by sqrt(n / (n - 3)), to the fitted curve, so a single seed still gets the noise and
-  misfit its points show. With only 3 sizes there are no residuals and no interval. Replicate minima are not
+- Interval: a parametric bootstrap from the curve's measured noise (noise.py): replicate b adds drawn noise
+  to the fitted parabola and refits, so the interval is the estimator's own spread, with a t-like widening for
+  a noise level estimated from few degrees of freedom. D*'s replicates refit the tokens parabola, D*'s own
+  estimator. With only 3 sizes there are no residuals and no interval. Replicate minima are not
   clamped: a vertex beyond the sampled sizes stays there, a parabola opening downward puts N* at 0 or
   infinity on the side of the lower edge. The 5th-95th percentiles are order statistics, so an interval can
   say "below the smallest size". A replicate's loss is its vertex's when interior, else its best point's
   (an upper bound, as for the estimate). boot_interior is the share of replicates whose vertex lay inside.
+  Coverage is measured, not assumed: `modexp selfcheck calibration`.
 - Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2), with a
   bootstrap interval on the exponent from the same replicates.
 - Approach 3 cross-check: L = E + A/N^alpha + B/D^beta by a Huber loss (delta 1e-3) on log-loss, L-BFGS from
@@ -27,12 +28,13 @@ from __future__ import annotations
 import math
 import zlib
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
+from .noise import NoiseModel, draw_losses, fit_noise, variance_scales
 from .points import Group, Points, reduce_points
 
 try:  # L-BFGS-B makes many tiny BLAS calls; a multithreaded OpenBLAS makes them ~10x slower on a busy CPU
@@ -83,6 +85,11 @@ FITS_COLUMNS = [
     "tok_c2",
     "tok_c1",
     "tok_c0",
+    "lr_edge_at_opt",
+    "noise_sd",
+    "noise_slope",
+    "noise_dof",
+    "noise_source",
 ]
 POWER_LAW_COLUMNS = [
     "curve",
@@ -116,6 +123,7 @@ class IsoflopFits:
 
     table: pd.DataFrame
     boot: dict[tuple[str, float], np.ndarray]
+    noise: dict[str, NoiseModel] = field(default_factory=dict)
 
 
 def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -167,40 +175,68 @@ def replicate_minimum(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> tup
     return float(x_min), float(edges[0] if x_min <= lo else edges[1]), False
 
 
-def seed_weights(seeds: list, n_boot: int, seed: int) -> np.ndarray:
-    """Row b counts how often each seed was drawn in replicate b (one shared draw: curves stay paired)."""
-    rng = np.random.default_rng([seed, len(seeds)])
-    draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-    return np.stack([np.bincount(d, minlength=len(seeds)) for d in draws]).astype(float)
+def _replicate_minima(x: np.ndarray, ys: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """replicate_minimum for each row of ys (B, n): (B, 3) of x*, loss*, interior."""
+    coef = np.linalg.lstsq(_design(x), ys.T, rcond=None)[0].T  # (B, 3): c2, c1, c0
+    c2, c1, c0 = coef.T
+    edge_lo, edge_hi = c2 * lo**2 + c1 * lo + c0, c2 * hi**2 + c1 * hi + c0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_min = np.where(c2 > 0, -c1 / (2 * c2), np.where(edge_lo < edge_hi, -np.inf, np.inf))
+    interior = (lo < x_min) & (x_min < hi)
+    at_vertex = c0 - c1**2 / (4 * np.where(c2 != 0, c2, np.nan))
+    loss = np.where(interior, at_vertex, np.where(x_min <= lo, edge_lo, edge_hi))
+    return np.stack([x_min, loss, interior.astype(float)], axis=1)
+
+
+def _design(x: np.ndarray) -> np.ndarray:
+    return np.stack([x**2, x, np.ones_like(x)], axis=1)
 
 
 def _group_rng(seed: int, curve: str, budget: float) -> np.random.Generator:
-    # A seed per group: adding a curve or a budget leaves every other group's point resampling unchanged.
+    # A seed per group: adding a curve or a budget leaves every other group's replicates unchanged.
     return np.random.default_rng([seed, zlib.crc32(f"{curve}|{budget:.9g}".encode())])
 
 
-def _bootstrap(group: Group, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows of [log10 n, log10 d, loss, interior], one per replicate; see the module docstring.
+def _bootstrap(group: Group, model: NoiseModel, scales: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of [log10 n, log10 d, loss, interior], one per replicate (see noise.py and the module docstring).
 
-    Replicate b reduces the points under the seed counts weights[b], then adds the parabola's residuals,
-    resampled, to its fitted curve.
+    Each replicate adds drawn noise to the fitted parabola in log10 params (for N* and L*) and to the fitted
+    parabola in log10 tokens (for D*: the same estimator as D* itself), and refits both.
     """
-    x_n, x_d = np.log10(group.params), np.log10(group.tokens)
-    out = np.full((len(weights), 4), np.nan)
-    for b, y in enumerate(group.reduce(weights)):
-        ok = np.isfinite(y)
-        if np.unique(x_n[ok]).size < 4:  # a parabola through 3 sizes has no residuals: no interval
-            continue
-        coef = np.polyfit(x_n[ok], y[ok], 2)
-        fitted = np.polyval(coef, x_n[ok])
-        residuals = (y[ok] - fitted) * math.sqrt(ok.sum() / (ok.sum() - 3))  # undo the fit's shrinkage
-        y = fitted + rng.choice(residuals, size=ok.sum())
-        out[b, 0], out[b, 2], interior = replicate_minimum(x_n[ok], y, x_n.min(), x_n.max())
-        if not interior:  # as for the estimate itself: an optimum beyond the sizes has the best run's loss
-            out[b, 2] = float(y.min())
-        out[b, 1] = replicate_minimum(x_d[ok], y, x_d.min(), x_d.max())[0]
-        out[b, 3] = float(interior) if not math.isnan(out[b, 0]) else math.nan
+    out = np.full((scales.size, 4), np.nan)
+    noise, y = draw_losses(group, model, scales, rng)
+    ok = np.isfinite(y)
+    x_n, x_d = np.log10(group.params[ok]), np.log10(group.tokens[ok])
+    if np.unique(x_n).size < 4 or not np.isfinite(scales).all():  # 3 sizes leave no residual: no interval
+        return out
+    for column, x in ((0, x_n), (1, x_d)):
+        fitted = _design(x) @ np.linalg.lstsq(_design(x), y[ok], rcond=None)[0]
+        minima = _replicate_minima(x, fitted + noise[:, ok], x.min(), x.max())
+        out[:, column] = minima[:, 0]
+        if column == 0:
+            # As for the estimate itself: an optimum beyond the sizes has the best run's loss.
+            best = (fitted + noise[:, ok]).min(axis=1)
+            out[:, 2] = np.where(minima[:, 2] > 0, minima[:, 1], best)
+            out[:, 3] = minima[:, 2]
+            estimate = _replicate_minima(x, fitted[None, :], x.min(), x.max())[0]
+            if estimate[2] > 0:
+                out[:, 2] = _bias_corrected(out[:, 2], float(estimate[1]))
     return out
+
+
+def _bias_corrected(reps: np.ndarray, estimate: float) -> np.ndarray:
+    """Replicates moved by twice their median's offset from the estimate.
+
+    A vertex is a non-linear function of the fit (L* = c0 - c1^2 / 4 c2 is biased low by noise): the
+    replicates carry the estimate's bias once more, so a plain percentile interval would count it twice.
+    Moving them by -2 x bias centres the interval on the bias-corrected value, as the basic bootstrap does,
+    while keeping replicates beyond the sizes (infinite) on their side.
+    """
+    finite = np.isfinite(reps)
+    if finite.sum() < reps.size / 2:
+        return reps
+    bias = float(np.median(reps[finite])) - estimate
+    return np.where(finite, reps - 2 * bias, reps)
 
 
 def percentiles(values: np.ndarray) -> tuple[float, float]:
@@ -223,6 +259,13 @@ def _bound_params(params: np.ndarray, bound: str) -> float:
 
 def _exp10(x: float) -> float:
     return float(np.power(10.0, x))  # 0 or inf for a bound at -inf or inf, where 10**x would overflow
+
+
+def _lr_edge_at_optimum(lr_edge: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a point that places the minimum (the lowest and its neighbours) had its best LR at the grid's
+    edge: its loss is then an upper bound, and so is the optimum it shapes."""
+    best = int(np.argmin(y))
+    return bool(lr_edge[max(best - 1, 0) : best + 2].any())
 
 
 def _fit_group(curve: str, budget: float, rows: pd.DataFrame, boot: np.ndarray, loss: str) -> dict:
@@ -250,6 +293,7 @@ def _fit_group(curve: str, budget: float, rows: pd.DataFrame, boot: np.ndarray, 
         "n_runs": int(rows["n_runs"].sum()),
         "n_seeds": int(rows["n_seeds"].max()),
         "lr_edge_points": int(rows["lr_edge"].sum()),
+        "lr_edge_at_opt": _lr_edge_at_optimum(rows["lr_edge"].to_numpy(bool), y),
         "d_opt_lo": _exp10(d_lo),
         "d_opt_hi": _exp10(d_hi),
         "n_sizes": int(np.unique(x_n).size),
@@ -271,13 +315,30 @@ def fit_isoflops(points: Points | pd.DataFrame, n_boot: int = N_BOOT, seed: int 
     """
     if isinstance(points, pd.DataFrame):
         points = reduce_points(points, "topk")
-    weights = seed_weights(points.seeds, n_boot, seed)
-    rows, boot = [], {}
-    for (curve, budget), group_rows in points.table.groupby(["curve", "budget"], sort=True):
-        key = (str(curve), float(budget))
-        boot[key] = _bootstrap(points.groups[key], weights, _group_rng(seed, *key))
-        rows.append(_fit_group(*key, group_rows.sort_values("params"), boot[key], points.loss))
-    return IsoflopFits(table=pd.DataFrame(rows, columns=FITS_COLUMNS), boot=boot)
+    rows, boot, noise = [], {}, {}
+    for curve, curve_rows in points.table.groupby("curve", sort=True):
+        keys = [(str(curve), float(b)) for b in sorted(curve_rows["budget"].unique())]
+        model = noise[str(curve)] = fit_noise([points.groups[k] for k in keys])
+        scales = variance_scales(
+            model, n_boot, np.random.default_rng([seed, zlib.crc32(str(curve).encode())])
+        )
+        for key in keys:
+            boot[key] = _bootstrap(points.groups[key], model, scales, _group_rng(seed, *key))
+            group_rows = curve_rows[curve_rows["budget"] == key[1]].sort_values("params")
+            rows.append({**_fit_group(*key, group_rows, boot[key], points.loss), **_noise_columns(model)})
+    table = pd.DataFrame(rows, columns=FITS_COLUMNS)
+    return IsoflopFits(
+        table=table.sort_values(["curve", "budget"]).reset_index(drop=True), boot=boot, noise=noise
+    )
+
+
+def _noise_columns(model: NoiseModel) -> dict:
+    return {
+        "noise_sd": model.sd,
+        "noise_slope": model.c1,
+        "noise_dof": model.dof,
+        "noise_source": model.source,
+    }
 
 
 def _power_law_row(curve: str, quantity: str, used: pd.DataFrame, boot: dict | None) -> dict:

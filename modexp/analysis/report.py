@@ -36,48 +36,79 @@ def _interval(lo: float, hi: float, fmt: str = "{:.2f}") -> str:
     return f"[{fmt.format(lo)}, {fmt.format(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else "[n/a]"
 
 
+FLAG_TEXT = {
+    "lr_edge": "a point shaping an optimum had its best LR at the grid's edge",
+    "extrapolated": "extrapolated beyond the reference's budgets",
+    "beyond_step": "more than one budget step beyond the reference: m only a bound",
+    "reference_2_budgets": "reference curve on 2 budgets",
+    "reference_on_bounds": "reference curve runs through bounds",
+    "reference_missing": "the reference did not train this budget: its L* read off its curve",
+}
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _headline(pair) -> str:
+    if not math.isfinite(pair.multiplier):
+        return f"  {pair.curve} vs {pair.reference}: m not estimated: {_text(pair.note)}"
+    n_total = getattr(pair, "n_budgets_total", pair.n_budgets)
+    text = (
+        f"  {pair.curve} vs {pair.reference}: m = {pair.multiplier:.2f}x "
+        f"{_interval(pair.multiplier_lo, pair.multiplier_hi)} (geometric mean over "
+        f"{count(pair.n_budgets, 'budget')} where m is an estimate, of {n_total})"
+    )
+    note = _text(getattr(pair, "note", ""))
+    return text + (f"  [{note}]" if note else "")
+
+
+def _verdict_row(row) -> str:
+    marks = [FLAG_TEXT[f] for f in _text(getattr(row, "flags", "")).split(";") if f in FLAG_TEXT]
+    bound = _text(getattr(row, "bound", ""))
+    if bound == "both":
+        marks.append("both optima at this budget are only bounds: dL's direction unknown")
+    elif bound:
+        marks.append(f"the {bound}'s optimum is only a bound")
+    m_op = _text(getattr(row, "multiplier_bound", "")) or "="
+    if m_op == "?":
+        marks.append("m is not bounded either way")
+    if _text(getattr(row, "believe", "")):
+        marks.append(row.believe)
+    d_op = "?" if bound == "both" else "<=" if bound == "variant" else ">=" if bound == "reference" else "="
+    m_text = "m n/a" if not math.isfinite(row.multiplier) else f"m {m_op} {row.multiplier:.2f}x"
+    if m_op == "=" or math.isfinite(row.multiplier_lo):
+        m_text += f" {_interval(row.multiplier_lo, row.multiplier_hi)}"
+    d_text = (
+        f"dL {d_op} {row.delta_loss:+.4f} {_interval(row.delta_loss_lo, row.delta_loss_hi, '{:+.4f}')} nats"
+        if math.isfinite(row.delta_loss)
+        else "dL n/a (the reference's curve does not reach this budget)"
+    )
+    ref_loss = f"{row.reference_loss_opt:.4f}" if math.isfinite(row.reference_loss_opt) else "n/a"
+    star = "*" if getattr(row, "estimate", False) else " "
+    return f"   {star}C={sci(row.budget)}  {m_text}  {d_text}  (L* {row.loss_opt:.4f} vs {ref_loss})" + (
+        f"  [{'; '.join(marks)}]" if marks else ""
+    )
+
+
 def _verdict_section(verdict: Verdict, loss: str) -> list[str]:
     pct = f"{PERCENTILES[0]:g}-{PERCENTILES[1]:g}%"
     lines = [
         f"Verdict on the {loss} loss ({LOSSES[loss]}): the compute multiplier m is how many times its own budget "
         f"the reference would need to reach the variant's optimal loss (m > 1: the variant is better); "
-        f"dL = L*(variant) - L*(reference) at equal compute; [{pct}] bootstrap, paired over seeds:"
+        f"dL = L*(variant) - L*(reference) at equal compute; [{pct}] from each curve's measured noise "
+        "(curves drawn independently), widened by the disagreement of two models of the reference's L*(C). "
+        "* marks the budgets where m is an estimate (both optima located, not extrapolated, no LR edge): "
+        "only they enter the headline."
     ]
     if verdict.overall.empty:
         return lines + ["  no comparison: the study needs a baseline (or random) curve beside a variant"]
     for pair in verdict.overall.itertuples():
-        flags = [
-            w for w, on in (("extrapolated", pair.extrapolated), ("unbracketed", not pair.bracketed)) if on
-        ]
-        lines.append(
-            f"  {pair.curve} vs {pair.reference}: m = {pair.multiplier:.2f}x "
-            f"{_interval(pair.multiplier_lo, pair.multiplier_hi)} (geometric mean over "
-            f"{count(pair.n_budgets, 'budget')}{'' if pair.extrapolated else ' not extrapolated'}){'  [' + ', '.join(flags) + ']' if flags else ''}"
-        )
+        lines.append(_headline(pair))
         rows = verdict.by_budget[
             (verdict.by_budget["curve"] == pair.curve) & (verdict.by_budget["reference"] == pair.reference)
         ]
-        for row in rows.itertuples():
-            marks = []
-            if row.extrapolated:
-                marks.append("extrapolated beyond the reference's budgets")
-            bound = getattr(row, "bound", "") if isinstance(getattr(row, "bound", ""), str) else ""
-            if bound == "both":
-                marks.append("both optima at this budget are only bounds: dL's direction unknown")
-            elif bound:
-                marks.append(f"the {bound}'s optimum is only a bound")
-            m_op = getattr(row, "multiplier_bound", "")
-            m_op = m_op if isinstance(m_op, str) and m_op else "="
-            if m_op == "?":
-                marks.append("m is not bounded either way")
-            d_op = "<=" if bound == "variant" else ">=" if bound == "reference" else "="
-            lines.append(
-                f"    C={sci(row.budget)}  m {m_op} {row.multiplier:.2f}x "
-                f"{_interval(row.multiplier_lo, row.multiplier_hi)}"
-                f"  dL {d_op} {row.delta_loss:+.4f} {_interval(row.delta_loss_lo, row.delta_loss_hi, '{:+.4f}')} nats"
-                f"  (L* {row.loss_opt:.4f} vs {row.reference_loss_opt:.4f})"
-                + (f"  [{'; '.join(marks)}]" if marks else "")
-            )
+        lines += [_verdict_row(row) for row in rows.itertuples()]
     return lines
 
 

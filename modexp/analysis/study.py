@@ -213,7 +213,7 @@ def analyze(
     for name in [loss] + [other for other in available if other != loss]:
         points = reduce_points(df, name, tuple(split_by))
         iso = fit_isoflops(points, n_boot=n_boot, seed=seed)
-        per_loss[name] = (points, iso, compute_verdict(iso.table, iso.boot))
+        per_loss[name] = (points, iso, compute_verdict(iso.table, iso.boot, points.table))
     points, iso, verdict = per_loss[loss]
     notes += points.notes
     laws = fit_power_laws(iso.table, iso.boot)
