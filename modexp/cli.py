@@ -80,7 +80,7 @@ def _refuse_ignored_lr_sweep(cfgs: list) -> None:  # list[config.Config]
 def _count_epochs(plan, cfg) -> list[str]:  # (plan.Plan, config.Config) -> notes
     """Each run's epochs over its corpus, refusing too many; a note instead while the corpus is not given."""
     from .data import train_split_tokens
-    from .plan import set_epochs
+    from .plan import epoch_spread_notes, set_epochs
 
     train_tokens = train_split_tokens(cfg.data)
     if train_tokens is None:
@@ -89,7 +89,7 @@ def _count_epochs(plan, cfg) -> list[str]:  # (plan.Plan, config.Config) -> note
             "is not checked yet"
         ]
     set_epochs(plan.runs, train_tokens, cfg)
-    return []
+    return epoch_spread_notes((r.variant, r.budget, r.epochs) for r in plan.runs)
 
 
 def plan_rows(study, convention: str = "exact") -> list[dict]:
@@ -147,7 +147,10 @@ def print_plan(study, fmt: str, convention: str = "exact") -> None:
             "tokens": frame["tokens"].map(si),
             "steps": frame["steps"],
             "tok/p": frame["tokens_per_param"].map(lambda v: f"{v:.3g}"),
-            "lr": frame["lr"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
+            "lr": [
+                ("-" if pd.isna(v) else f"{v:.3g}") + ("*" if out else "")
+                for v, out in zip(frame["lr"], frame["lr_domain"])
+            ],
             "epochs": frame["epochs"].map(lambda v: "-" if pd.isna(v) else si(v)),
             "micro": frame["micro_batch"].map(lambda v: str(v).replace("auto (<= ", "auto<=").rstrip(")")),
             "GB": frame["est_peak_gb"].map(
@@ -421,6 +424,13 @@ def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_selfcheck(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .analysis.calibration import run_check
+
+    print(run_check(args.setting, args.studies, args.replicates, Path(args.out)))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     from .bench import run_bench
 
@@ -592,6 +602,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit-tokens", type=float, default=None, help="stop after this many tokens (e.g. 1e8)")
     s.add_argument("--shard-tokens", type=float, default=1e8, help="tokens per shard (default 1e8, as llm.c)")
     s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser(
+        "selfcheck",
+        help="check the tool against a known truth: calibration of the verdict's intervals",
+        description="modexp selfcheck calibration: simulate studies from a known law, analyse each as "
+        "modexp analyze does, and print how often each nominal 90%% interval holds the truth",
+    )
+    s.add_argument("check", choices=("calibration",))
+    s.add_argument("--studies", type=int, default=200, help="simulated studies per setting (default 200)")
+    s.add_argument(
+        "--replicates", type=int, default=200, help="bootstrap replicates per analysis (default 200)"
+    )
+    s.add_argument(
+        "--setting",
+        action="append",
+        metavar="NAME",
+        help="a setting to simulate (repeatable; default: the three the README reports; 'all' for every one)",
+    )
+    s.add_argument("--out", default="runs/selfcheck", help="folder for coverage.csv and coverage.md")
+    s.set_defaults(func=cmd_selfcheck)
 
     s = sub.add_parser("bench", help="speed ratios measured side by side: MoD vs baseline, ours vs reference")
     s.add_argument("--quick", action="store_true", help="small shapes, about 2 minutes on 2 CPU cores")

@@ -49,6 +49,9 @@ class LrLawConfig:
 
     coefficient: float = MISSING
     exponent: float = MISSING
+    # The sizes (total parameters) the law was fitted on: runs outside them are flagged in the plan.
+    params_min: float | None = None
+    params_max: float | None = None
 
 
 @dataclass
@@ -388,6 +391,14 @@ def check(cfg: Config) -> None:
             raise ModexpError(
                 f"train.lr_law.{kind} is not allowed: keys are {', '.join(VARIANTS)}, each with a positive "
                 "coefficient and an exponent, e.g. train.lr_law={baseline:{coefficient:0.5,exponent:-0.3}}"
+            )
+        sizes = (law.params_min, law.params_max)
+        if any(v is not None for v in sizes) and not (
+            all(v is not None for v in sizes) and 0 < law.params_min <= law.params_max < math.inf
+        ):
+            raise ModexpError(
+                f"train.lr_law.{kind}: params_min={law.params_min}, params_max={law.params_max} are not allowed: "
+                "give both, positive and finite, params_min <= params_max (the sizes the law was fitted on)"
             )
     if not cfg.sweep.max_epochs > 0:
         raise ModexpError(

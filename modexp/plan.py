@@ -87,6 +87,7 @@ class RunSpec:
     lr: float | None = None  # the run's peak learning rate (its config's train.lr)
     lr_rule: str = "train.lr"  # how that LR was chosen: train.lr | sweep.lr_grid | the law of train.lr_from
     epochs: float | None = None  # passes over the training split; None while the corpus is not known
+    lr_domain: str = ""  # '' or why the LR law that set lr does not cover this run (outside its fitted sizes)
 
     @property
     def tokens_per_param(self) -> float:
@@ -113,6 +114,7 @@ class RunSpec:
             "lr": self.lr,
             "lr_rule": self.lr_rule,
             "epochs": self.epochs,
+            "lr_domain": self.lr_domain,
         }
 
 
@@ -261,12 +263,29 @@ def plan_sweep(cfgs: list[Config]) -> Plan:
             for variant in cfg.sweep.variants:
                 chosen, note = _ladder_runs(cfg, shapes, budget, variant)
                 for run in chosen:
-                    for lr, rule in run_lrs(cfg, law, run.variant, run.accounting["params"]):
+                    for lr, rule, outside in run_lrs(cfg, law, run.variant, run.accounting["params"]):
                         tuned = make_run(cfg, run.model, budget, lr=lr, lr_rule=rule)
+                        tuned.lr_domain = outside
                         runs.setdefault(tuned.run_id, tuned)
                 if note and note not in notes:
                     notes.append(note)
-    return Plan(sort_runs(runs.values()), notes)
+    plan = Plan(sort_runs(runs.values()), notes)
+    plan.notes += lr_domain_notes(plan.runs)
+    if law is not None and not cfg.sweep.lr_grid:
+        plan.notes += [n for n in law.domain_notes({r.variant for r in plan.runs}) if n not in plan.notes]
+    return plan
+
+
+def lr_domain_notes(runs: list[RunSpec]) -> list[str]:
+    """One note per variant whose runs take an LR from a law outside the sizes it was fitted on."""
+    notes = []
+    for variant in sorted({r.variant for r in runs if r.lr_domain}):
+        outside = [r for r in runs if r.variant == variant and r.lr_domain]
+        notes.append(
+            f"{variant}: {len(outside)} run(s) take their LR from a law outside the sizes it was fitted on "
+            f"(marked * in the lr column; e.g. {outside[0].lr_domain}): extend the LR grid to them"
+        )
+    return notes
 
 
 def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
@@ -278,22 +297,23 @@ def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
     if cfg.train.lr_from:
         return lr_law_from_study(cfg.train.lr_from)
     laws = {
-        variant_name(cfg.model, kind): (law.coefficient, law.exponent)
+        variant_name(cfg.model, kind): (law.coefficient, law.exponent, law.params_min, law.params_max)
         for kind, law in cfg.train.lr_law.items()
     }
     return lr_law_from_config(laws)
 
 
-def run_lrs(cfg: Config, law: Any, variant: str, params: float) -> list[tuple[float, str]]:
-    """(peak LR, how it was chosen) for each run of one point: the grid's LRs, the law's LR, or train.lr.
+def run_lrs(cfg: Config, law: Any, variant: str, params: float) -> list[tuple[float, str, str]]:
+    """(peak LR, how it was chosen, '' or why the law does not cover it) for each run of one point: the
+    grid's LRs, the law's LR, or train.lr.
 
     A grid wins over a law (a preset's train.lr_law is a default a grid study overrides), a law over train.lr.
     """
     if cfg.sweep.lr_grid:
-        return [(float(lr), "sweep.lr_grid") for lr in cfg.sweep.lr_grid]
+        return [(float(lr), "sweep.lr_grid", "") for lr in cfg.sweep.lr_grid]
     if law is not None:
-        return [(law.lr(variant, params), law.describe(variant))]
-    return [(cfg.train.lr, "train.lr")]
+        return [(law.lr(variant, params), law.describe(variant), law.outside(variant, params))]
+    return [(cfg.train.lr, "train.lr", "")]
 
 
 def sort_runs(runs: Iterable[RunSpec]) -> list[RunSpec]:
@@ -448,6 +468,33 @@ def set_epochs(runs: list[RunSpec], train_tokens: int, cfg: Config) -> None:
         )
 
 
+EPOCH_SPREAD = 1.5  # variants at one budget repeating their data this differently see different data regimes
+
+
+def epoch_spread_notes(runs: Iterable[tuple[str, float, float]]) -> list[str]:
+    """A note per budget where variants' median epochs differ by more than EPOCH_SPREAD x.
+
+    runs: (variant, budget, epochs). At equal FLOPs MoD trains on more tokens than the baseline, so it repeats
+    a small corpus more often: a difference in loss may then be a difference in repetition.
+    """
+    by_point: dict[float, dict[str, list[float]]] = {}
+    for variant, budget, epochs in runs:
+        if epochs is not None and math.isfinite(epochs) and epochs > 0:
+            by_point.setdefault(float(budget), {}).setdefault(str(variant), []).append(float(epochs))
+    notes = []
+    for budget, variants in sorted(by_point.items()):
+        medians = {v: sorted(e)[len(e) // 2] for v, e in variants.items()}
+        low, high = min(medians, key=medians.get), max(medians, key=medians.get)
+        # Under one pass nothing repeats: the spread matters only once some variant sees its data again.
+        if medians[high] > 1 and medians[high] > EPOCH_SPREAD * medians[low]:
+            notes.append(
+                f"budget {sci(budget)}: {high} repeats its training data {medians[high] / medians[low]:.1f}x as "
+                f"often as {low} (median epochs {medians[high]:.3g} vs {medians[low]:.3g}): part of a loss "
+                "difference there may be repetition, not the architecture"
+            )
+    return notes
+
+
 def single_run(cfg: Config) -> RunSpec:
     """The one run `modexp train` trains: cfg.model as given, for cfg.budget FLOPs."""
     if cfg.budget is None:
@@ -461,8 +508,9 @@ def single_run(cfg: Config) -> RunSpec:
     run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
     law = load_lr_law(cfg)
     if law is not None:
-        ((lr, rule),) = run_lrs(cfg, law, run.variant, run.accounting["params"])
+        ((lr, rule, outside),) = run_lrs(cfg, law, run.variant, run.accounting["params"])
         run = make_run(cfg, cfg.model, cfg.budget, cfg.variant, lr=lr, lr_rule=rule)
+        run.lr_domain = outside
     if abs(run.flops / run.budget - 1) > 0.01 or run.steps < cfg.sweep.min_steps:
         # Too few steps cannot train sensibly (warm-up and decay need room), and under one sequence the run
         # would spend more than its budget: the same rule as the sweep's (sweep.min_steps).

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from .noise import NoiseModel, draw_losses, fit_noise, variance_scales
+from .noise import NoiseModel, draw_losses, fit_noise, point_variances, variance_scales
 from .points import Group, Points, reduce_points
 
 try:  # L-BFGS-B makes many tiny BLAS calls; a multithreaded OpenBLAS makes them ~10x slower on a busy CPU
@@ -88,6 +88,7 @@ FITS_COLUMNS = [
     "lr_edge_at_opt",
     "noise_sd",
     "noise_slope",
+    "noise_terms",
     "noise_dof",
     "noise_source",
 ]
@@ -239,6 +240,30 @@ def _bias_corrected(reps: np.ndarray, estimate: float) -> np.ndarray:
     return np.where(finite, reps - 2 * bias, reps)
 
 
+def fieller_interval(x: np.ndarray, y: np.ndarray, variance: np.ndarray, dof: float) -> tuple[float, float]:
+    """The 90% confidence set of a least-squares parabola's vertex by Fieller's theorem, as (lo, hi).
+
+    The vertex is where the slope 2 c2 x + c1 is zero; x belongs to the set when the fitted slope there is
+    within t(dof) standard errors of zero. That is exact for normal noise of the given variances (up to one
+    common factor estimated with `dof` degrees of freedom), where a bootstrap of the vertex, a ratio, is too
+    narrow whenever the curvature happens to be overestimated. With the curvature not clearly positive the
+    set is unbounded: (-inf, inf).
+    """
+    X = _design(x)
+    pinv = np.linalg.pinv(X)
+    c2, c1, _ = pinv @ y
+    cov = pinv @ np.diag(variance) @ pinv.T  # OLS under heteroscedastic noise
+    t = stats.t.ppf(PERCENTILES[1] / 100, dof) if math.isfinite(dof) else stats.norm.ppf(PERCENTILES[1] / 100)
+    a = 4 * c2**2 - 4 * t**2 * cov[0, 0]
+    b = 4 * c2 * c1 - 4 * t**2 * cov[0, 1]
+    c = c1**2 - t**2 * cov[1, 1]
+    disc = b * b - 4 * a * c
+    if not a > 0 or disc < 0:
+        return -math.inf, math.inf
+    root = math.sqrt(disc)
+    return (-b - root) / (2 * a), (-b + root) / (2 * a)
+
+
 def percentiles(values: np.ndarray) -> tuple[float, float]:
     """5th and 95th percentiles as order statistics: infinite replicates (beyond the sizes) count, NaN do not."""
     values = values[~np.isnan(values)]
@@ -325,20 +350,66 @@ def fit_isoflops(points: Points | pd.DataFrame, n_boot: int = N_BOOT, seed: int 
         for key in keys:
             boot[key] = _bootstrap(points.groups[key], model, scales, _group_rng(seed, *key))
             group_rows = curve_rows[curve_rows["budget"] == key[1]].sort_values("params")
-            rows.append({**_fit_group(*key, group_rows, boot[key], points.loss), **_noise_columns(model)})
+            row = {**_fit_group(*key, group_rows, boot[key], points.loss), **_noise_columns(model)}
+            rows.append(
+                {
+                    **row,
+                    **_vertex_intervals(points.groups[key], model, bool(np.isfinite(boot[key][:, 2]).any())),
+                }
+            )
     table = pd.DataFrame(rows, columns=FITS_COLUMNS)
     return IsoflopFits(
         table=table.sort_values(["curve", "budget"]).reset_index(drop=True), boot=boot, noise=noise
     )
 
 
+def _vertex_intervals(group: Group, model: NoiseModel, measurable: bool) -> dict:
+    """N* and D* intervals by Fieller's theorem on each parabola (see fieller_interval)."""
+    if not measurable:
+        return {}
+    y, variance, dof = point_variances(group, model)
+    ok = np.isfinite(y)
+    out = {}
+    for name, x in (("n_opt", np.log10(group.params)), ("d_opt", np.log10(group.tokens))):
+        lo, hi = fieller_interval(x[ok], y[ok], variance[ok], float(np.min(dof[ok])))
+        out[f"{name}_lo"], out[f"{name}_hi"] = _exp10(lo), _exp10(hi)
+    return out
+
+
 def _noise_columns(model: NoiseModel) -> dict:
     return {
         "noise_sd": model.sd,
         "noise_slope": model.c1,
+        "noise_terms": len(model.coef),
         "noise_dof": model.dof,
         "noise_source": model.source,
     }
+
+
+def _slope_interval(log_c: np.ndarray, used: pd.DataFrame, quantity: str) -> tuple[float, float, str]:
+    """The exponent's interval from each budget's own optimum interval: weighted least squares with
+    weights 1/se^2 (se from the optimum's 90% interval), widened by the Birge ratio when the optima scatter
+    more than their errors say (a power law that does not quite hold), with t quantiles of the noise's dof."""
+    lo, hi = (
+        np.log10(used[f"{quantity}_lo"].to_numpy(float)),
+        np.log10(used[f"{quantity}_hi"].to_numpy(float)),
+    )
+    dof = used["noise_dof"].to_numpy(float) if "noise_dof" in used else np.full(len(used), np.inf)
+    t = stats.t.ppf(PERCENTILES[1] / 100, np.where(dof > 0, dof, np.inf))
+    with np.errstate(invalid="ignore"):
+        se = (hi - lo) / (2 * t)
+    ok = np.isfinite(se) & (se > 0)
+    if ok.sum() < 2 or np.unique(log_c[ok]).size < 2:
+        return math.nan, math.nan, "none (fewer than 2 budgets with a bounded optimum interval)"
+    x, y, w = log_c[ok], np.log10(used[quantity].to_numpy(float))[ok], 1 / se[ok] ** 2
+    xm = np.average(x, weights=w)
+    slope = float(np.sum(w * (x - xm) * (y - np.average(y, weights=w))) / np.sum(w * (x - xm) ** 2))
+    se_slope = math.sqrt(1 / np.sum(w * (x - xm) ** 2))
+    if ok.sum() > 2:
+        chi2 = float(np.sum(w * (y - np.average(y, weights=w) - slope * (x - xm)) ** 2))
+        se_slope *= math.sqrt(max(1.0, chi2 / (ok.sum() - 2)))
+    half = float(stats.t.ppf(PERCENTILES[1] / 100, max(float(np.min(dof[ok])), 1.0))) * se_slope
+    return slope - half, slope + half, f"weighted by the {ok.sum()} budgets' optimum intervals"
 
 
 def _power_law_row(curve: str, quantity: str, used: pd.DataFrame, boot: dict | None) -> dict:
@@ -353,21 +424,18 @@ def _power_law_row(curve: str, quantity: str, used: pd.DataFrame, boot: dict | N
         "n_budgets": int(len(used)),
         "exponent_se": float(reg.stderr) if len(used) > 2 else math.nan,
     }
-    column = {"n_opt": 0, "d_opt": 1}[quantity]
-    if boot is not None:
-        # Replicate b of every budget gives one regression; replicates with a minimum beyond the sizes drop.
-        reps = np.stack([boot[(curve, float(c))][:, column] for c in used["budget"]])
-        reps = reps[:, np.isfinite(reps).all(axis=0)]
-        slopes = np.polyfit(log_c, reps, 1)[0] if reps.shape[1] else np.array([])
-        row["exponent_lo"], row["exponent_hi"] = percentiles(slopes)
-        row["interval"] = f"bootstrap {PERCENTILES[0]:g}-{PERCENTILES[1]:g}% ({slopes.size} replicates)"
+    if f"{quantity}_lo" in used and np.isfinite(used[f"{quantity}_lo"].to_numpy(float)).any():
+        lo, hi, how = _slope_interval(log_c, used, quantity)
+        # The interval is centred on the weighted slope; keep the least-squares exponent inside it.
+        row["exponent_lo"], row["exponent_hi"] = min(lo, reg.slope), max(hi, reg.slope)
+        row["interval"] = how
     elif len(used) > 2:
         half = stats.t.ppf(PERCENTILES[1] / 100, len(used) - 2) * reg.stderr
         row["exponent_lo"], row["exponent_hi"] = reg.slope - half, reg.slope + half
         row["interval"] = f"t {PERCENTILES[1] - PERCENTILES[0]:g}% from the regression's standard error"
     else:
         row["exponent_lo"] = row["exponent_hi"] = math.nan
-        row["interval"] = "none (2 budgets and no bootstrap)"
+        row["interval"] = "none (2 budgets and no optimum intervals)"
     return row
 
 

@@ -1,10 +1,12 @@
 """Learning-rate transfer: lr*(N) = k N^e per variant, fitted to an LR-grid study's best learning rates.
 
 One LR for a whole ladder confounds the comparison (Porian et al. 2024); tuning every run is too dear. The
-recipe (shared notes, round2-research.md section 1): a small LR grid at the small budgets, the best LR of
-each point refined by a parabola in ln(lr) through the best grid LR and its two neighbours, points whose
-best LR sits at the edge of the grid left out (never extrapolated), then a least-squares power law in
-log-log per variant. A study sets each run's LR from that law (train.lr_from=<grid study folder>).
+recipe (docs/verdict.md, "Learning rates"): a small LR grid at the small budgets, the best LR of each point
+refined by a parabola in ln(lr) through the best grid LR and its two neighbours, then a power law in log-log
+per variant fitted by maximum likelihood, with points whose best LR sits at the edge of the grid entering as
+bounds (censored), never as values and never dropped. A study sets each run's LR from that law
+(train.lr_from=<grid study folder>, or a preset's train.lr_law); the law records the sizes, budgets and
+tokens per parameter it was fitted on, and a run outside them is flagged in the plan and the analysis.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from modexp.errors import ModexpError
 from modexp.units import si
@@ -34,6 +36,12 @@ LAW_COLUMNS = [
     "params_max",
     "lr_min",
     "lr_max",
+    "n_censored",
+    "residual_sd",
+    "budget_min",
+    "budget_max",
+    "tokens_per_param_min",
+    "tokens_per_param_max",
 ]
 
 
@@ -60,6 +68,25 @@ class LrLaw:
             )
         row = row.iloc[0]
         return float(row["coefficient"] * params ** row["exponent"])
+
+    def outside(self, variant: str, params: float) -> str:
+        """'' when params lies within the sizes the variant's law was fitted on, else what it lies outside."""
+        row = self.laws[self.laws["variant"] == variant]
+        if row.empty:
+            return ""
+        lo, hi = float(row["params_min"].iloc[0]), float(row["params_max"].iloc[0])
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo * 0.999 <= params <= hi * 1.001:
+            return ""
+        return f"{si(params)} params outside the law's fitted sizes {si(lo)}-{si(hi)}"
+
+    def domain_notes(self, variants: set[str]) -> list[str]:
+        """A note per variant whose law does not say which sizes it was fitted on (nothing can be checked)."""
+        known = self.laws.dropna(subset=["params_min", "params_max"])["variant"]
+        return [
+            f"{v}: {self.source} gives no fitted sizes (params_min, params_max): the plan cannot flag runs "
+            "outside the law's domain"
+            for v in sorted(variants & set(self.laws["variant"]) - set(known))
+        ]
 
     def describe(self, variant: str) -> str:
         row = self.laws[self.laws["variant"] == variant].iloc[0]
@@ -89,39 +116,95 @@ def grid_points(points: pd.DataFrame) -> pd.DataFrame:
         "lr_tried_min",
         "lr_tried_max",
         "loss",
+        "tokens",
     ]
     return grid[columns].reset_index(drop=True)
 
 
+def _censored_fit(log_n: np.ndarray, log_lr: np.ndarray, side: np.ndarray) -> tuple[float, float, float]:
+    """(intercept, slope, sd) of log lr* = a + b log N by maximum likelihood with censored points (Tobit).
+
+    side: 0 for an interior best LR (lr* measured), +1 for one at the grid's top edge (lr* >= that LR),
+    -1 at the bottom edge (lr* <= it). An edge point says where lr* is not: dropping it would bias the law
+    toward the grid's interior at exactly the sizes the grid failed to bracket.
+    """
+    interior = side == 0
+    slope, intercept = np.polyfit(log_n[interior], log_lr[interior], 1)
+    spread = np.std(log_lr[interior] - (intercept + slope * log_n[interior]), ddof=min(2, interior.sum() - 1))
+    start = np.array([intercept, slope, math.log(max(spread, 0.05))])
+
+    def nll(theta: np.ndarray) -> float:
+        a, b, log_sd = theta
+        sd = math.exp(log_sd)
+        z = (log_lr - (a + b * log_n)) / sd
+        ll = np.where(
+            side == 0,
+            stats.norm.logpdf(z) - log_sd,
+            np.where(side > 0, stats.norm.logsf(z), stats.norm.logcdf(z)),
+        )
+        return -float(ll.sum())
+
+    res = optimize.minimize(
+        nll, start, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000}
+    )
+    a, b, log_sd = res.x
+    return float(a), float(b), float(math.exp(log_sd))
+
+
 def fit_lr_laws(grid: pd.DataFrame) -> pd.DataFrame:
-    """A power law per variant over the LR-bracketed grid points (refined lr*) at 2 or more sizes."""
+    """A power law per variant over the grid points at 2 or more sizes: interior best LRs (refined lr*) as
+    measurements, edge ones as censored bounds (see _censored_fit). Records the domain it was fitted on."""
     rows = []
     for variant, group in grid.groupby("variant", sort=True):
-        used = group[~group["lr_edge"].astype(bool) & np.isfinite(group["lr_star"])]
-        if used["params"].nunique() < 2:
+        edge = group["lr_edge"].astype(bool).to_numpy()
+        interior = ~edge & np.isfinite(group["lr_star"].to_numpy(float))
+        if group.loc[interior, "params"].nunique() < 2:
             continue
-        log_n, log_lr = np.log(used["params"].to_numpy(float)), np.log(used["lr_star"].to_numpy(float))
-        reg = stats.linregress(log_n, log_lr)
+        at_top = edge & (group["lr"].to_numpy(float) >= group["lr_tried_max"].to_numpy(float))
+        side = np.where(interior, 0, np.where(at_top, 1, -1))
+        used = interior | edge
+        lr_obs = np.where(interior, group["lr_star"].to_numpy(float), group["lr"].to_numpy(float))
+        log_n = np.log(group["params"].to_numpy(float))[used]
+        a, b, sd = _censored_fit(log_n, np.log(lr_obs[used]), side[used])
+        tokens_per_param = (
+            (group["tokens"] / group["params"]) if "tokens" in group else pd.Series(dtype=float)
+        )
         rows.append(
             {
                 "variant": str(variant),
-                "coefficient": float(math.exp(reg.intercept)),
-                "exponent": float(reg.slope),
-                "exponent_se": float(reg.stderr) if len(used) > 2 else math.nan,
-                "n_points": int(len(used)),
-                "n_sizes": int(used["params"].nunique()),
-                "params_min": float(used["params"].min()),
-                "params_max": float(used["params"].max()),
+                "coefficient": float(math.exp(a)),
+                "exponent": b,
+                "exponent_se": math.nan,
+                "n_points": int(interior.sum()),
+                "n_sizes": int(group.loc[used, "params"].nunique()),
+                "params_min": float(group.loc[used, "params"].min()),
+                "params_max": float(group.loc[used, "params"].max()),
                 "lr_min": float(group["lr_tried_min"].min()),
                 "lr_max": float(group["lr_tried_max"].max()),
+                "n_censored": int(edge.sum()),
+                "residual_sd": sd,
+                "budget_min": float(group["budget"].min()),
+                "budget_max": float(group["budget"].max()),
+                "tokens_per_param_min": float(tokens_per_param.min()) if len(tokens_per_param) else math.nan,
+                "tokens_per_param_max": float(tokens_per_param.max()) if len(tokens_per_param) else math.nan,
             }
         )
     return pd.DataFrame(rows, columns=LAW_COLUMNS)
 
 
-def lr_law_from_config(laws: dict[str, tuple[float, float]]) -> LrLaw:
-    """Laws given as numbers (train.lr_law in a preset), keyed by variant label."""
-    rows = [{"variant": v, "coefficient": k, "exponent": e} for v, (k, e) in laws.items()]
+def lr_law_from_config(laws: dict[str, tuple[float, ...]]) -> LrLaw:
+    """Laws given as numbers (train.lr_law in a preset), keyed by variant label: (coefficient, exponent) or
+    (coefficient, exponent, params_min, params_max), the last two the sizes the law was fitted on."""
+    rows = [
+        {
+            "variant": v,
+            "coefficient": law[0],
+            "exponent": law[1],
+            "params_min": law[2] if len(law) > 2 and law[2] is not None else math.nan,
+            "params_max": law[3] if len(law) > 3 and law[3] is not None else math.nan,
+        }
+        for v, law in laws.items()
+    ]
     return LrLaw(
         laws=pd.DataFrame(rows).reindex(columns=LAW_COLUMNS), points=pd.DataFrame(), source="train.lr_law"
     )

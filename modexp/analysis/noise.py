@@ -5,9 +5,9 @@ seeds, so a resampling of seeds alone has too few distinct draws (3 seeds: 10), 
 parabola's 2-4 residuals forgets that their spread is itself a guess. modexp instead measures the noise
 once per curve, from everything the curve has, and draws replicates from it (docs/verdict.md, "Intervals"):
 
-- Variance of one run's loss: sigma^2(z) = exp(c0 + c1 z), z = log10(tokens / params): at a fixed budget the
-  larger models see fewer tokens per parameter and are noisier. c1 is kept only when a likelihood-ratio test
-  says the data need it (p < 0.05); otherwise the noise is one number for the curve.
+- Variance of one run's loss: log sigma^2(z) = c0 + c1 z + c2 z^2, z = log10(tokens / params): at a fixed
+  budget the larger models see fewer tokens per parameter and are noisier. c1, then c2, are kept only when a
+  likelihood-ratio test says the data need them (p < 0.05); otherwise the noise is one number for the curve.
 - Evidence: with repeated seeds, the seeds' sample variances at each point's best LR (pure noise); with one
   seed, each budget's parabola residuals, leverage-corrected (r^2 / (1 - h) has expectation sigma^2). The
   variance model is a gamma GLM with log link on that evidence, each term weighted by its degrees of freedom.
@@ -35,27 +35,34 @@ MIN_SLOPE_DOF = 6  # fewer degrees of freedom than this cannot tell a slope from
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """sigma^2(z) = exp(c0 + c1 z) for one run; dof: degrees of freedom of the evidence; source: seeds | residuals."""
+    """log sigma^2(z) = c0 + c1 z + c2 z^2 for one run; dof: degrees of freedom of the evidence; source:
+    seeds | residuals | none."""
 
-    c0: float
-    c1: float
+    coef: tuple[float, ...]  # (c0, c1, c2)
     dof: float
     source: str
     prior_dof: float = math.inf  # how far single points' variances stray from the model (inf: not at all)
 
     def variance(self, z: np.ndarray) -> np.ndarray:
-        return np.exp(self.c0 + self.c1 * np.asarray(z, float))
+        z = np.asarray(z, float)
+        return np.exp(sum(c * z**k for k, c in enumerate(self.coef)))
+
+    @property
+    def c1(self) -> float:
+        return self.coef[1] if len(self.coef) > 1 else 0.0
 
     @property
     def sd(self) -> float:
-        """The noise at the evidence's mean z (for reports): exp(c0 / 2) when there is no slope."""
-        return math.sqrt(math.exp(self.c0))
+        """The noise at 1 token per parameter (z = 0), for reports."""
+        return math.sqrt(math.exp(self.coef[0])) if math.isfinite(self.coef[0]) else math.nan
 
     def describe(self) -> str:
-        if not math.isfinite(self.c0):
+        if not math.isfinite(self.coef[0]):
             return "noise not measurable"
-        slope = f", x{math.exp(-self.c1 / 2):.2f} per decade fewer tokens/param" if self.c1 else ""
-        return f"noise sd {self.sd:.4f} nats at 1 token/param{slope} ({self.dof:.0f} dof from {self.source})"
+        shape = {1: "", 2: ", log-linear in tokens/param", 3: ", log-quadratic in tokens/param"}[
+            len(self.coef)
+        ]
+        return f"noise sd {self.sd:.4f} nats at 1 token/param{shape} ({self.dof:.0f} dof from {self.source})"
 
 
 def best_lr_losses(group: Group) -> list[np.ndarray]:
@@ -110,19 +117,26 @@ def _residual_evidence(groups: list[Group]) -> tuple[np.ndarray, np.ndarray, np.
     return np.array(z), np.array(s2), np.array(dof)
 
 
-def _gamma_fit(z: np.ndarray, s2: np.ndarray, dof: np.ndarray, slope: bool) -> tuple[float, float, float]:
-    """(c0, c1, -log likelihood) of s2 ~ sigma^2(z) chi^2_dof / dof (a gamma GLM with log link)."""
+def _gamma_fit(
+    z: np.ndarray, s2: np.ndarray, dof: np.ndarray, degree: int
+) -> tuple[tuple[float, ...], float]:
+    """(coefficients, -log likelihood) of s2 ~ sigma^2(z) chi^2_dof / dof with log sigma^2 a polynomial of
+    `degree` in z (a gamma GLM with log link)."""
     s2 = np.maximum(s2, 1e-300)
+    powers = np.stack([z**k for k in range(degree + 1)], axis=1)
 
     def nll(theta: np.ndarray) -> float:
-        log_var = theta[0] + (theta[1] * z if slope else 0.0)
-        return float(np.sum(dof / 2 * (log_var + s2 / np.exp(log_var))))
+        log_var = powers @ theta
+        return float(np.sum(dof / 2 * (log_var + s2 * np.exp(-log_var))))
 
-    start = np.array([math.log(float(np.average(s2, weights=dof))), 0.0])
-    if not slope:
-        return float(start[0]), 0.0, nll(start)
-    res = optimize.minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9})
-    return float(res.x[0]), float(res.x[1]), float(res.fun)
+    start = np.zeros(degree + 1)
+    start[0] = math.log(float(np.average(s2, weights=dof)))
+    if degree == 0:
+        return (float(start[0]),), nll(start)
+    res = optimize.minimize(
+        nll, start, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000}
+    )
+    return tuple(float(c) for c in res.x), float(res.fun)
 
 
 def fit_noise(groups: list[Group]) -> NoiseModel:
@@ -133,23 +147,29 @@ def fit_noise(groups: list[Group]) -> NoiseModel:
         z, s2, dof = _residual_evidence(groups)
         source = "residuals"
     if dof.size == 0 or dof.sum() <= 0 or not np.isfinite(s2).all():
-        return NoiseModel(math.nan, 0.0, 0.0, "none")
-    c0, _, flat = _gamma_fit(z, s2, dof, slope=False)
-    c1 = 0.0
-    if dof.sum() >= MIN_SLOPE_DOF and np.ptp(z) > 0:
-        s0, s1, sloped = _gamma_fit(z, s2, dof, slope=True)
-        if stats.chi2.sf(2 * (flat - sloped), 1) < SLOPE_P_VALUE:
-            c0, c1 = s0, s1
-    prior = _prior_dof(z, s2, dof, c0, c1) if source == "seeds" else math.inf
-    return NoiseModel(c0, c1, float(dof.sum()), source, prior)
+        return NoiseModel((math.nan,), 0.0, "none")
+    coef, nll = _gamma_fit(z, s2, dof, 0)
+    # A slope, then a curvature, each only when a likelihood-ratio test says the evidence needs it.
+    for degree in (1, 2):
+        if dof.sum() < MIN_SLOPE_DOF * degree or np.unique(np.round(z, 6)).size <= degree:
+            break
+        richer, richer_nll = _gamma_fit(z, s2, dof, degree)
+        if stats.chi2.sf(2 * (nll - richer_nll), 1) >= SLOPE_P_VALUE:
+            break
+        coef, nll = richer, richer_nll
+    model = NoiseModel(coef, float(dof.sum()), source)
+    if source == "seeds":
+        model = NoiseModel(coef, model.dof, source, _prior_dof(z, s2, dof, model))
+    return model
 
 
-def _prior_dof(z: np.ndarray, s2: np.ndarray, dof: np.ndarray, c0: float, c1: float) -> float:
+def _prior_dof(z: np.ndarray, s2: np.ndarray, dof: np.ndarray, model: NoiseModel) -> float:
     """Smyth's (2004) prior degrees of freedom: how much the points' true variances scatter around the model,
     from the scatter of log s^2 beyond what chi^2 sampling explains (inf: none beyond it)."""
     if dof.size < 4:
         return math.inf
-    e = np.log(np.maximum(s2, 1e-300)) - (c0 + c1 * z) - (special.digamma(dof / 2) - np.log(dof / 2))
+    expected = np.log(model.variance(z)) + special.digamma(dof / 2) - np.log(dof / 2)
+    e = np.log(np.maximum(s2, 1e-300)) - expected
     excess = float(np.var(e, ddof=1) - np.mean(special.polygamma(1, dof / 2)))
     if excess <= 0:
         return math.inf
@@ -167,23 +187,34 @@ def variance_scales(model: NoiseModel, n_boot: int, rng: np.random.Generator) ->
     return model.dof / rng.chisquare(model.dof, size=n_boot)
 
 
-def draw_losses(
-    group: Group, model: NoiseModel, scales: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Replicate noise (B, points) for one group's point losses, and the points' own losses (NaN: no run)."""
+def point_variances(group: Group, model: NoiseModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point losses, variance of each point's loss, degrees of freedom of that variance).
+
+    The model's variance over the point's seeds; where points stray from the model (a finite prior_dof), each
+    point's own seeds pull its variance their way (moderated as in limma) with prior_dof + its own dof.
+    """
     y, k = point_values(group)
     variance = model.variance(np.log10(group.tokens / group.params))
-    scale = np.broadcast_to(scales[:, None], (scales.size, y.size)).copy()
+    dof = np.full(y.size, model.dof)
     if math.isfinite(model.prior_dof):
-        # Points stray from the model: each point's own seeds pull its variance their way (moderated as in
-        # limma), and it is drawn with its own degrees of freedom.
         for i, runs in enumerate(best_lr_losses(group)):
             df = runs.size - 1
             if df >= 1:
                 variance[i] = (model.prior_dof * variance[i] + df * np.var(runs, ddof=1)) / (
                     model.prior_dof + df
                 )
-                scale[:, i] = (model.prior_dof + df) / rng.chisquare(model.prior_dof + df, size=scales.size)
-    sd = np.sqrt(variance / np.maximum(k, 1))
-    noise = rng.standard_normal((scales.size, y.size)) * sd * np.sqrt(scale)
+                dof[i] = model.prior_dof + df
+    return y, variance / np.maximum(k, 1), dof
+
+
+def draw_losses(
+    group: Group, model: NoiseModel, scales: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replicate noise (B, points) for one group's point losses, and the points' own losses (NaN: no run)."""
+    y, variance, dof = point_variances(group, model)
+    scale = np.broadcast_to(scales[:, None], (scales.size, y.size)).copy()
+    if math.isfinite(model.prior_dof):  # each point's variance is drawn with its own degrees of freedom
+        for i in np.flatnonzero(dof != model.dof):
+            scale[:, i] = dof[i] / rng.chisquare(dof[i], size=scales.size)
+    noise = rng.standard_normal((scales.size, y.size)) * np.sqrt(variance) * np.sqrt(scale)
     return noise, y

@@ -169,7 +169,7 @@ def _seed_column(df: pd.DataFrame) -> pd.Series:
 # Columns that are outcomes or bookkeeping, never settings: they may differ between the runs of a point.
 NOT_SETTINGS = {
     "run_id", "sweep", "device", "lr", "seed", "lr_rule", "curve", "loss", "variant", "budget", "params",
-    "flops", "flops_error", "wall_time", "step_time", "tokens_per_s", "note",
+    "flops", "flops_error", "wall_time", "step_time", "tokens_per_s", "note", "epochs", "lr_domain",
 }  # fmt: skip
 
 

@@ -129,6 +129,8 @@ def _best_points_section(points: pd.DataFrame) -> list[str]:
                 text += f"  top-k {row['val_loss']:.4f} / causal {row['val_loss_causal']:.4f}"
                 if pd.notna(row.get("val_causal_frac")):
                     text += f" ({100 * row['val_causal_frac']:.1f}% processed)"
+            if pd.notna(row.get("epochs")):
+                text += f"  {row['epochs']:.3g} epochs"
             if base is not None and curve != BASELINE:
                 text += f"  {row['loss'] - base:+.4f} vs baseline"
             lines.append(text)

@@ -91,6 +91,27 @@ def _lr_rules(df: pd.DataFrame) -> list[str]:
     return [f"{variant}: {'; '.join(map(str, sorted(values)))}" for variant, values in rules.items()]
 
 
+def _run_notes(df: pd.DataFrame) -> list[str]:
+    """What the runs themselves say about the comparison: LRs outside their law's domain, repetition."""
+    from modexp.plan import epoch_spread_notes
+
+    notes = []
+    if "lr_domain" in df:
+        outside = df[df["lr_domain"].fillna("").astype(str) != ""]
+        if not outside.empty:
+            notes.append(
+                f"{len(outside)} run(s) took their LR from a law outside the sizes it was fitted on "
+                f"({', '.join(sorted(outside['variant'].astype(str).unique()))}; e.g. "
+                f"{outside['lr_domain'].iloc[0]}): their LR is extrapolated"
+            )
+    if "epochs" in df:
+        epochs = pd.to_numeric(df["epochs"], errors="coerce")
+        notes += epoch_spread_notes(zip(df["variant"], df["budget"], epochs))
+        if epochs.notna().any():
+            notes.append(f"epochs over the training split: {epochs.min():.3g}-{epochs.max():.3g} per run")
+    return notes
+
+
 def _figure_skips(
     points: pd.DataFrame, fits: pd.DataFrame, verdict: Verdict, metrics: pd.DataFrame | None, sample, grid
 ) -> dict[str, str]:
@@ -227,6 +248,8 @@ def analyze(
                 f"{edge} of {len(grid)} points have their best LR at the edge of the grid (LR-unbracketed): "
                 "their loss is an upper bound; widen the grid there"
             )
+
+    notes += _run_notes(df)
 
     # Nothing is written until every fit succeeded: a refused analysis leaves the folder as it was.
     _write_results(df, results_dir)

@@ -317,18 +317,18 @@ def _interval(reps: np.ndarray, shift: float, other: float) -> tuple[float, floa
     return lo, hi
 
 
-def _believe(m: float, m_op: str, estimate: bool, dl: float, d_op: str, dl_estimate: bool) -> str:
-    """Which of m and dL to trust where they point in different directions."""
+def _believe(m: float, m_op: str, dl: float, d_op: str, shared: bool) -> str:
+    """Which of m and dL to trust where they point in different directions (m > 1 means dL < 0)."""
     if not (math.isfinite(m) and math.isfinite(dl)) or (m > 1) == (dl < 0) or m == 1 or dl == 0:
         return ""
-    if estimate and not dl_estimate:
-        return f"believe m: dL is only a bound (dL {d_op} {dl:+.4f})"
-    if dl_estimate and not estimate:
-        return "believe dL: measured at this budget, while m is " + (
-            "only a bound" if m_op != "=" else "read off an extrapolated or bounded curve"
-        )
-    if estimate and dl_estimate:
-        return "believe dL: measured at this budget, while m leans on the reference's interpolated curve"
+    if m_op == "=" and d_op != "=":
+        return f"believe m: dL is only a bound (dL {d_op} {dl:+.4f}) and gives no direction"
+    if d_op == "=" and m_op != "=":
+        return f"believe dL: m is only a bound (m {m_op} {m:.2f}x)"
+    if m_op == "=" and d_op == "=":
+        if shared:
+            return "believe dL: measured at this budget, while m leans on the reference's interpolated curve"
+        return "believe m: dL here reads the reference's curve at a budget it did not train"
     return "neither is an estimate here: no direction"
 
 
@@ -411,7 +411,7 @@ def _row(
         "reference_missing": not shared,
         "reference_budgets": ref.n,
         "model_error": abs(est - other) if math.isfinite(est) and math.isfinite(other) else 0.0,
-        "believe": _believe(m, m_op, estimate, dl if reach else math.nan, d_op, d_op == "=" and shared),
+        "believe": _believe(m, m_op, dl if reach else math.nan, d_op, shared),
         "_reps": _cubic_reps(ref, mine_reps) + (est - cubic_est) - log_c if m_op == "=" else None,
         "_other": other - log_c if math.isfinite(other) else math.nan,
     }
