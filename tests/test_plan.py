@@ -200,10 +200,14 @@ def test_demo_ladders_are_whole() -> None:
     ladders = sizes(s.plan.runs)
     assert all(len(shapes) == 6 for shapes in ladders.values()), ladders
     assert ladders[(1e11, "mod_c0.125_e2")] == ["d12-l4", "d16-l4", "d20-l4", "d24-l4", "d32-l4", "d40-l4"]
-    assert s.plan.notes == [
+    assert s.plan.notes[0] == (
         "budget 1e11 mod_c0.125_e2: sizes d12-l4..d40-l4 sit off-centre, above the expected optimum: "
         "smaller ones fail, e.g. d8-l4: 265 tokens/param > sweep.max_tokens_per_param=250"
-    ]
+    )
+    # The demo's largest sizes lie past the sizes its LR grid (sweep=demo_lr) measured: said, not hidden.
+    outside = [r for r in s.plan.runs if r.lr_domain]
+    assert outside and all("outside the sizes it was fitted on" in n for n in s.plan.notes[1:])
+    assert {n.split(":")[0] for n in s.plan.notes[1:]} == {r.variant for r in outside}
 
 
 # --- full ladders -----------------------------------------------------------------------------------
@@ -534,7 +538,7 @@ BAD = [
     (["plan", "sweep=smoke", "train.batch_size=1.5"], "train.batch_size expects a whole number"),
     (["plan", "sweep=smoke", "model.tie_embeddings=maybe"], "expects true or false"),
     (["plan", "sweep=smoke", "foo"], "'foo' is not an override: key=value expected"),
-    (["plan", "sweep=nope"], "choose one of cpu, cpu_lr, demo, gpu, mode, paper, smoke"),
+    (["plan", "sweep=nope"], "choose one of cpu, cpu_lr, demo, demo_lr, gpu, mode, paper, smoke"),
     (["plan", "sweep=smoke", "data=nope"], "choose one of stdlib, text, tokens"),
     (["plan", "sweep=smoke", "model.capcity=0.5"], "did you mean model.capacity?"),
     (["plan", "sweep=smoke", "+model.foo=1"], "model.foo is not a modexp setting"),

@@ -390,10 +390,9 @@ def _slope_interval(log_c: np.ndarray, used: pd.DataFrame, quantity: str) -> tup
     """The exponent's interval from each budget's own optimum interval: weighted least squares with
     weights 1/se^2 (se from the optimum's 90% interval), widened by the Birge ratio when the optima scatter
     more than their errors say (a power law that does not quite hold), with t quantiles of the noise's dof."""
-    lo, hi = (
-        np.log10(used[f"{quantity}_lo"].to_numpy(float)),
-        np.log10(used[f"{quantity}_hi"].to_numpy(float)),
-    )
+    with np.errstate(divide="ignore"):  # an interval reaching 0 (unbounded below) has no finite se
+        lo = np.log10(used[f"{quantity}_lo"].to_numpy(float))
+        hi = np.log10(used[f"{quantity}_hi"].to_numpy(float))
     dof = used["noise_dof"].to_numpy(float) if "noise_dof" in used else np.full(len(used), np.inf)
     t = stats.t.ppf(PERCENTILES[1] / 100, np.where(dof > 0, dof, np.inf))
     with np.errstate(invalid="ignore"):
