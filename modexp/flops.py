@@ -1,6 +1,6 @@
 """FLOP accounting: one analytic formula for the planner, the trainer and the run records.
 
-The formula is in ../shared/spec/isoflop-method.md. Only matmul FLOPs are counted (2 per multiply-add; bias adds,
+The formula and a worked example are in docs/flops.md. Only matmul FLOPs are counted (2 per multiply-add; bias adds,
 softmax, norms, activations, rotary and the losses are not), which is exactly what
 torch.utils.flop_counter.FlopCounterMode sees on the model's math attention path; tests/test_flops.py holds the
 two to each other. Everything here is plain integer arithmetic on the config: the planner calls count() thousands

@@ -1,7 +1,7 @@
 """What a run records: local files (the source of truth) and a Weights & Biases mirror.
 
-Local files are what every later stage reads: W&B offline runs cannot be read back from Python
-(../shared/notes/hydra-wandb-facts.md, 2.2). A W&B failure is a warning, never a lost run.
+Local files are what every later stage reads: W&B offline runs cannot be read back from Python (the
+public API reads only synced runs). A W&B failure is a warning, never a lost run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CUDA-only checks (skipped without a GPU): what the first GPU run must show (../shared/notes/gpu-readiness.md).
+"""CUDA-only checks (skipped without a GPU): what the first GPU run must show (docs/gpu/).
 
 bf16 training steps for every routing with fp32 router logits, no host sync in an unlogged step, torch.compile
 without graph breaks and close to eager, the flash and memory-efficient attention kernels, KV-cache decoding

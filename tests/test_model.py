@@ -1,4 +1,4 @@
-"""Invariants of the Mixture-of-Depths transformer (see ../shared/spec/mod-method.md).
+"""Invariants of the Mixture-of-Depths transformer (see docs/mod.md).
 
 Every test uses a tiny float32 model on the CPU with fixed seeds; each asserts real values, so a broken
 routed block (re-indexed positions, scrambled order, residual added twice, shared routers, ...) fails it.
