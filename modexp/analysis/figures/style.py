@@ -8,16 +8,19 @@ FORMATS, at its own size or a chosen one.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from numpy.typing import ArrayLike
 
 from modexp.errors import ModexpError
 from modexp.units import sci, si
@@ -68,12 +71,13 @@ def figure_options(
     return formats, (parts[0], parts[1])
 
 
-def variant_order(variants) -> list[str]:
+def variant_order(variants: Iterable[str]) -> list[str]:
     """Baseline first, then the other variants alphabetically."""
     return sorted(set(variants), key=lambda v: (v != BASELINE, v))
 
 
-def variant_styles(variants) -> dict[str, dict]:
+def variant_styles(variants: Iterable[str]) -> dict[str, dict]:
+    """Marker, line style and colour per variant (or any curve key), handed out in variant_order."""
     return {
         v: {
             "marker": MARKERS[i % len(MARKERS)],
@@ -84,7 +88,7 @@ def variant_styles(variants) -> dict[str, dict]:
     }
 
 
-def budget_colours(budgets) -> dict[float, tuple]:
+def budget_colours(budgets: Iterable[float]) -> dict[float, tuple]:
     """The smallest budget darkest; the largest the lightest colour of BUDGET_RANGE (still visible on white)."""
     budgets = sorted(set(budgets))
     cmap, (lo, hi) = colormaps[BUDGET_CMAP], BUDGET_RANGE
@@ -100,6 +104,7 @@ def figure_title(fig: Figure, ax: Axes | None, text: str) -> None:
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The given axes and its figure (a panel of another figure), or a new figure of figsize with one."""
     if ax is not None:
         return ax.figure, ax
     fig = Figure(figsize=figsize, layout="constrained")
@@ -174,7 +179,7 @@ def legend_budget_variant(ax: Axes, colours: dict, styles: dict, extra: list | N
     )
 
 
-def log_ticks(axis, flops: bool = False) -> None:
+def log_ticks(axis: Axis, flops: bool = False) -> None:
     """Labels at 1, 2 and 5 per decade (1 only over wide ranges): matplotlib's default labels only decades,
     often just two on a sweep's axis. FLOPs read as 2e11, sizes as 20k."""
     lo, hi = axis.get_view_interval()
@@ -185,7 +190,7 @@ def log_ticks(axis, flops: bool = False) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def multiplier_ticks(axis) -> None:
+def multiplier_ticks(axis: Axis) -> None:
     """A log axis of compute multipliers labelled 0.95x, 1x, 1.05x ... (1-2-5 per decade over wide ranges):
     log-scale default labels only decades, and m rarely spans one. Call once the data is drawn."""
     axis.axes.autoscale_view()
@@ -199,7 +204,17 @@ def multiplier_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def errorbars(ax: Axes, x, y, lo, hi, style: dict, label: str, filled) -> None:
+def errorbars(
+    ax: Axes,
+    x: ArrayLike,
+    y: ArrayLike,
+    lo: ArrayLike,
+    hi: ArrayLike,
+    style: dict,
+    label: str | None,
+    filled: ArrayLike,
+) -> None:
+    """Points with bars from lo to hi (a missing bound: no bar), filled where `filled`, hollow elsewhere."""
     y, lo, hi = (np.asarray(v, float) for v in (y, lo, hi))
     yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
     yerr = np.where(np.isfinite(yerr), yerr, 0)
@@ -218,5 +233,6 @@ def errorbars(ax: Axes, x, y, lo, hi, style: dict, label: str, filled) -> None:
 
 
 def loss_name(fits: pd.DataFrame) -> str:
+    """The loss a table was fitted on, in words for titles."""
     loss = str(fits["loss"].iloc[0]) if "loss" in fits and len(fits) else "topk"
     return "causal routing" if loss == "causal" else "top-k routing"
