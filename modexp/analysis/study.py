@@ -135,8 +135,8 @@ def make_figures(
         sample=sample,
     )
     notes = []
-    for figure in figures.FIGURES:
-        reason = figure.skip(data)
+    # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
+    for figure, reason in [(figure, figure.skip(data)) for figure in figures.FIGURES]:
         if reason:
             notes.append(f"figure {figure.name}.png skipped: {reason}")
             continue
