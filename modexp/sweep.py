@@ -22,6 +22,7 @@ from .launch.local import LocalPool, make_slots
 from .plan import Plan, RunSpec
 from .rundir import read_json, read_status, run_state, write_json, write_run
 from .units import count, duration
+from .variants import short_tag
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ class LiveView:
                 flops_done += spec.flops * step / max(1, spec.steps)
                 loss = _last_loss(run_dir)
                 if loss is not None:
-                    short = (
-                        spec.variant[:3] if not spec.variant.startswith("mode_") else "md" + spec.variant[5]
-                    )
-                    losses.append(f"{spec.shape}/{short} {loss:.3f}")  # mds, mdi: staged, integrated MoDE
+                    losses.append(f"{spec.shape}/{short_tag(spec.variant)} {loss:.3f}")
         elapsed = now - self.started
         eta = ""
         if 0 < flops_done < flops_total and elapsed > 5:
