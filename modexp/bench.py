@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from modexp import flops
+from modexp import flops, variants
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
 from modexp.sample import Decoder, next_token
@@ -140,28 +140,28 @@ FULL_SHAPES = (
 
 def _mod_config(shape: BenchShape) -> ModelConfig:
     return ModelConfig(
-        **_dims(shape), routing="topk", capacity=0.125, route_every=2, causal_router="predictor"
+        **_dims(shape),
+        **variants.get("mod").settings,
+        capacity=0.125,
+        route_every=2,
+        causal_router="predictor",
     )
 
 
 def _base_config(shape: BenchShape) -> ModelConfig:
-    return ModelConfig(**_dims(shape), routing="none")
+    return ModelConfig(**_dims(shape), **variants.get("baseline").settings)
 
 
 # Mixture of experts and both MoDE forms (modexp/model/experts.py): 4 experts x 25% (a compute-matched MoE),
 # MoD at 12.5% every other block on top. Their step times against their FLOP ratios, beside the baseline's.
-MODE_VARIANTS = {
-    "moe": dict(routing="none"),
-    "mode_staged": dict(routing="topk"),
-    "mode_integrated": dict(routing="integrated", noop_experts=1),
-}
+MODE_VARIANTS = ("moe", "mode_staged", "mode_integrated")  # kinds of modexp.variants
 
 
 def _mode_config(shape: BenchShape, kind: str) -> ModelConfig:
     return ModelConfig(
         **_dims(shape),
-        **MODE_VARIANTS[kind],
-        moe=True,
+        **variants.get(kind).settings,
+        noop_experts=1,
         experts=4,
         expert_capacity=0.25,
         capacity=0.125,
