@@ -22,12 +22,11 @@ over the rounds: on a shared machine one pair of steps can be 10% apart by chanc
   torch._dynamo.explain finds in each training forward.
 - on CUDA also the MFU of each training step.
 
-`python -m modexp.bench --quick --compile` runs the quick shapes with the compile comparison.
+`modexp bench --quick --compile` (or `python -m modexp.bench ...`) runs the quick shapes with the compile comparison.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -848,26 +847,10 @@ def run_bench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m modexp.bench`: `modexp bench` with the compile comparison selectable in a quick run too."""
-    parser = argparse.ArgumentParser(prog="python -m modexp.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the quick shapes")
-    parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile vs eager (default: in the full run only)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        run_bench(args.quick, Path(args.out), args.device, threads=args.threads, compile=args.compile)
-    except ModexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((Path(args.out) / "bench.md").read_text())
-    return 0
+    """`python -m modexp.bench` is `modexp bench`: one entry point, the CLI's flags."""
+    from modexp.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _json_default(value: Any) -> Any:

@@ -29,7 +29,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from . import variants
+from . import launch, variants
 from .data import DataConfig, check_data, prepared_meta
 from .errors import ModexpError
 from .model import ModelConfig
@@ -127,7 +127,7 @@ class TrackerConfig:
 
 @dataclass
 class LauncherConfig:
-    name: str = MISSING  # local | slurm
+    name: str = MISSING  # one of modexp.launch.names(): local | slurm | a plug-in's
     workers: int = MISSING  # CPU runs at a time on the local pool (0: one per core)
     partition: str | None = None
     gpus_per_run: int = MISSING  # processes (devices) per run: > 1 trains one run data-parallel
@@ -486,9 +486,9 @@ def check(cfg: Config) -> None:
             )
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
-    if cfg.launcher.name not in ("local", "slurm"):
-        raise ModexpError(f"launcher.name={cfg.launcher.name} is not allowed: choose local or slurm")
+    launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are
     _check_step_settings(cfg)
+    launcher.validate(cfg)
 
 
 def _check_step_settings(cfg: Config) -> None:
@@ -511,11 +511,6 @@ def _check_step_settings(cfg: Config) -> None:
     ):
         if value < low:
             raise ModexpError(f"{key}={value} is not allowed: it must be a whole number >= {low}")
-    if launcher.name == "slurm" and cfg.device == "cuda" and not launcher.gpus_per_run:
-        raise ModexpError(
-            "device=cuda with launcher=slurm and launcher.gpus_per_run=0 would ask SLURM for no GPU: "
-            "set launcher.gpus_per_run >= 1, or device=cpu for CPU nodes"
-        )
     if launcher.gpu_mem_gb is not None and not launcher.gpu_mem_gb > 0:
         raise ModexpError(f"launcher.gpu_mem_gb={launcher.gpu_mem_gb} is not allowed: give GB > 0 or null")
     for key, value in (("launcher.mem_gb", launcher.mem_gb), ("launcher.time_min", launcher.time_min)):
