@@ -88,11 +88,6 @@ OVERALL_COLUMNS = [
 GRID = 2001  # points of the cubic per replicate when it is inverted
 
 
-def is_random(variant: str) -> bool:
-    record = variants.of_id(str(variant))
-    return record is not None and record.kind == "random"
-
-
 def comparisons(fits: pd.DataFrame) -> list[tuple[str, str]]:
     """(curve, reference curve) pairs: every variant against the baseline, then against the kinds its record
     names (modexp.variants: learned routing against random, each MoDE form against the mixture of experts it
