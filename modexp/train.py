@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from . import distributed, flops
+from . import distributed, flops, variants
 from . import tokenizer as tokenizers
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
@@ -205,7 +205,7 @@ def evaluate(
     cfg: ModelConfig = getattr(model, "cfg", None) or model.module.cfg  # type: ignore[union-attr]
     modes = ["topk"]
     # Causal routing where top-k is not causal: MoD's routers and every MoE's expert choice (experts.py).
-    if cfg.routing == "random" or ((cfg.routing == "topk" or cfg.moe) and cfg.causal_router != "none"):
+    if variants.has_causal_mode(cfg):
         modes.append("causal")
     result = {}
     rounds = math.ceil(len(batches) / world.size)
@@ -506,7 +506,7 @@ def _train(
     plan = step_plan(cfg, spec, device, world)
     fsdp = world.distributed and cfg.train.parallel == "fsdp"
     torch.manual_seed(cfg.seed)
-    model = Transformer(model_cfg).to(device)
+    model = variants.build_model(model_cfg).to(device)
     model.activation_checkpointing = cfg.train.activation_checkpointing
     wrapped = wrap_parallel(model, cfg, device, world)
     optimizer = make_optimizer(model, cfg, fsdp)

@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 from helpers import run_main
 
-from modexp.cli import build_study
 from modexp.config import compose_config, to_typed
 from modexp.data import load_corpus
 from modexp.plan import plan_sweep
-from modexp.sweep import write_plan
+from modexp.sweep import build_study, write_plan
 from modexp.units import sci, si
 
 PRESETS = ("smoke", "demo", "cpu", "gpu", "paper")

@@ -457,7 +457,7 @@ def _write_run(runs: Path, *overrides: str) -> Path:
 
 
 def test_non_finite_loss_fails_the_run_with_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Transformer", _nan_model(7))
+    monkeypatch.setattr(train_mod.variants, "build_model", _nan_model(7))  # train builds through the registry
     run_dir = _write_run(tmp_path / "runs")  # log_every=5 (smoke)
     with pytest.raises(NonFiniteLoss, match="step 10"):
         train_run(run_dir)
@@ -472,7 +472,7 @@ def test_non_finite_loss_fails_the_run_with_its_step(tmp_path: Path, monkeypatch
 
 
 def test_failed_run_keeps_a_finite_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Transformer", _nan_model(12))
+    monkeypatch.setattr(train_mod.variants, "build_model", _nan_model(12))
     run_dir = _write_run(tmp_path / "runs", "train.log_every=10", "train.checkpoint_every=5")
     with pytest.raises(NonFiniteLoss):
         train_run(run_dir)
@@ -483,7 +483,7 @@ def test_failed_run_keeps_a_finite_checkpoint(tmp_path: Path, monkeypatch: pytes
 
 
 def test_cli_non_finite_loss_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Transformer", _nan_model(7))
+    monkeypatch.setattr(train_mod.variants, "build_model", _nan_model(7))
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         try:

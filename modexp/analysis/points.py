@@ -22,6 +22,7 @@ import pandas as pd
 
 from modexp.errors import ModexpError
 from modexp.units import sci, si
+from modexp.variants import MOD_ONLY
 
 from .table import BASELINE
 
@@ -43,12 +44,7 @@ SETTING_COLUMNS = (
     "vocab_size",
     "d_ff",
     "routing",
-    "capacity",
-    "route_every",
-    "router_weight",
-    "causal_router",
-    "aux_loss_weight",
-    "predictor_hidden",
+    *MOD_ONLY,
     "eval_tokens",
     "corpus_fingerprint",
 )

@@ -34,12 +34,12 @@ import pandas as pd
 from scipy import optimize
 from scipy.interpolate import PchipInterpolator
 
+from modexp import variants
+
 from .fits import fit_approach3_points, percentiles
 from .points import reference_curve
 from .table import BASELINE
 
-RANDOM = "random"
-MOE, MODE = "moe_", "mode_"  # variant ids of modexp.plan.variant_name
 FLAGS = (
     "lr_edge",
     "bound",
@@ -90,23 +90,19 @@ OVERALL_COLUMNS = [
 GRID = 2001  # points of the cubic per replicate when it is inverted
 
 
-def is_random(variant: str) -> bool:
-    return variant.startswith(RANDOM)
-
-
 def comparisons(fits: pd.DataFrame) -> list[tuple[str, str]]:
-    """(curve, reference curve) pairs: every variant against the baseline, learned routing against random,
-    and each MoDE form against the mixture of experts it is built on (the paper's Fig. 7)."""
+    """(curve, reference curve) pairs: every variant against the baseline, then against the kinds its record
+    names (modexp.variants: learned routing against random, each MoDE form against the mixture of experts it
+    is built on, the paper's Fig. 7)."""
     curves = fits.drop_duplicates("curve").set_index("curve")["variant"]
+    kinds = {v: getattr(variants.of_id(str(v)), "kind", None) for v in set(curves)}
     pairs = []
     for curve, variant in curves.items():
         if variant == BASELINE:
             continue
-        references = [BASELINE] + (
-            [] if is_random(variant) else sorted(v for v in set(curves) if is_random(v))
-        )
-        if str(variant).startswith(MODE):
-            references += sorted(v for v in set(curves) if str(v).startswith(MOE))
+        references = [BASELINE]
+        for kind in variants.references(str(variant)):
+            references += sorted(v for v in set(curves) if kinds[v] == kind)
         for reference in references:
             ref_curve = reference_curve(str(curve), variant, reference)
             if ref_curve in curves.index:
