@@ -59,6 +59,7 @@ from .step import (
     warmup_steps,
     wrap_parallel,
 )
+from .summary import run_summary
 from .tracking import MetricsLog, WandbMirror
 
 __all__ = [
@@ -427,9 +428,10 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
         return {}
     if sample is not None:
         write_json(run.run_dir / "routing_sample.json", sample)
-    summary = records.summary(
+    warmup = warmup_steps(run.cfg, run.spec.steps)
+    summary = run_summary(
         run.cfg, run.spec, run.plan, run.meta, clock.last_eval, wall_time, clock.step_times, (peak, peak_kind),
-        run.corpus.fingerprint, run.world,
+        run.corpus.fingerprint, run.world, warmup,
     )  # fmt: skip
     write_json(run.run_dir / "summary.json", summary)
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
