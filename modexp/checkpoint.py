@@ -77,6 +77,22 @@ def resume_state(
     return None
 
 
+def resume(
+    run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[int, float]:
+    """Restore the run's last checkpoint (weights, optimiser, RNG) if it has one: (its step, the wall time spent
+    up to it); (0, 0.0) for a run that starts from scratch."""
+    state = resume_state(run_dir, spec, model, optimizer)
+    if state is None:
+        return 0, 0.0
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    start_step, wall_before = int(state["step"]), float(state["wall_time"])
+    log.info("resuming %s at step %d of %d", spec.run_id, start_step, spec.steps)
+    return start_step, wall_before
+
+
 def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Whole (unsharded) model and optimiser state, keyed by parameter name, on rank 0 (empty elsewhere).
 

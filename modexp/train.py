@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, flops, records
-from .checkpoint import CHECKPOINT, resume_state, write_checkpoint
+from .checkpoint import CHECKPOINT, resume, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
 from .distributed import SINGLE, World, world_from_env
@@ -59,7 +59,6 @@ from .step import (
     warmup_steps,
     wrap_parallel,
 )
-from .summary import run_summary
 from .tracking import MetricsLog, WandbMirror
 
 __all__ = [
@@ -255,31 +254,11 @@ def _prepare(
     optimizer = make_optimizer(model, cfg, fsdp)
     train_step = TrainStep(model, wrapped, corpus, spec, plan, cfg.seed, device, world, fsdp)
 
-    start_step, wall_before = 0, 0.0
-    state = resume_state(run_dir, spec, model, optimizer)
-    if state is not None:
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        start_step, wall_before = int(state["step"]), float(state["wall_time"])
-        log.info("resuming %s at step %d of %d", spec.run_id, start_step, spec.steps)
-
+    start_step, wall_before = resume(run_dir, spec, model, optimizer, device)
     meta = records.run_meta(cfg, spec, device, plan, world, corpus, start_step)
     run = _Run(
-        run_dir,
-        cfg,
-        spec,
-        device,
-        world,
-        corpus,
-        model,
-        optimizer,
-        train_step,
-        plan,
-        start_step,
-        wall_before,
-        meta,
-    )
+        run_dir, cfg, spec, device, world, corpus, model, optimizer, train_step, plan, start_step, wall_before, meta
+    )  # fmt: skip
     if run.main:
         write_json(run_dir / "meta.json", meta)
         set_status(run_dir, "running", pid=os.getpid(), step=start_step, steps=spec.steps)
@@ -429,7 +408,7 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     if sample is not None:
         write_json(run.run_dir / "routing_sample.json", sample)
     warmup = warmup_steps(run.cfg, run.spec.steps)
-    summary = run_summary(
+    summary = records.run_summary(
         run.cfg, run.spec, run.plan, run.meta, clock.last_eval, wall_time, clock.step_times, (peak, peak_kind),
         run.corpus.fingerprint, run.world, warmup,
     )  # fmt: skip

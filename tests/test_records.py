@@ -1,4 +1,4 @@
-"""The run's records: summary.json's schema, shared by the writer (modexp.summary) and the analysis."""
+"""The run's records: summary.json's schema (modexp.summary), shared by its writer and the analysis."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from modexp.analysis import points
 from modexp.config import compose_config, to_typed
 from modexp.distributed import SINGLE
 from modexp.plan import single_run
+from modexp.records import run_summary
 from modexp.step import StepPlan
-from modexp.summary import IDENTITY, MEASURED, NOT_SETTINGS, OUTCOMES, SETTINGS, run_summary
+from modexp.summary import IDENTITY, MEASURED, NOT_SETTINGS, OUTCOMES, SETTINGS
 
 
 def test_the_summary_writes_every_key_its_schema_names() -> None:
