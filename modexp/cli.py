@@ -1,7 +1,11 @@
 """`modexp sweep | plan | train | analyze | sample | prepare | bench`.
 
 A thin argparse front end: our own flags are parsed here, everything else is a Hydra override
-(`key=value`, comma lists to sweep). Bad input ends in one line on stderr and exit status 2.
+(`key=value`, comma lists to sweep), and each command hands over to the module that owns it (studies: sweep,
+plan tables: plan_view, runs: train and launch). Bad input ends in one line on stderr and exit status 2.
+
+Each command imports its owner inside its function, on purpose: modexp.config loads Hydra and torch (through
+modexp.model), seconds that `modexp --help`, `status` and shell completion should not pay.
 """
 
 from __future__ import annotations
@@ -23,170 +27,10 @@ if TYPE_CHECKING:
 FORMATS = ("table", "csv", "json")
 
 
-def build_study(overrides: list[str]):  # -> sweep.Study
-    from .config import compose_config, expand_overrides, to_typed
-    from .plan import Plan, plan_sweep, sort_runs
-    from .rundir import sweep_dir
-    from .sweep import Study, run_config
-
-    configs = []
-    for combo in expand_overrides(overrides):
-        dict_cfg = compose_config(combo)
-        configs.append((dict_cfg, to_typed(dict_cfg)))
-    dirs = {sweep_dir(typed) for _, typed in configs}
-    if len(dirs) > 1:
-        raise ModexpError(
-            f"one sweep writes to one folder, but these overrides give {len(dirs)}: "
-            "do not sweep runs_dir or sweep.name"
-        )
-    _refuse_ignored_lr_sweep([typed for _, typed in configs])
-    runs, notes, run_configs = {}, [], {}
-    for dict_cfg, typed in configs:
-        plan = plan_sweep([typed])
-        for note in plan.notes + _count_epochs(plan, typed):
-            if note not in notes:
-                notes.append(note)
-        for spec in plan.runs:
-            if spec.run_id not in runs:
-                runs[spec.run_id] = spec
-                run_configs[spec.run_id] = run_config(dict_cfg, spec)
-    return Study(dirs.pop(), configs, Plan(sort_runs(runs.values()), notes), run_configs)
-
-
-def _refuse_ignored_lr_sweep(cfgs: list) -> None:  # list[config.Config]
-    """A comma sweep of train.lr under an LR rule would plan the same runs again and again: say so."""
-    if len({c.train.lr for c in cfgs}) < 2:
-        return
-    for cfg in cfgs:
-        rule = next(
-            (
-                k
-                for k, on in (
-                    ("sweep.lr_grid", cfg.sweep.lr_grid),
-                    ("train.lr_from", cfg.train.lr_from),
-                    ("train.lr_law", cfg.train.lr_law),
-                )
-                if on
-            ),
-            None,
-        )
-        if rule:
-            raise ModexpError(
-                f"train.lr is swept but {rule} sets every run's LR (the preset may set train.lr_law): "
-                "sweep sweep.lr_grid=[...] instead, or clear the rule, e.g. 'train.lr_law={}'"
-            )
-
-
-def _count_epochs(plan, cfg) -> list[str]:  # (plan.Plan, config.Config) -> notes
-    """Each run's epochs over its corpus, refusing too many; a note instead while the corpus is not given."""
-    from .data import train_split_tokens
-    from .plan import epoch_spread_notes, set_epochs
-
-    train_tokens = train_split_tokens(cfg.data)
-    if train_tokens is None:
-        return [
-            f"epochs not known: data.path is not set, so sweep.max_epochs={cfg.sweep.max_epochs:g} "
-            "is not checked yet"
-        ]
-    set_epochs(plan.runs, train_tokens, cfg)
-    return epoch_spread_notes((r.variant, r.budget, r.epochs) for r in plan.runs)
-
-
-def plan_rows(study, convention: str = "exact") -> list[dict]:
-    from .flops import count
-    from .launch.local import visible_gpus
-    from .memory import plan_step
-    from .rundir import run_state
-
-    cfg = study.configs[0][1]
-    flops_per_s = cfg.sweep.flops_per_second  # per device
-    devices = max(1, cfg.launcher.gpus_per_run)
-    gpus = bool(visible_gpus()) if cfg.device == "auto" else cfg.device == "cuda"
-    rows = []
-    for spec in study.plan.runs:
-        row = spec.row()
-        row["devices"] = devices
-        row["est_time_s"] = round(spec.flops / flops_per_s / devices, 1)
-        row["device_hours"] = spec.flops / flops_per_s / 3600
-        micro, memory = plan_step(cfg, spec.model, gpus)
-        row["micro_batch"] = micro
-        row["est_peak_gb"] = round(memory.peak_gb, 1) if memory else None
-        row["status"] = run_state(study.run_dir(spec))
-        if convention != "exact":  # report under another convention; what is trained does not change
-            per_token = count(spec.model, convention).train_per_token
-            row[f"train_flops_per_token_{convention}"] = per_token
-            row[f"flops_{convention}"] = per_token * spec.tokens
-        rows.append(row)
-    return rows
-
-
-def print_plan(study, fmt: str, convention: str = "exact") -> None:
-    import pandas as pd
-
-    from .units import count, duration, sci, si
-
-    rows = plan_rows(study, convention)
-    if fmt in ("json", "csv"):
-        # stdout stays machine-readable (JSON: a list of run objects); the plan's notes go to stderr.
-        if fmt == "json":
-            print(json.dumps(rows, indent=2))
-        else:
-            print(pd.DataFrame(rows).to_csv(index=False), end="")
-        for note in study.plan.notes:
-            print(note, file=sys.stderr)
-        return
-    frame = pd.DataFrame(rows)
-    # The terminal table keeps what a reader scans for, within 120 columns; csv and json carry every column
-    # (run ids, the FLOP accounting). A run's folder is <variant>-<shape>-<budget>-<id>.
-    shown = pd.DataFrame(
-        {
-            "variant": frame["variant"],
-            "budget": frame["budget"].map(sci),
-            "shape": frame["shape"],
-            "params": frame["params"].map(si),
-            "tokens": frame["tokens"].map(si),
-            "steps": frame["steps"],
-            "tok/p": frame["tokens_per_param"].map(lambda v: f"{v:.3g}"),
-            "lr": [
-                ("-" if pd.isna(v) else f"{v:.3g}") + ("*" if out else "")
-                for v, out in zip(frame["lr"], frame["lr_domain"])
-            ],
-            "epochs": frame["epochs"].map(lambda v: "-" if pd.isna(v) else si(v)),
-            "micro": frame["micro_batch"].map(lambda v: str(v).replace("auto (<= ", "auto<=").rstrip(")")),
-            "GB": frame["est_peak_gb"].map(
-                lambda v: "-" if pd.isna(v) else f"{v:.0f}" if v >= 100 else f"{v:.3g}"
-            ),
-            "time": frame["est_time_s"].map(duration),
-            "status": frame["status"],
-            "id": frame["run_id"].map(lambda r: r.rsplit("-", 1)[-1]),
-        }
-    )
-    for column in (c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")):
-        shown[column.replace("train_flops_per_token", "flops/tok")] = frame[column].map(sci)
-    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
-        print(shown.to_string(index=False))
-    total = frame["flops"].sum()
-    cfg = study.configs[0][1]
-    devices = max(1, cfg.launcher.gpus_per_run)
-    unit = "GPU" if devices > 1 or cfg.device == "cuda" else "device"
-    print(
-        f"\n{count(len(rows), 'run')}, {sci(total)} FLOPs in all: {frame['device_hours'].sum():,.1f} "
-        f"{unit}-hours at {sci(cfg.sweep.flops_per_second, 2)} FLOP/s per {unit} (sweep.flops_per_second), "
-        f"about {duration(frame['est_time_s'].sum())} one run at a time on {count(devices, unit)} per run "
-        "(launcher.gpus_per_run). micro: sequences per micro-batch; GB: estimated peak memory per device "
-        "(modexp/memory.py); full rows with --format csv or json"
-    )
-    if (frame["micro_batch"] == "no fit").any():
-        gb = cfg.launcher.gpu_mem_gb
-        print(
-            f"some runs do not fit {gb:g} GB per device even one sequence at a time: set "
-            "train.activation_checkpointing=true or train.parallel=fsdp with more launcher.gpus_per_run"
-        )
-    for note in study.plan.notes:
-        print(note)
-
-
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .plan_view import print_plan
+    from .sweep import build_study
+
     print_plan(build_study(overrides), args.format, args.convention)
     return 0
 
@@ -207,32 +51,23 @@ def print_composed(overrides: list[str], which: str) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .sweep import run_sweep
+    from . import launch
+    from .plan_view import print_plan
+    from .sweep import build_study, check_data, run_sweep
 
     study = build_study(overrides)
-    launcher = study.configs[0][1].launcher.name
     if args.dry_run:
-        from .sweep import check_data
-
         check_data(study, dry_run=True)  # a study that cannot start must not pass its dry run
         print_plan(study, "table")
-        if launcher == "slurm":
-            from .launch.slurm import check_cluster, resources
-
-            check_cluster(study.configs[0][1])
-            print(
-                f"would submit the runs not yet done as one SLURM job array: {resources(study.configs[0][1])}"
-            )
+        cfg = study.configs[0][1]
+        line = launch.get(cfg.launcher.name).describe(cfg)
+        if line:
+            print(line)
         return 0
     for note in study.plan.notes:  # the dry run's table shows them; a real sweep says them before it starts
         print(note, file=sys.stderr)
     return run_sweep(
-        study,
-        overrides,
-        retry_failed=args.retry_failed,
-        fail_fast=args.fail_fast,
-        launcher=launcher,
-        detach=args.detach,
+        study, overrides, retry_failed=args.retry_failed, fail_fast=args.fail_fast, detach=args.detach
     )
 
 
@@ -265,16 +100,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _train_processes(run_dir: Path, cfg: Config) -> int:
-    """One run on launcher.gpus_per_run processes (torchrun; gloo on the CPU): what a sweep's pool does."""
-    import subprocess
-
-    from .config import processes_per_run
-    from .launch.local import make_slots, train_command
+    """One run on launcher.gpus_per_run processes: what a sweep's pool does, for `modexp train`."""
+    from .launch.local import train_processes
     from .rundir import EXIT_LOCKED, read_status
 
-    processes = processes_per_run(cfg)
-    slot = make_slots(cfg.device, 1, processes)[0]
-    code = subprocess.call(train_command(run_dir, processes), env={**os.environ, **slot.env})
+    code = train_processes(run_dir, cfg)
     if code == EXIT_LOCKED:
         raise ModexpError(f"{run_dir} is being trained by another process")
     if code != 0:

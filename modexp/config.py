@@ -7,6 +7,7 @@ has, so that a typo'd key or a wrong type is refused before anything runs.
 from __future__ import annotations
 
 import difflib
+import importlib
 import itertools
 import math
 import os
@@ -28,6 +29,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from . import launch, variants
 from .data import DataConfig, check_data, prepared_meta
 from .errors import ModexpError
 from .model import ModelConfig
@@ -35,8 +37,6 @@ from .model import ModelConfig
 # The presets ship inside the package (a wheel has them too); the repository's top-level conf/ links here.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-# The kinds of sweep.variants; what each sets is modexp.plan.VARIANT_SETTINGS.
-VARIANTS = ("baseline", "mod", "random", "moe", "mode_staged", "mode_integrated")
 # Folder and job names: no paths, no dotfiles, nothing that starts like runs/_data (the corpus cache).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEVICES = ("auto", "cpu", "cuda")
@@ -127,7 +127,7 @@ class TrackerConfig:
 
 @dataclass
 class LauncherConfig:
-    name: str = MISSING  # local | slurm
+    name: str = MISSING  # one of modexp.launch.names(): local | slurm | a plug-in's
     workers: int = MISSING  # CPU runs at a time on the local pool (0: one per core)
     partition: str | None = None
     gpus_per_run: int = MISSING  # processes (devices) per run: > 1 trains one run data-parallel
@@ -147,6 +147,8 @@ class Config:
     seed: int = MISSING
     device: str = MISSING
     locking: str = MISSING  # flock: one process per run, across sweeps and machines | none: no run locks
+    # Modules imported before the config is checked: each may register variant kinds (modexp.variants).
+    plugins: list[str] = MISSING
     budget: float | None = None  # FLOPs of one `modexp train` run
     variant: str | None = None  # name recorded for a single `modexp train` run (None: derived from routing)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -331,8 +333,24 @@ def _add_missing(cfg: DictConfig, defaults: DictConfig) -> None:
                 _add_missing(cfg[key], defaults[key])
 
 
+def load_plugins(cfg: DictConfig) -> None:
+    """Import the config's `plugins` (module names), so the variant kinds they register are known before the
+    config is checked. Runs in every process that reads a config: the sweep, each run's trainer, SLURM jobs."""
+    names = OmegaConf.select(cfg, "plugins", default=None, throw_on_missing=False) or []
+    if not OmegaConf.is_list(names) and not isinstance(names, list):
+        raise ModexpError(f"plugins={names} is not allowed: give a list of module names, e.g. [my_variant]")
+    for name in names:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as exc:
+            raise ModexpError(
+                f"plugins: module {name} does not import ({_one_line(exc)}): put it on PYTHONPATH"
+            ) from None
+
+
 def to_typed(cfg: DictConfig) -> Config:
     """DictConfig -> Config dataclasses, with the model's and ours own checks; errors as one line."""
+    load_plugins(cfg)  # a plug-in's routing must be known before ModelConfig checks model.routing
     try:
         # Merging onto the schema also types a config read back from a run folder's config.yaml.
         schema = OmegaConf.structured(Config)
@@ -369,7 +387,9 @@ def check(cfg: Config) -> None:
             "sweep.budgets is empty: give at least one budget in FLOPs, e.g. sweep.budgets=[1e11,3e11]"
         )
     if not cfg.sweep.variants:
-        raise ModexpError(f"sweep.variants is empty: give some of {', '.join(VARIANTS)}, e.g. [baseline,mod]")
+        raise ModexpError(
+            f"sweep.variants is empty: give some of {', '.join(variants.kinds())}, e.g. [baseline,mod]"
+        )
     for budget in cfg.sweep.budgets:
         if not (budget > 0 and math.isfinite(budget)):
             raise ModexpError(
@@ -387,9 +407,9 @@ def check(cfg: Config) -> None:
             "study's law, not both"
         )
     for kind, law in cfg.train.lr_law.items():
-        if kind not in VARIANTS or not law.coefficient > 0:
+        if kind not in variants.kinds() or not law.coefficient > 0:
             raise ModexpError(
-                f"train.lr_law.{kind} is not allowed: keys are {', '.join(VARIANTS)}, each with a positive "
+                f"train.lr_law.{kind} is not allowed: keys are {', '.join(variants.kinds())}, each with a positive "
                 "coefficient and an exponent, e.g. train.lr_law={baseline:{coefficient:0.5,exponent:-0.3}}"
             )
         sizes = (law.params_min, law.params_max)
@@ -405,8 +425,10 @@ def check(cfg: Config) -> None:
             f"sweep.max_epochs={cfg.sweep.max_epochs} is not allowed: it must be positive (default 4)"
         )
     for variant in cfg.sweep.variants:
-        if variant not in VARIANTS:
-            raise ModexpError(f"sweep.variants contains {variant!r}: choose from {', '.join(VARIANTS)}")
+        if variant not in variants.kinds():
+            raise ModexpError(
+                f"sweep.variants contains {variant!r}: choose from {', '.join(variants.kinds())}"
+            )
     check_data(cfg.data, cfg.model.seq_len)
     if cfg.model.vocab_size != cfg.data.vocab_size:
         raise ModexpError(
@@ -464,9 +486,9 @@ def check(cfg: Config) -> None:
             )
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
-    if cfg.launcher.name not in ("local", "slurm"):
-        raise ModexpError(f"launcher.name={cfg.launcher.name} is not allowed: choose local or slurm")
+    launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are
     _check_step_settings(cfg)
+    launcher.validate(cfg)
 
 
 def _check_step_settings(cfg: Config) -> None:
@@ -489,11 +511,6 @@ def _check_step_settings(cfg: Config) -> None:
     ):
         if value < low:
             raise ModexpError(f"{key}={value} is not allowed: it must be a whole number >= {low}")
-    if launcher.name == "slurm" and cfg.device == "cuda" and not launcher.gpus_per_run:
-        raise ModexpError(
-            "device=cuda with launcher=slurm and launcher.gpus_per_run=0 would ask SLURM for no GPU: "
-            "set launcher.gpus_per_run >= 1, or device=cpu for CPU nodes"
-        )
     if launcher.gpu_mem_gb is not None and not launcher.gpu_mem_gb > 0:
         raise ModexpError(f"launcher.gpu_mem_gb={launcher.gpu_mem_gb} is not allowed: give GB > 0 or null")
     for key, value in (("launcher.mem_gb", launcher.mem_gb), ("launcher.time_min", launcher.time_min)):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, variants
 from . import tokenizer as tokenizers
 from .data import Corpus
 from .distributed import SINGLE, World, chunks
@@ -40,7 +40,7 @@ def evaluate(
     cfg: ModelConfig = getattr(model, "cfg", None) or model.module.cfg  # type: ignore[union-attr]
     modes = ["topk"]
     # Causal routing where top-k is not causal: MoD's routers and every MoE's expert choice (experts.py).
-    if cfg.routing == "random" or ((cfg.routing == "topk" or cfg.moe) and cfg.causal_router != "none"):
+    if variants.has_causal_mode(cfg):
         modes.append("causal")
     result = {}
     rounds = math.ceil(len(batches) / world.size)

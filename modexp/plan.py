@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import flops
+from . import flops, variants
 from .config import Config, LadderConfig, SweepConfig
 from .errors import ModexpError
 from .model import ModelConfig
 from .units import sci, si
+from .variants import MOD_ONLY, MOE_ONLY  # noqa: F401 (kept importable from here)
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 # lr_from too: the lr it resolves to is in the identity, wherever it came from.
@@ -32,29 +33,6 @@ _NOT_IDENTITY = {
     "activation_checkpointing",
     "parallel",
 }
-MOD_ONLY = (
-    "capacity",
-    "route_every",
-    "router_weight",
-    "causal_router",
-    "aux_loss_weight",
-    "predictor_hidden",
-)
-# The mixture-of-experts settings; a run without moe has none of them in its identity (so adding them kept
-# every earlier run's id). noop_experts matters for integrated MoDE only.
-MOE_ONLY = ("moe", "experts", "expert_capacity", "noop_experts")
-# How a causal decision is made and trained: MoD's router and the MoE's experts both use these.
-CAUSAL_KEYS = ("causal_router", "aux_loss_weight", "predictor_hidden")
-# Each variant kind of sweep.variants, as model settings (the other keys come from the config's model).
-VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
-    "baseline": {"routing": "none", "moe": False},
-    "mod": {"routing": "topk", "moe": False},
-    "random": {"routing": "random", "moe": False},
-    "moe": {"routing": "none", "moe": True},  # mixture of experts in every block, no MoD
-    "mode_staged": {"routing": "topk", "moe": True},  # MoD around blocks whose MLP is an MoE
-    "mode_integrated": {"routing": "integrated", "moe": True},  # MoD as no-op experts in the MoE router
-}
-ROUTING_OF = {kind: settings["routing"] for kind, settings in VARIANT_SETTINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -140,59 +118,32 @@ def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
 
 def variant_model(base: ModelConfig, variant: str, shape: Shape | None) -> ModelConfig:
     """base with the variant's routing and MLP (and shape); ValueError when they do not fit (ModelConfig.validate)."""
-    changes: dict[str, Any] = dict(VARIANT_SETTINGS[variant])
+    changes: dict[str, Any] = variants.get(variant).settings
     if shape is not None:
         changes.update(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads)
     return replace(base, **changes)
 
 
 def variant_kind(model: ModelConfig) -> str:
-    """The sweep.variants kind a model is: baseline, mod, random, moe, mode_staged or mode_integrated."""
-    return next(
-        kind
-        for kind, settings in VARIANT_SETTINGS.items()
-        if (model.routing, model.moe) == (settings["routing"], settings["moe"])
-    )
+    """The sweep.variants kind a model is (modexp.variants): baseline, mod, random, moe, mode_staged, ..."""
+    return variants.of_model(model).kind
 
 
 def variant_name(model: ModelConfig, kind: str | None = None) -> str:
     """A run's label from model's routing and expert settings. kind (a sweep.variants entry; default: the
     model's own) names a variant without building its model, which a base shape shallower than route_every
-    would refuse. modexp.analysis.figures.variant_label reads these back into words.
+    would refuse. modexp.variants' records write them and read them back into words.
 
     baseline; mod_c0.125_e2 (MoD: capacity, interval); random_c0.125_e2; moe_x4_k0.25 (experts, each one's
     share of the tokens); mode_staged_c0.125_e2_x4_k0.25; mode_integrated_c0.125_e2_x4_k0.25_n1 (+ no-op
     experts). Suffixes: _lin (linear MoD router weight), then _aux / _nocausal (the causal decision).
     """
-    kind = kind or variant_kind(model)
-    if kind == "baseline":
-        return "baseline"
-    mod = f"_c{model.capacity:g}_e{model.route_every}"
-    experts = f"_x{model.experts}_k{model.expert_capacity:g}"
-    name = {
-        "mod": "mod" + mod,
-        "random": "random" + mod,
-        "moe": "moe" + experts,
-        "mode_staged": "mode_staged" + mod + experts,
-        "mode_integrated": f"mode_integrated{mod}{experts}_n{model.noop_experts}",
-    }[kind]
-    if kind in ("mod", "mode_staged"):  # the MoD router's weight g; an MoE weighs by its softmax
-        name += {"sigmoid": "", "linear": "_lin"}[model.router_weight]
-    if kind != "random":  # random routing decides causally by its noise, with no router to train
-        name += {"predictor": "", "aux_loss": "_aux", "none": "_nocausal"}[model.causal_router]
-    return name
+    return variants.get(kind).name(model) if kind else variants.of_model(model).name(model)
 
 
 def inert_keys(model: ModelConfig) -> list[str]:
     """Model settings that do nothing in this model: left out of its identity and its run record."""
-    keys = []
-    if model.routing == "none":  # no MoD router; an MoE still decides causally with the causal keys
-        keys += [k for k in MOD_ONLY if not (model.moe and k in CAUSAL_KEYS)]
-    if not model.moe:
-        keys += MOE_ONLY
-    elif model.routing != "integrated":
-        keys.append("noop_experts")
-    return keys
+    return list(variants.of_model(model).inert)
 
 
 def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, Any]:
@@ -296,9 +247,11 @@ def load_lr_law(cfg: Config) -> Any:  # -> analysis.LrLaw | None
 
     if cfg.train.lr_from:
         return lr_law_from_study(cfg.train.lr_from)
-    laws = {
+    laws = {  # each kind takes the law of its LR-law family (its own kind unless its record says another)
         variant_name(cfg.model, kind): (law.coefficient, law.exponent, law.params_min, law.params_max)
-        for kind, law in cfg.train.lr_law.items()
+        for key, law in cfg.train.lr_law.items()
+        for kind in variants.kinds()
+        if variants.get(kind).law_key == key
     }
     return lr_law_from_config(laws)
 
@@ -358,7 +311,7 @@ def _ladder_runs(
 
 
 def _rung(cfg: Config, shape: Shape, budget: float, variant: str) -> _Rung:
-    if ROUTING_OF[variant] != "none" and cfg.model.route_every > shape.n_layers:
+    if variants.get(variant).routing != "none" and cfg.model.route_every > shape.n_layers:
         # A shallow rung cannot honour a long routing interval: it would train a baseline under MoD's name.
         params = flops.count(variant_model(cfg.model, "baseline", shape)).params
         reason = f"route_every={cfg.model.route_every} > n_layers={shape.n_layers}"
@@ -372,18 +325,10 @@ def _rung(cfg: Config, shape: Shape, budget: float, variant: str) -> _Rung:
 def active_params(model: ModelConfig) -> float:
     """The size an MoE variant is planned at: what its FLOPs per token buy in dense parameters.
 
-    Total parameters count every expert, but a token pays for expert_capacity x experts of them, so an MoE
-    ladder centred on total parameters would sit far too small. Its active size is the parameters of the
-    same model with a dense MLP, times the ratio of their training FLOPs per token. With experts x
-    expert_capacity = 1 that is about the dense model's own size (a compute-matched MoE); integrated MoDE's
-    saved MLP FLOPs make it larger, as MoD's routed FLOPs do (so it takes no sweep.mod_size_shift on top).
-    Other variants: their parameters.
+    An MoE's total parameters count every expert a token does not pay for: its record (modexp.variants.MoE)
+    centres it on what its FLOPs buy instead. Other variants: their parameters.
     """
-    if not model.moe:
-        return float(flops.count(model).params)
-    dense = replace(model, moe=False, routing="none" if model.routing == "integrated" else model.routing)
-    dense_count, count = flops.count(dense), flops.count(model)
-    return dense_count.params * count.train_per_token / dense_count.train_per_token
+    return variants.of_model(model).active_size(model)
 
 
 def _expected_optimum(cfg: Config, budget: float, variant: str) -> float:
@@ -393,8 +338,7 @@ def _expected_optimum(cfg: Config, budget: float, variant: str) -> float:
     MoDE's FLOP saving is already in its active size.
     """
     centre = math.sqrt(budget / (6 * cfg.sweep.tokens_per_param))
-    shifted = variant in ("mod", "random", "mode_staged")
-    return centre * cfg.sweep.mod_size_shift if shifted else centre
+    return centre * cfg.sweep.mod_size_shift if variants.get(variant).size_shift else centre
 
 
 def _centred(params: list[int], centre: float, n: int) -> list[int]:
@@ -482,8 +426,8 @@ def epoch_spread_notes(runs: Iterable[tuple[str, float, float]]) -> list[str]:
         if epochs is not None and math.isfinite(epochs) and epochs > 0:
             by_point.setdefault(float(budget), {}).setdefault(str(variant), []).append(float(epochs))
     notes = []
-    for budget, variants in sorted(by_point.items()):
-        medians = {v: sorted(e)[len(e) // 2] for v, e in variants.items()}
+    for budget, by_variant in sorted(by_point.items()):
+        medians = {v: sorted(e)[len(e) // 2] for v, e in by_variant.items()}
         low, high = min(medians, key=medians.get), max(medians, key=medians.get)
         # Under one pass nothing repeats: the spread matters only once some variant sees its data again.
         if medians[high] > 1 and medians[high] > EPOCH_SPREAD * medians[low]:
@@ -500,7 +444,7 @@ def single_run(cfg: Config) -> RunSpec:
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
     kind = variant_kind(cfg.model)
-    if cfg.variant in VARIANT_SETTINGS and cfg.variant != kind:  # a dense run filed as "mod" would mislead
+    if cfg.variant in variants.kinds() and cfg.variant != kind:  # a dense run filed as "mod" would mislead
         raise ModexpError(
             f"variant={cfg.variant} names a {cfg.variant} run but the model settings (model.routing="
             f"{cfg.model.routing}) make a {kind} one: set the model, or leave variant unset (it is derived)"

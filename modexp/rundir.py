@@ -165,7 +165,7 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
 
 def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     """The run's config (settings added since it was written take today's defaults) and its RunSpec."""
-    from .config import with_new_keys
+    from .config import load_plugins, with_new_keys
 
     remedy = "rerun the sweep (or modexp train) that planned it to rewrite it"
     try:
@@ -176,6 +176,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
         raise ModexpError(f"{run_dir} has no config.yaml: not a run folder, or not yet written") from None
     except Exception as exc:  # YAML syntax, bad encoding, interpolation errors
         raise ModexpError(f"{run_dir / 'config.yaml'} does not parse ({first_line(exc)}): {remedy}") from None
+    load_plugins(cfg)  # a plug-in variant's routing is known before its run.json model is read
     try:
         raw = read_json(run_dir / "run.json")
         raw["model"] = ModelConfig(**raw["model"])

@@ -2,8 +2,13 @@
 
 Defined once, here, for the writer (records.run_summary) and the reader (analysis/points.py): which keys are
 settings (runs that differ in one are never pooled), which are outcomes, and which only say who the run is or how
-it was computed. It imports nothing, so the analysis reads it without loading torch or the model code.
+it was computed. The MoD settings are the variant registry's (variants.MOD_ONLY), so a registered kind's keys
+are settings too.
 """
+
+from __future__ import annotations
+
+from .variants import MOD_ONLY
 
 # Settings that must agree among the runs of one point: the analysis pools runs only over seed and lr, and
 # refuses a point whose runs differ in any of these (in this order, the first one named).
@@ -22,12 +27,7 @@ SETTINGS: tuple[str, ...] = (
     "vocab_size",
     "d_ff",
     "routing",
-    "capacity",
-    "route_every",
-    "router_weight",
-    "causal_router",
-    "aux_loss_weight",
-    "predictor_hidden",
+    *MOD_ONLY,
     "eval_tokens",
     "corpus_fingerprint",
 )

@@ -6,9 +6,11 @@ skips finished runs, resumes interrupted ones from their checkpoints and retries
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config, processes_per_run
+from . import launch
+from .config import Config, compose_config, expand_overrides, to_typed
+from .data import is_prepared, load_corpus, train_split_tokens
 from .errors import ModexpError
-from .launch.local import LocalPool, make_slots
-from .plan import Plan, RunSpec
-from .rundir import read_json, read_status, run_state, write_json, write_run
+from .plan import Plan, RunSpec, epoch_spread_notes, load_lr_law, plan_sweep, set_epochs, sort_runs
+from .rundir import read_json, read_status, run_state, sweep_dir, write_json, write_run
 from .units import count, duration
+from .variants import short_tag
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,68 @@ class Study:
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.dir / spec.run_id
+
+
+def build_study(overrides: list[str]) -> Study:
+    """The study the overrides describe: one composed config per comma combination, planned into one folder."""
+    configs = []
+    for combo in expand_overrides(overrides):
+        dict_cfg = compose_config(combo)
+        configs.append((dict_cfg, to_typed(dict_cfg)))
+    dirs = {sweep_dir(typed) for _, typed in configs}
+    if len(dirs) > 1:
+        raise ModexpError(
+            f"one sweep writes to one folder, but these overrides give {len(dirs)}: "
+            "do not sweep runs_dir or sweep.name"
+        )
+    _refuse_ignored_lr_sweep([typed for _, typed in configs])
+    runs, notes, run_configs = {}, [], {}
+    for dict_cfg, typed in configs:
+        plan = plan_sweep([typed])
+        for note in plan.notes + _count_epochs(plan, typed):
+            if note not in notes:
+                notes.append(note)
+        for spec in plan.runs:
+            if spec.run_id not in runs:
+                runs[spec.run_id] = spec
+                run_configs[spec.run_id] = run_config(dict_cfg, spec)
+    return Study(dirs.pop(), configs, Plan(sort_runs(runs.values()), notes), run_configs)
+
+
+def _refuse_ignored_lr_sweep(cfgs: list[Config]) -> None:
+    """A comma sweep of train.lr under an LR rule would plan the same runs again and again: say so."""
+    if len({c.train.lr for c in cfgs}) < 2:
+        return
+    for cfg in cfgs:
+        rule = next(
+            (
+                k
+                for k, on in (
+                    ("sweep.lr_grid", cfg.sweep.lr_grid),
+                    ("train.lr_from", cfg.train.lr_from),
+                    ("train.lr_law", cfg.train.lr_law),
+                )
+                if on
+            ),
+            None,
+        )
+        if rule:
+            raise ModexpError(
+                f"train.lr is swept but {rule} sets every run's LR (the preset may set train.lr_law): "
+                "sweep sweep.lr_grid=[...] instead, or clear the rule, e.g. 'train.lr_law={}'"
+            )
+
+
+def _count_epochs(plan: Plan, cfg: Config) -> list[str]:
+    """Each run's epochs over its corpus, refusing too many; a note instead while the corpus is not given."""
+    train_tokens = train_split_tokens(cfg.data)
+    if train_tokens is None:
+        return [
+            f"epochs not known: data.path is not set, so sweep.max_epochs={cfg.sweep.max_epochs:g} "
+            "is not checked yet"
+        ]
+    set_epochs(plan.runs, train_tokens, cfg)
+    return epoch_spread_notes((r.variant, r.budget, r.epochs) for r in plan.runs)
 
 
 def run_config(dict_cfg: DictConfig, spec: RunSpec) -> DictConfig:
@@ -57,11 +123,6 @@ def check_data(study: Study, dry_run: bool = False) -> None:
     dry_run: check it just the same, but a corpus not yet cached is prepared into a temporary folder, so a
     dry run writes nothing.
     """
-    import dataclasses
-    import tempfile
-
-    from .data import is_prepared, load_corpus
-
     seen = set()
     with tempfile.TemporaryDirectory(prefix="modexp-dry-run-") as scratch:
         for _, cfg in study.configs:
@@ -122,10 +183,7 @@ class LiveView:
                 flops_done += spec.flops * step / max(1, spec.steps)
                 loss = _last_loss(run_dir)
                 if loss is not None:
-                    short = (
-                        spec.variant[:3] if not spec.variant.startswith("mode_") else "md" + spec.variant[5]
-                    )
-                    losses.append(f"{spec.shape}/{short} {loss:.3f}")  # mds, mdi: staged, integrated MoDE
+                    losses.append(f"{spec.shape}/{short_tag(spec.variant)} {loss:.3f}")
         elapsed = now - self.started
         eta = ""
         if 0 < flops_done < flops_total and elapsed > 5:
@@ -176,8 +234,6 @@ def write_plan(study: Study, overrides: list[str]) -> None:
 
 def _lr_laws(study: Study) -> list[dict]:
     """The fitted lr*(N) laws behind the plan, with their source, when train.lr_from set the LRs."""
-    from .plan import load_lr_law
-
     laws = [load_lr_law(cfg) for _, cfg in study.configs]
     return [law.record() for law in laws if law is not None]
 
@@ -187,18 +243,12 @@ def run_sweep(
     overrides: list[str],
     retry_failed: bool,
     fail_fast: bool,
-    launcher: str,
     detach: bool = False,
 ) -> int:
     """Returns the process exit code: 0 when every planned run is done and the figures are drawn."""
     _, cfg0 = study.configs[0]
-    if launcher == "slurm":  # bad cluster settings fail before anything is prepared or written
-        from .launch.slurm import check_cluster
-
-        check_cluster(cfg0)
-    else:  # device=cuda without GPUs is refused here, before anything is written
-        per_run = processes_per_run(cfg0)
-        slots = make_slots(cfg0.device, cfg0.launcher.workers, per_run)
+    launcher = launch.get(cfg0.launcher.name)
+    launcher.check(cfg0)  # what cannot start here fails before anything is prepared or written
     check_data(study)
     write_plan(study, overrides)
     todo, failed_before = pending_runs(study, retry_failed)
@@ -211,33 +261,10 @@ def run_sweep(
     for spec in todo:
         write_run(study.run_dir(spec), study.run_configs[spec.run_id], spec)
     view = LiveView(study, study.plan.runs)
-    if launcher == "slurm":
-        from .launch.slurm import run_slurm
-
-        finished = run_slurm(
-            study, todo, cfg0, fail_fast=fail_fast, detach=detach, view=view, retry_failed=retry_failed
-        )
-        if not finished:
-            return 0
-    else:
-        if cfg0.device == "auto" and slots[0].name.startswith("cpu"):
-            print(
-                "[sweep] no GPU visible: training on the CPU (device=cuda refuses instead)", file=sys.stderr
-            )
-        pool = LocalPool(
-            slots,
-            fail_fast=fail_fast,
-            on_tick=lambda p: view.tick(p),
-            retry_failed=retry_failed,
-            processes_per_run=per_run,
-        )
-        try:
-            pool.run([(s, study.run_dir(s)) for s in todo])
-        except KeyboardInterrupt:
-            print(
-                "[sweep] interrupted: running runs were stopped and resume on the next run", file=sys.stderr
-            )
-            return 130
+    options = launch.Options(fail_fast, retry_failed, detach, on_tick=view.tick)
+    stopped = launcher.run([launch.Job(s, study.run_dir(s)) for s in todo], cfg0, study.dir, options)
+    if stopped is not None:  # detached or interrupted: the next call collects
+        return stopped
     view.tick(force=True)
     return finish(study)
 

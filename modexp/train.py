@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, flops, records
+from . import distributed, flops, records, variants
 from .checkpoint import CHECKPOINT, resume, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
@@ -248,7 +248,7 @@ def _prepare(
     plan = step_plan(cfg, spec, device, world)
     fsdp = world.distributed and cfg.train.parallel == "fsdp"
     torch.manual_seed(cfg.seed)
-    model = Transformer(spec.model).to(device)
+    model = variants.build_model(spec.model).to(device)
     model.activation_checkpointing = cfg.train.activation_checkpointing
     wrapped = wrap_parallel(model, cfg, device, world)
     optimizer = make_optimizer(model, cfg, fsdp)

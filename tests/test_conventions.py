@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_plan import run_main
+from helpers import run_main
 
 EXE = Path(sys.executable).parent / "modexp"
 

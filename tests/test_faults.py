@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import child_env, read_metrics, train_in_process
+from helpers import child_env, read_metrics, train_in_process
 
 from modexp.rundir import RunLock, run_state
 

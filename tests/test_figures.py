@@ -14,6 +14,7 @@ from matplotlib.image import imread
 
 from modexp import analysis
 from modexp.analysis import figures
+from modexp.analysis.notebook import compare_verdicts
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig
 from modexp.plan import variant_name
@@ -107,14 +108,14 @@ def _contrast_on_white(colour) -> float:
 @pytest.mark.parametrize("n_budgets", [2, 3, 5, 8])
 def test_every_budget_colour_is_visible_on_white(n_budgets: int) -> None:
     """WCAG's 3:1 for graphics; the old lightest colour (viridis at 0.85, yellow-green) had 1.6:1."""
-    colours = figures._budget_colours(np.geomspace(1e11, 1e13, n_budgets))
+    colours = figures.budget_colours(np.geomspace(1e11, 1e13, n_budgets))
     assert min(_contrast_on_white(c) for c in colours.values()) >= 3.0
     assert max(_luminance(c) for c in colours.values()) < 0.3
     assert len({tuple(np.round(c, 3)) for c in colours.values()}) == n_budgets
 
 
 def test_every_variant_colour_is_visible_on_white() -> None:
-    styles = figures._variant_styles([f"mod_c0.125_e{i}" for i in range(1, 12)] + ["baseline"])
+    styles = figures.variant_styles([f"mod_c0.125_e{i}" for i in range(1, 12)] + ["baseline"])
     assert min(_contrast_on_white(s["colour"]) for s in styles.values()) >= 3.0
 
 
@@ -190,6 +191,39 @@ def test_figure_options_normalise() -> None:
     assert figures.figure_options(["svg", ".pdf"], [3, 2.5]) == (("svg", "pdf"), (3.0, 2.5))
 
 
+# ------------------------------------------------------------------ the registry
+
+
+def test_analyze_draws_what_the_registry_lists(table: Path, tmp_path: Path, monkeypatch) -> None:
+    """A new figure is a FigureSpec in figures.FIGURES: analyze draws it, or names why it skipped it."""
+    from matplotlib.figure import Figure
+
+    def draw(data: figures.FigureData) -> Figure:
+        fig = Figure(figsize=(3, 2))
+        fig.add_subplot().plot(data.points["params"], data.points["loss"], "o")
+        return fig
+
+    extra = [
+        figures.FigureSpec("toy", lambda data: None, draw),
+        figures.FigureSpec("toy_skipped", lambda data: "nothing to show", draw),
+    ]
+    monkeypatch.setattr(figures, "FIGURES", (*figures.FIGURES, *extra))
+    result = analysis.analyze(table=table, out=tmp_path / "out", n_boot=20, figure_formats="png")
+    assert list(result.figures)[-1] == "toy" and (tmp_path / "out" / "toy.png").is_file()
+    assert "figure toy_skipped.png skipped: nothing to show" in result.summary
+    assert not (tmp_path / "out" / "toy_skipped.png").exists()
+    assert [f.name for f in figures.FIGURES[:8]] == [
+        "isoflop",
+        "optimal",
+        "verdict",
+        "normalised",
+        "lr_transfer",
+        "learning_curves",
+        "routing",
+        "causal_acc",
+    ]
+
+
 # ------------------------------------------------------------------ what the figures say
 
 
@@ -231,7 +265,7 @@ def test_figures_show_readable_labels_and_one_title_style(sweep_result) -> None:
 
 def test_compare_verdicts_labels_each_study_and_pair(sweep_result) -> None:
     other = sweep_result.verdict.assign(multiplier=sweep_result.verdict["multiplier"] * 1.5)
-    fig = figures.compare_verdicts(
+    fig = compare_verdicts(
         {"demo": sweep_result.verdict, "cpu": other},
         {"demo": sweep_result.verdict_overall, "cpu": sweep_result.verdict_overall},
     )

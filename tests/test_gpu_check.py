@@ -271,7 +271,7 @@ def test_parse_junit_and_sweep_runs(tmp_path: Path) -> None:
 
 def test_sweep_overrides_plan_on_the_embedded_corpus(tmp_path: Path) -> None:
     """The check's sweep is legal as given (within sweep.max_epochs on the embedded corpus), 8 runs, 2 budgets."""
-    from modexp.cli import build_study
+    from modexp.sweep import build_study
 
     overrides = [*gpu_check.SWEEP_OVERRIDES, "sweep.name=sweep", f"runs_dir={tmp_path}"]
     study = build_study(overrides)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_plan import run_main
+from helpers import run_main
 
 from modexp.rundir import strict_json, write_json
 

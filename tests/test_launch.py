@@ -43,3 +43,44 @@ def test_no_gpu_falls_back_to_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_exit_descriptions() -> None:
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(1) == "exit code 1"
+
+
+def test_launchers_are_found_by_name_and_an_unknown_one_is_named() -> None:
+    from modexp import launch
+    from modexp.errors import ModexpError
+
+    assert launch.names()[:2] == ("local", "slurm")
+    assert type(launch.get("local")).__name__ == "Local"
+    with pytest.raises(ModexpError, match="launcher.name=ray is not allowed: choose one of local, slurm"):
+        launch.get("ray")
+
+
+def test_the_local_pool_starts_a_job_only_after_the_runs_it_waits_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two slots, three jobs: c comes after a and b, so it starts last although it is queued first."""
+    import json
+    import sys
+    from types import SimpleNamespace
+
+    from modexp.launch import Job, local
+
+    order = tmp_path / "order.txt"
+    # Each "training" notes its run, sleeps a little and marks its folder done (what modexp.train would do).
+    script = (
+        "import json, pathlib, sys, time; d = pathlib.Path(sys.argv[1]); time.sleep(0.3); "
+        f"open({str(order)!r}, 'a').write(d.name + '\\n'); "
+        "(d / 'status.json').write_text(json.dumps({'state': 'done'}))"
+    )
+    monkeypatch.setattr(
+        local, "train_command", lambda run_dir, processes: [sys.executable, "-c", script, str(run_dir)]
+    )
+    jobs = []
+    for name, after in (("c", ["a", "b"]), ("a", []), ("b", [])):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "status.json").write_text(json.dumps({"state": "planned"}))
+        jobs.append(Job(SimpleNamespace(run_id=name), run_dir, after))
+    slots = local.make_slots("cpu", workers=2)
+    local.LocalPool(slots).run(jobs)
+    assert order.read_text().split()[-1] == "c" and sorted(order.read_text().split()) == ["a", "b", "c"]

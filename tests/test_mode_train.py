@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import _drop_new_handlers, read_metrics, train_in_process
+from helpers import drop_new_handlers, read_metrics, train_in_process
 
 import modexp.checkpoint as checkpoint_mod
 from modexp import flops
@@ -34,7 +34,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch):
     handlers = list(logging.getLogger().handlers)
     yield
     torch.set_num_threads(threads)
-    _drop_new_handlers(handlers)
+    drop_new_handlers(handlers)
 
 
 def test_variants_plan_with_readable_names_and_active_size_ladders() -> None:

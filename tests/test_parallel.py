@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import child_env, train_in_process
+from helpers import child_env, train_in_process
 
 from modexp import flops
 from modexp.distributed import World, chunks, share

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_main
 
-from modexp.cli import build_study, main
 from modexp.config import compose_config, to_typed
 from modexp.data import load_corpus
 from modexp.plan import plan_sweep
-from modexp.sweep import write_plan
+from modexp.sweep import build_study, write_plan
 from modexp.units import sci, si
 
 PRESETS = ("smoke", "demo", "cpu", "gpu", "paper")
@@ -48,16 +48,6 @@ ROW_KEYS = {
     "est_time_s",
     "status",
 }
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """main(argv) -> (exit status, stdout, stderr); argparse's SystemExit counts as a return."""
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def study(tmp_path: Path, *overrides: str):

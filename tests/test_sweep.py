@@ -238,8 +238,7 @@ def sweeps(tmp_path: Path) -> Iterator[Sweeps]:
 @pytest.fixture(scope="module")
 def queue(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The planned run ids in the order the sweep starts them (what `pending_runs` gives a fresh folder)."""
-    from modexp.cli import build_study
-    from modexp.sweep import pending_runs
+    from modexp.sweep import build_study, pending_runs
 
     study = build_study([*BASE, f"runs_dir={tmp_path_factory.mktemp('plan')}"])
     todo, failed = pending_runs(study, retry_failed=False)
@@ -562,8 +561,7 @@ def test_sigterm_during_the_interrupt_record_still_marks_the_run_interrupted(
 
 def test_plan_json_remembers_every_run_planned_into_the_folder(tmp_path: Path) -> None:
     """A second sweep adding a capacity to the same folder keeps the first one's runs in the study."""
-    from modexp.cli import build_study
-    from modexp.sweep import write_plan
+    from modexp.sweep import build_study, write_plan
 
     common = ["sweep=smoke", f"runs_dir={tmp_path}"]
     first = build_study([*common, "model.capacity=0.125"])

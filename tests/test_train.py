@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env, drop_new_handlers, read_metrics, train_in_process
 from omegaconf import OmegaConf
 
 import modexp.train as train_mod
@@ -41,14 +41,6 @@ MOD_RUN = [
 TINY_BASELINE = ["sweep=smoke", "budget=2e9", "model.d_model=16", "model.n_heads=2"]  # 26 steps
 
 
-def _drop_new_handlers(before: list[logging.Handler]) -> None:
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
-
-
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch: pytest.MonkeyPatch):
     """One torch thread (2 shared cores: more threads are ~10x slower here); undo what a run changes."""
@@ -58,31 +50,13 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch):
     handlers = list(logging.getLogger().handlers)
     yield
     torch.set_num_threads(threads)
-    _drop_new_handlers(handlers)
-
-
-def train_in_process(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else 1
-    return rc, out.getvalue(), err.getvalue()
+    drop_new_handlers(handlers)
 
 
 def only_run_dir(runs: Path) -> Path:
     dirs = [p for p in (runs / "smoke").iterdir() if p.is_dir()]
     assert len(dirs) == 1, dirs
     return dirs[0]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def child_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "disabled", "MODEXP_THREADS": "1", "HOME": str(tmp_path / "home")}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +70,7 @@ def mod_run(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("MODEXP_THREADS", "1")
         rc, out, _ = train_in_process(["train", *MOD_RUN, f"runs_dir={runs}"])
     torch.set_num_threads(threads)
-    _drop_new_handlers(handlers)
+    drop_new_handlers(handlers)
     return rc, out, runs, only_run_dir(runs)
 
 
@@ -483,7 +457,7 @@ def _write_run(runs: Path, *overrides: str) -> Path:
 
 
 def test_non_finite_loss_fails_the_run_with_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Transformer", _nan_model(7))
+    monkeypatch.setattr(train_mod.variants, "build_model", _nan_model(7))  # train builds through the registry
     run_dir = _write_run(tmp_path / "runs")  # log_every=5 (smoke)
     with pytest.raises(NonFiniteLoss, match="step 10"):
         train_run(run_dir)
@@ -498,7 +472,7 @@ def test_non_finite_loss_fails_the_run_with_its_step(tmp_path: Path, monkeypatch
 
 
 def test_failed_run_keeps_a_finite_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Transformer", _nan_model(12))
+    monkeypatch.setattr(train_mod.variants, "build_model", _nan_model(12))
     run_dir = _write_run(tmp_path / "runs", "train.log_every=10", "train.checkpoint_every=5")
     with pytest.raises(NonFiniteLoss):
         train_run(run_dir)
@@ -509,7 +483,7 @@ def test_failed_run_keeps_a_finite_checkpoint(tmp_path: Path, monkeypatch: pytes
 
 
 def test_cli_non_finite_loss_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Transformer", _nan_model(7))
+    monkeypatch.setattr(train_mod.variants, "build_model", _nan_model(7))
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         try:

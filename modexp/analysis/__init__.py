@@ -5,7 +5,8 @@
 - fits.py: parabolas per budget with honest bracketing and bootstrap intervals; power laws; Approach 3.
 - verdict.py: the compute multiplier and the loss difference against the baseline and the random control.
 - lrlaw.py: lr*(N) per variant from an LR-grid study, for learning-rate transfer.
-- report.py: the text summary. figures.py: the figures (matplotlib, imported only when drawing).
+- report.py: the text summary. figures/: the figures (matplotlib, imported only when drawing), a registry.
+- notebook.py: what the notebooks share (a folder parameter, the figure comparing two studies).
 - study.py: `analyze`, which runs them in that order and writes every output.
 """
 

@@ -1,4 +1,4 @@
-"""isoFLOP fits: a parabola per (curve, budget), bootstrap intervals, power laws, Approach 3.
+"""isoFLOP fits: a parabola per (curve, budget), its optimum's intervals, power laws, Approach 3.
 
 The method (docs/isoflop.md, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
 
@@ -8,17 +8,16 @@ The method (docs/isoflop.md, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3
   opens upward with its vertex inside the sampled sizes. Otherwise n_opt and d_opt are NaN, loss_opt is the
   best point's loss (an upper bound on L*), the budget is left out of the power laws, and when the lowest
   point is an end the optimum is a bound: `bound` says "below" (N* < smallest size) or "above" (N* > largest).
-- Interval: a parametric bootstrap from the curve's measured noise (noise.py): replicate b adds drawn noise
-  to the fitted parabola and refits, so the interval is the estimator's own spread, with a t-like widening for
-  a noise level estimated from few degrees of freedom. D*'s replicates refit the tokens parabola, D*'s own
-  estimator. With only 3 sizes there are no residuals and no interval. Replicate minima are not
-  clamped: a vertex beyond the sampled sizes stays there, a parabola opening downward puts N* at 0 or
-  infinity on the side of the lower edge. The 5th-95th percentiles are order statistics, so an interval can
-  say "below the smallest size". A replicate's loss is its vertex's when interior, else its best point's
-  (an upper bound, as for the estimate). boot_interior is the share of replicates whose vertex lay inside.
+- Intervals: N* and D* by Fieller's theorem on each parabola's vertex (a ratio of fitted coefficients, with
+  the curve's noise from noise.py and t quantiles of its degrees of freedom): the interval may be one-sided
+  or unbounded where the curvature is not clearly positive. D*'s comes from the tokens parabola, D*'s own
+  estimator. L* by a parametric bootstrap: replicate b adds drawn noise to the fitted parabola and refits;
+  its bias (the minimum of noisy replicates sits low) is corrected. With only 3 sizes there are no
+  residuals and no interval. boot_interior is the share of replicates whose vertex lay inside.
   Coverage is measured, not assumed: `modexp selfcheck calibration`.
-- Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2), with a
-  bootstrap interval on the exponent from the same replicates.
+- Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2); the
+  exponent's interval by weighted least squares with each budget's optimum interval as its error, widened
+  by the Birge ratio when the optima scatter more than those errors say.
 - Approach 3 cross-check: L = E + A/N^alpha + B/D^beta by a Huber loss (delta 1e-3) on log-loss, L-BFGS from
   Hoffmann's grid of starts; implied a = beta / (alpha + beta).
 """

@@ -140,7 +140,8 @@ def _best_points_section(points: pd.DataFrame) -> list[str]:
 def _fits_section(fits: pd.DataFrame) -> list[str]:
     lines = [
         "isoFLOP optima (parabola in log10 params; bracketed = lowest point interior; "
-        f"[{PERCENTILES[0]:g}-{PERCENTILES[1]:g}%] bootstrap, not clamped to the sampled sizes):"
+        f"[{PERCENTILES[0]:g}-{PERCENTILES[1]:g}%]: N* and D* by Fieller's theorem, L* by a parametric bootstrap, "
+        "from each curve's measured noise; not clamped to the sampled sizes):"
     ]
     for row in fits.itertuples():
         lo, hi = row.params_min, row.params_max

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from modexp.errors import ModexpError
@@ -33,7 +32,7 @@ from .table import (
     pick_routing_run,
     scan_sweep,
 )
-from .verdict import OVERALL_COLUMNS, VERDICT_COLUMNS, Verdict, compute_verdict
+from .verdict import OVERALL_COLUMNS, VERDICT_COLUMNS, compute_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -112,38 +111,6 @@ def _run_notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _figure_skips(
-    points: pd.DataFrame, fits: pd.DataFrame, verdict: Verdict, metrics: pd.DataFrame | None, sample, grid
-) -> dict[str, str]:
-    """Why each figure cannot be drawn from this data ('' when it can)."""
-    has_metrics = metrics is not None and not metrics.empty
-    fpt = "forward_flops_per_token"
-    return {
-        "isoflop": "",
-        "optimal": "" if fits["bracketed"].any() else "no budget has a bracketed optimum",
-        "verdict": ""
-        if np.isfinite(verdict.by_budget["multiplier"].to_numpy(float)).any()
-        else "no comparison",
-        "normalised": (
-            "no baseline runs"
-            if "baseline" not in set(points["variant"])
-            else f"the table has no {fpt} column"
-            if fpt not in points or points[fpt].isna().all()
-            else ""
-        ),
-        "lr_transfer": ""
-        if grid is not None and not grid.empty
-        else "no LR grid (one learning rate per point)",
-        "learning_curves": "" if has_metrics else "no metrics.jsonl (external table or no metrics written)",
-        "routing": "" if sample is not None else "no MoD run with a routing_sample.json",
-        "causal_acc": (
-            ""
-            if has_metrics and "causal_acc" in metrics and metrics["causal_acc"].notna().any()
-            else "no causal_acc in any metrics.jsonl"
-        ),
-    }
-
-
 def make_figures(
     result: AnalysisResult,
     metrics: pd.DataFrame | None,
@@ -152,31 +119,34 @@ def make_figures(
     formats: str | tuple[str, ...] | None = None,
     size: str | tuple[float, float] | None = None,
 ) -> list[str]:
-    """Write every figure the data allows into result.figure_dir (default PNG + SVG at each figure's own
-    size; see figures.save); return notes on the rest."""
+    """Write every figure of figures.FIGURES the data allows into result.figure_dir (default PNG + SVG at
+    each figure's own size; see figures.save); return notes on the rest."""
     from . import figures  # matplotlib is imported only when figures are drawn
 
-    verdict = Verdict(result.verdict, result.verdict_overall)
-    builders = {
-        "isoflop": lambda: figures.isoflop_curves(result.points, result.fits),
-        "optimal": lambda: figures.optimal_scaling(result.fits, result.power_laws),
-        "verdict": lambda: figures.verdict(result.verdict),
-        "normalised": lambda: figures.normalised(result.points, result.fits),
-        "lr_transfer": lambda: figures.lr_transfer(grid, result.lr_laws),
-        "learning_curves": lambda: figures.learning_curves(metrics, result.results),
-        "routing": lambda: figures.routing(sample),
-        "causal_acc": lambda: figures.causal_accuracy(metrics, result.results),
-    }
+    data = figures.FigureData(
+        results=result.results,
+        points=result.points,
+        fits=result.fits,
+        power_laws=result.power_laws,
+        verdict=result.verdict,
+        lr_laws=result.lr_laws,
+        grid=grid,
+        metrics=metrics,
+        sample=sample,
+    )
     notes = []
-    for name, reason in _figure_skips(result.points, result.fits, verdict, metrics, sample, grid).items():
+    # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
+    for figure, reason in [(figure, figure.skip(data)) for figure in figures.FIGURES]:
         if reason:
-            notes.append(f"figure {name}.png skipped: {reason}")
+            notes.append(f"figure {figure.name}.png skipped: {reason}")
             continue
         try:
-            result.figures[name] = figures.save(builders[name](), result.figure_dir, name, formats, size)
+            result.figures[figure.name] = figures.save(
+                figure.draw(data), result.figure_dir, figure.name, formats, size
+            )
         except Exception as err:  # a figure must never cost the fits and tables already computed
-            logger.warning("figure %s failed", name, exc_info=True)
-            notes.append(f"figure {name}.png failed: {type(err).__name__}: {err}")
+            logger.warning("figure %s failed", figure.name, exc_info=True)
+            notes.append(f"figure {figure.name}.png failed: {type(err).__name__}: {err}")
     return notes
 
 

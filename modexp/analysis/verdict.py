@@ -5,8 +5,10 @@ reach a variant's optimal loss, and the loss difference at equal compute (docs/v
   a monotone cubic in log C (PCHIP, after a running minimum: more compute never makes the optimum worse) and a
   curve, L*(C) = E + k C^-g fitted to the optima (3 or more budgets) or, with 2 budgets, the minimum over
   sizes of the reference's Approach-3 law (a straight line between two budgets is biased for a convex
-  L*(C)). m = C'/C where L*_ref(C') = L*_variant(C). The estimate is the cubic's with 3 or more budgets and
-  the curve's with 2; the other model's value widens the interval to include it (model error).
+  L*(C)). Where the curve gives the estimate it is first bent through the end optima by adding a line
+  (same curvature, anchored to what was measured). m = C'/C where L*_ref(C') = L*_variant(C). The estimate
+  is the cubic's with 3 or more budgets and the curve's with 2; the other model's value widens the interval
+  to include it (model error).
 - Past the reference's budgets m is extrapolated along the curve, never further than one budget step (the
   median spacing of the reference's budgets); beyond that m is only a bound (">=" or "<=").
 - dL(C) = L*_variant(C) - L*_ref(C); at a budget the reference did not train, L*_ref(C) is read off its
@@ -32,12 +34,12 @@ import pandas as pd
 from scipy import optimize
 from scipy.interpolate import PchipInterpolator
 
+from modexp import variants
+
 from .fits import fit_approach3_points, percentiles
 from .points import reference_curve
 from .table import BASELINE
 
-RANDOM = "random"
-MOE, MODE = "moe_", "mode_"  # variant ids of modexp.plan.variant_name
 FLAGS = (
     "lr_edge",
     "bound",
@@ -88,23 +90,19 @@ OVERALL_COLUMNS = [
 GRID = 2001  # points of the cubic per replicate when it is inverted
 
 
-def is_random(variant: str) -> bool:
-    return variant.startswith(RANDOM)
-
-
 def comparisons(fits: pd.DataFrame) -> list[tuple[str, str]]:
-    """(curve, reference curve) pairs: every variant against the baseline, learned routing against random,
-    and each MoDE form against the mixture of experts it is built on (the paper's Fig. 7)."""
+    """(curve, reference curve) pairs: every variant against the baseline, then against the kinds its record
+    names (modexp.variants: learned routing against random, each MoDE form against the mixture of experts it
+    is built on, the paper's Fig. 7)."""
     curves = fits.drop_duplicates("curve").set_index("curve")["variant"]
+    kinds = {v: getattr(variants.of_id(str(v)), "kind", None) for v in set(curves)}
     pairs = []
     for curve, variant in curves.items():
         if variant == BASELINE:
             continue
-        references = [BASELINE] + (
-            [] if is_random(variant) else sorted(v for v in set(curves) if is_random(v))
-        )
-        if str(variant).startswith(MODE):
-            references += sorted(v for v in set(curves) if str(v).startswith(MOE))
+        references = [BASELINE]
+        for kind in variants.references(str(variant)):
+            references += sorted(v for v in set(curves) if kinds[v] == kind)
         for reference in references:
             ref_curve = reference_curve(str(curve), variant, reference)
             if ref_curve in curves.index:
@@ -214,6 +212,49 @@ def _approach3_curve(points: pd.DataFrame | None, reference: str) -> Curve | Non
     return Curve(at, inverse, "Approach 3")
 
 
+def _through_ends(curve: Curve | None, xs: np.ndarray, ys: np.ndarray) -> Curve | None:
+    """The curve plus the straight line that makes it pass through the first and last optima.
+
+    A fitted curve need not pass through the reference's measured optima (Approach 3 is fitted to every run,
+    E + k C^-g by least squares): read as the estimate, it could then say the variant is worse at a budget
+    where the measured optima say it is better. Adding a line keeps the curve's curvature (its reason to
+    exist: a straight segment is biased for a convex L*(C)) while anchoring it to what was measured.
+    """
+    if curve is None or xs.size < 2:
+        return curve
+    raw = np.array([float(curve.at(x)) for x in (xs[0], xs[-1])])
+    if not np.isfinite(raw).all():
+        return None
+    slope = ((ys[-1] - raw[1]) - (ys[0] - raw[0])) / (xs[-1] - xs[0])
+    offset = ys[0] - raw[0] - slope * xs[0]
+    at = lambda x: curve.at(x) + offset + slope * np.asarray(x, float)  # noqa: E731
+    # Invert on the decreasing stretch around the budgets (a line added to a convex curve can turn back up
+    # far away): past it, the curve never reaches the loss.
+    grid = np.linspace(xs[0] - 4.0, xs[-1] + 4.0, 1601)
+    values = np.asarray(at(grid), float)
+    inside = (grid >= xs[0]) & (grid <= xs[-1])
+    falling = np.diff(values) < 0
+    start = int(np.argmax(inside))
+    lo = start
+    while lo > 0 and falling[lo - 1]:
+        lo -= 1
+    hi = start
+    while hi < falling.size and falling[hi]:
+        hi += 1
+    gx, gy = grid[lo : hi + 1], values[lo : hi + 1]
+
+    def inverse(loss: float) -> float:
+        if not math.isfinite(loss) or gx.size < 2:
+            return math.nan
+        if loss < gy[-1]:
+            return math.inf
+        if loss > gy[0]:
+            return -math.inf
+        return float(optimize.brentq(lambda x: float(at(x)) - loss, gx[0], gx[-1]))
+
+    return Curve(at, inverse, f"{curve.name} through the end optima")
+
+
 @dataclass
 class Reference:
     """The reference curve a pair is read against."""
@@ -221,7 +262,8 @@ class Reference:
     xs: np.ndarray  # log10 budgets on the curve (located ones, or all when fewer than 2 are)
     ys: np.ndarray  # their optimal losses, running minimum
     reps: np.ndarray  # (budgets on the curve, B) replicate losses
-    curve: Curve | None
+    curve: Curve | None  # the fitted curve: the other model where the cubic is the estimate
+    anchored: Curve | None  # the same through the end optima: the estimate where the curve is used
     on_bounds: bool
     step: float  # one budget step in log10 C
 
@@ -249,16 +291,20 @@ def _reference(fits: pd.DataFrame, boot: dict, reference: str, points: pd.DataFr
     elif xs.size == 2:
         curve = _approach3_curve(points, reference) or _power_curve(xs, ys)
     step = float(np.median(np.diff(xs))) if xs.size >= 2 else math.nan
-    return Reference(xs, ys, reps, curve, not on_curve["bracketed"].astype(bool).all(), step)
+    anchored = _through_ends(curve, xs, ys)
+    return Reference(xs, ys, reps, curve, anchored, not on_curve["bracketed"].astype(bool).all(), step)
 
 
 def _model_log_c(ref: Reference, loss: float) -> tuple[float, float, bool, str]:
     """(estimate, other model, extrapolated, operator) for log10 C' where L*_ref(C') = loss."""
     inside = ref.ys[-1] <= loss <= ref.ys[0]
     cubic = _cubic_log_c(ref.xs, ref.ys, loss)
-    smooth = ref.curve.inverse(loss) if ref.curve is not None else math.nan
+    smooth = ref.anchored.inverse(loss) if ref.anchored is not None else math.nan
     if inside:
-        estimate, other = (cubic, smooth) if ref.n > 2 or not math.isfinite(smooth) else (smooth, cubic)
+        if ref.n > 2:  # the cubic is the estimate, the fitted curve as it stands the other model
+            fitted = ref.curve.inverse(loss) if ref.curve is not None else math.nan
+            return cubic, fitted, False, "="
+        estimate, other = (smooth, cubic) if math.isfinite(smooth) else (cubic, math.nan)
         return estimate, other, False, "="
     estimate, other = (smooth, cubic) if math.isfinite(smooth) else (cubic, math.nan)
     top, bottom = ref.xs[-1] + ref.step, ref.xs[0] - ref.step
@@ -289,7 +335,7 @@ def _reference_loss_at(ref: Reference, log_c: float) -> tuple[float, np.ndarray,
         value = float(PchipInterpolator(ref.xs, ref.ys)(log_c))
         reps = PchipInterpolator(ref.xs, ref.reps, axis=0)(log_c)
     else:
-        value = float(ref.curve.at(log_c)) if ref.curve else float(np.interp(log_c, ref.xs, ref.ys))
+        value = float(ref.anchored.at(log_c)) if ref.anchored else float(np.interp(log_c, ref.xs, ref.ys))
         end = slice(-2, None) if log_c > ref.xs[-1] else slice(0, 2)
         slope = np.polyfit(ref.xs[end], ref.reps[end], 1)
         line = slope[0] * log_c + slope[1]

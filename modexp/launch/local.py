@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import Config, processes_per_run
 from ..errors import ModexpError
 from ..plan import RunSpec
 from ..rundir import (
@@ -29,6 +30,7 @@ from ..rundir import (
     run_state,
     set_status,
 )
+from . import Job, Options, register
 
 log = logging.getLogger(__name__)
 
@@ -140,32 +142,51 @@ class LocalPool:
         self.running: list[Child] = []
         self.failed: list[str] = []
         self.interrupted: list[str] = []  # stopped by a signal or the machine: resume on the next rerun
-        self.elsewhere: dict[str, tuple[RunSpec, Path]] = {}  # held by another sweep's process
+        self.elsewhere: dict[str, Job] = {}  # held by another sweep's process
+        self.blocked: list[str] = []  # not started: a run they come after failed or was interrupted
 
-    def run(self, queue: list[tuple[RunSpec, Path]]) -> None:
+    def run(self, queue: list[Job]) -> None:
         queue = list(queue)
         try:
             while queue or self.running or self.elsewhere:
                 free = [s for s in self.slots if all(c.slot is not s for c in self.running)]
-                while free and queue:
-                    spec, run_dir = queue.pop(0)
-                    state = run_state(run_dir)
+                for job in [j for j in queue if self._ready(j, queue)]:
+                    if not free:
+                        break
+                    queue.remove(job)
+                    state = run_state(job.run_dir)
                     if state == "done" or (state == "failed" and not self.retry_failed):
                         continue  # failed since the queue was built (e.g. by another sweep): report it
                     if state == "running":
-                        self.elsewhere[spec.run_id] = (spec, run_dir)
+                        self.elsewhere[job.run_id] = job
                         continue
-                    self.running.append(self._start(spec, run_dir, free.pop(0)))
+                    self.running.append(self._start(job.spec, job.run_dir, free.pop(0)))
                 self._reap(queue)
                 if self.fail_fast and self.failed:
                     self.stop()
                     return
                 self._check_elsewhere(queue)
+                self._drop_blocked(queue)
                 self.on_tick(self)
                 time.sleep(0.2)
         except KeyboardInterrupt:
             self.stop()
             raise
+
+    def _waiting_on(self, job: Job, queue: list[Job]) -> list[str]:
+        """The runs job comes after that are not done yet (queued, running here or elsewhere)."""
+        pending = {j.run_id for j in queue} | {c.spec.run_id for c in self.running} | set(self.elsewhere)
+        return [run_id for run_id in job.after if run_id in pending]
+
+    def _ready(self, job: Job, queue: list[Job]) -> bool:
+        return not self._waiting_on(job, queue) and not set(job.after) & set(self.failed)
+
+    def _drop_blocked(self, queue: list[Job]) -> None:
+        """A job after a failed (or interrupted) run cannot start this time: it is left for a rerun."""
+        ended = set(self.failed) | set(self.interrupted)
+        for job in [j for j in queue if set(j.after) & ended]:
+            queue.remove(job)
+            self.blocked.append(job.run_id)
 
     def _start(self, spec: RunSpec, run_dir: Path, slot: Slot) -> Child:
         out = (run_dir / "stdout.log").open("ab")
@@ -181,7 +202,7 @@ class LocalPool:
         log.debug("started %s on %s (pid %d)", spec.run_id, slot.name, proc.pid)
         return Child(spec, run_dir, slot, proc)
 
-    def _reap(self, queue: list[tuple[RunSpec, Path]]) -> None:
+    def _reap(self, queue: list[Job]) -> None:
         for child in list(self.running):
             code = child.proc.poll()
             if code is None:
@@ -190,7 +211,7 @@ class LocalPool:
             if code == 0:
                 continue
             if code == EXIT_LOCKED:  # another sweep got there first: wait for it, train nothing twice
-                self.elsewhere[child.spec.run_id] = (child.spec, child.run_dir)
+                self.elsewhere[child.spec.run_id] = Job(child.spec, child.run_dir)
                 continue
             status = read_status(child.run_dir)
             # A signal, a kill -9 or a full disk stops a run without anything being wrong with it: it stays
@@ -212,13 +233,13 @@ class LocalPool:
                 )
             (self.interrupted if stopped else self.failed).append(child.spec.run_id)
 
-    def _check_elsewhere(self, queue: list[tuple[RunSpec, Path]]) -> None:
-        for run_id, (spec, run_dir) in list(self.elsewhere.items()):
-            if RunLock(run_dir).held_elsewhere():
+    def _check_elsewhere(self, queue: list[Job]) -> None:
+        for run_id, job in list(self.elsewhere.items()):
+            if RunLock(job.run_dir).held_elsewhere():
                 continue
             del self.elsewhere[run_id]
-            if run_state(run_dir) in ("interrupted", "planned", "pending"):
-                queue.append((spec, run_dir))  # its holder died: resume it here
+            if run_state(job.run_dir) in ("interrupted", "planned", "pending"):
+                queue.append(job)  # its holder died: resume it here
 
     def stop(self) -> None:
         """Ctrl-C or fail-fast: ask children to stop (they mark themselves interrupted), then make sure."""
@@ -233,3 +254,51 @@ class LocalPool:
                 child.proc.kill()
                 child.proc.wait()
         self.running.clear()
+
+
+@register("local")
+class Local:
+    """The device pool of this machine: one child process per run, on the GPUs or CPU cores at hand."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+
+    def validate(self, cfg: Config) -> None:
+        return None
+
+    def check(self, cfg: Config) -> None:
+        # device=cuda without GPUs is refused here, before anything is written
+        self.slots = make_slots(cfg.device, cfg.launcher.workers, processes_per_run(cfg))
+
+    def describe(self, cfg: Config) -> str | None:
+        return None
+
+    def run(self, jobs: list[Job], cfg: Config, folder: Path, options: Options) -> int | None:
+        if not self.slots:
+            self.check(cfg)
+        if cfg.device == "auto" and self.slots[0].name.startswith("cpu"):
+            print(
+                "[sweep] no GPU visible: training on the CPU (device=cuda refuses instead)", file=sys.stderr
+            )
+        pool = LocalPool(
+            self.slots,
+            fail_fast=options.fail_fast,
+            on_tick=lambda p: options.on_tick(),
+            retry_failed=options.retry_failed,
+            processes_per_run=processes_per_run(cfg),
+        )
+        try:
+            pool.run(jobs)
+        except KeyboardInterrupt:
+            print(
+                "[sweep] interrupted: running runs were stopped and resume on the next run", file=sys.stderr
+            )
+            return 130
+        return None
+
+
+def train_processes(run_dir: Path, cfg: Config) -> int:
+    """One run on launcher.gpus_per_run processes (torchrun; gloo on the CPU), as the pool starts it; the
+    trainer's exit code."""
+    slot = make_slots(cfg.device, 1, processes_per_run(cfg))[0]
+    return subprocess.call(train_command(run_dir, processes_per_run(cfg)), env={**os.environ, **slot.env})

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import submitit
 
 from ..config import Config, processes_per_run
 from ..errors import ModexpError
-from ..plan import RunSpec
 from ..rundir import EXIT_LOCKED, read_json, read_status, run_state, set_status, write_json
+from . import Job, Options, register
 from .local import log_tail
 
 ACTIVE = {
@@ -175,86 +176,89 @@ def final_state(job_id: str) -> str:
 
 
 def run_slurm(
-    study: Any,
-    todo: list[RunSpec],
+    jobs: list[Job],
     cfg: Config,
+    study_dir: Path,
     fail_fast: bool,
     detach: bool,
-    view: Any,
+    on_tick: Callable[[], None],
     retry_failed: bool = False,
 ) -> bool:
     """Submit what is missing, reattach to what is queued, then watch. Returns False when detached."""
     check_cluster(cfg)
-    folder = (study.dir / "slurm").resolve()
+    folder = (study_dir / "slurm").resolve()
     jobs_file = folder / "jobs.json"
     folder.mkdir(parents=True, exist_ok=True)
-    jobs: dict[str, str] = read_json(jobs_file) if jobs_file.exists() else {}
-    queued = queue_states(list(jobs.values()))
+    job_ids: dict[str, str] = read_json(jobs_file) if jobs_file.exists() else {}
+    queued = queue_states(list(job_ids.values()))
     if not retry_failed:
         # A run whose job left the queue unfinished (cancelled, failed, node lost) is a failure to report,
         # not something to submit again behind the user's back: --retry-failed does that.
-        ended = [s for s in todo if s.run_id in jobs and jobs[s.run_id] not in queued]
-        for spec in ended:
-            if run_state(study.run_dir(spec)) not in ("done", "running"):
-                _record_failed(study, spec, jobs[spec.run_id])
-        todo = [s for s in todo if s not in ended]
-    to_submit = [s for s in todo if jobs.get(s.run_id) not in queued]
-    attached = [s for s in todo if jobs.get(s.run_id) in queued]
+        ended = [j for j in jobs if j.run_id in job_ids and job_ids[j.run_id] not in queued]
+        for job in ended:
+            if run_state(job.run_dir) not in ("done", "running"):
+                _record_failed(study_dir, job, job_ids[job.run_id])
+        jobs = [j for j in jobs if j not in ended]
+    to_submit = [j for j in jobs if job_ids.get(j.run_id) not in queued]
+    attached = [j for j in jobs if job_ids.get(j.run_id) in queued]
     if attached:
         print(f"[slurm] reattached to {len(attached)} queued or running jobs", file=sys.stderr)
     if to_submit:
         executor = make_executor(folder, cfg)
         with executor.batch():
             submitted = [
-                (s, executor.submit(TrainJob(str(study.run_dir(s).resolve()), cfg.launcher.cpus_per_run)))
-                for s in to_submit
+                (j, executor.submit(TrainJob(str(j.run_dir.resolve()), cfg.launcher.cpus_per_run)))
+                for j in to_submit
             ]
-        for spec, job in submitted:
-            jobs[spec.run_id] = str(job.job_id)
-            set_status(study.run_dir(spec), "planned", slurm_job=str(job.job_id))
-        write_json(jobs_file, jobs)
+        for job, handle in submitted:
+            job_ids[job.run_id] = str(handle.job_id)
+            set_status(job.run_dir, "planned", slurm_job=str(handle.job_id))
+        write_json(jobs_file, job_ids)
         print(f"[slurm] submitted {len(submitted)} jobs ({resources(cfg)})", file=sys.stderr)
     if detach:
         print(
-            f"[slurm] detached; run the same command again to follow and collect ({study.dir})",
+            f"[slurm] detached; run the same command again to follow and collect ({study_dir})",
             file=sys.stderr,
         )
         return False
-    watch(study, [s for s in todo], jobs, fail_fast, view)
+    watch(study_dir, jobs, job_ids, fail_fast, on_tick)
     return True
 
 
-def watch(study: Any, runs: list[RunSpec], jobs: dict[str, str], fail_fast: bool, view: Any) -> None:
+def watch(
+    study_dir: Path, jobs: list[Job], job_ids: dict[str, str], fail_fast: bool, on_tick: Callable[[], None]
+) -> None:
     """Until every job has left the queue; a run whose job ended unfinished is recorded as failed."""
-    waiting = {s.run_id: s for s in runs}
+    waiting = {j.run_id: j for j in jobs}
     while waiting:
-        states = queue_states([jobs[r] for r in waiting if r in jobs])
-        for run_id, spec in list(waiting.items()):
-            job_id = jobs.get(run_id)
+        states = queue_states([job_ids[r] for r in waiting if r in job_ids])
+        for run_id, job in list(waiting.items()):
+            job_id = job_ids.get(run_id)
             if job_id in states:
                 continue
             del waiting[run_id]
-            if run_state(study.run_dir(spec)) in ("done", "running"):
+            if run_state(job.run_dir) in ("done", "running"):
                 continue  # "running": another sweep's process holds it
-            _record_failed(study, spec, job_id)
+            _record_failed(study_dir, job, job_id)
             if fail_fast:
-                subprocess.run(["scancel", *[jobs[r] for r in waiting if r in jobs]], capture_output=True)
+                subprocess.run(
+                    ["scancel", *[job_ids[r] for r in waiting if r in job_ids]], capture_output=True
+                )
                 return
-        view.tick()
+        on_tick()
         time.sleep(2)
 
 
-def _record_failed(study: Any, spec: RunSpec, job_id: str | None) -> None:
-    run_dir = study.run_dir(spec)
+def _record_failed(study_dir: Path, job: Job, job_id: str | None) -> None:
     state = final_state(job_id) if job_id else "NOT_SUBMITTED"
-    slurm_log = _slurm_log_tail(study.dir / "slurm", job_id)
+    slurm_log = _slurm_log_tail(study_dir / "slurm", job_id)
     set_status(
-        run_dir,
+        job.run_dir,
         "failed",
         reason=f"SLURM job {job_id} ended {state} before the run finished",
         slurm_state=state,
         slurm_job=job_id,
-        log_tail=slurm_log or log_tail(run_dir),
+        log_tail=slurm_log or log_tail(job.run_dir),
     )
 
 
@@ -267,3 +271,40 @@ def _slurm_log_tail(folder: Path, job_id: str | None, lines: int = 20) -> str:
         if text:
             return "\n".join(text[-lines:])
     return ""
+
+
+@register("slurm")
+class Slurm:
+    """A job array through submitit; the sweep follows the queue, or detaches and collects on its next call."""
+
+    def validate(self, cfg: Config) -> None:
+        if cfg.device == "cuda" and not cfg.launcher.gpus_per_run:
+            raise ModexpError(
+                "device=cuda with launcher=slurm and launcher.gpus_per_run=0 would ask SLURM for no GPU: "
+                "set launcher.gpus_per_run >= 1, or device=cpu for CPU nodes"
+            )
+
+    def check(self, cfg: Config) -> None:
+        check_cluster(cfg)  # bad cluster settings fail before anything is prepared or written
+
+    def describe(self, cfg: Config) -> str | None:
+        check_cluster(cfg)
+        return f"would submit the runs not yet done as one SLURM job array: {resources(cfg)}"
+
+    def run(self, jobs: list[Job], cfg: Config, folder: Path, options: Options) -> int | None:
+        if any(
+            job.after for job in jobs
+        ):  # a job array has no order; dependent jobs need sbatch --dependency
+            raise ModexpError(
+                "launcher=slurm does not run jobs that wait on other runs yet: use launcher=local"
+            )
+        finished = run_slurm(
+            jobs,
+            cfg,
+            folder,
+            fail_fast=options.fail_fast,
+            detach=options.detach,
+            on_tick=options.on_tick,
+            retry_failed=options.retry_failed,
+        )
+        return None if finished else 0

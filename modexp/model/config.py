@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ROUTINGS = ("none", "topk", "random", "integrated")
+# modexp.variants.register adds a plug-in variant's own routing rule to these two.
+ROUTINGS = ["none", "topk", "random", "integrated"]
+SKIPPING_ROUTINGS = {"topk", "random"}  # routings whose routed blocks unselected tokens skip whole
 ROUTER_WEIGHTS = ("sigmoid", "linear")
 CAUSAL_ROUTERS = ("none", "aux_loss", "predictor")
 ATTENTIONS = ("sdpa", "math")
@@ -70,7 +72,7 @@ class ModelConfig:
         if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff < 1):
             raise ValueError(f"d_ff={self.d_ff!r} is not allowed: give a positive integer or null")
         _choice("mlp", self.mlp, MLPS)
-        _choice("routing", self.routing, ROUTINGS)
+        _choice("routing", self.routing, tuple(ROUTINGS))
         _choice("router_weight", self.router_weight, ROUTER_WEIGHTS)
         _choice("causal_router", self.causal_router, CAUSAL_ROUTERS)
         _choice("attention", self.attention, ATTENTIONS)
@@ -152,7 +154,7 @@ class ModelConfig:
     def skips_blocks(self) -> bool:
         """MoD proper: routed blocks are skipped whole by unselected tokens (topk, random). Integrated MoDE
         routes inside the MoE instead: its routed blocks run attention on every token."""
-        return self.routing in ("topk", "random")
+        return self.routing in SKIPPING_ROUTINGS
 
     @property
     def has_predictor(self) -> bool:

@@ -1,0 +1,238 @@
+"""How every figure looks and how it is written: colours, markers, titles, axes, legends, sizes and files.
+
+Figures are built as matplotlib Figures directly, without pyplot's global state, so they render in a headless
+process (Agg canvas) and display in a notebook alike; `save` writes one as PNG + SVG (default) or any of
+FORMATS, at its own size or a chosen one.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from numpy.typing import ArrayLike
+
+from modexp.errors import ModexpError
+from modexp.units import sci, si
+
+from ..table import BASELINE
+from .labels import variant_label
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", "-.", ":"]
+# Variant colours: tab10 without its olive and cyan, orange and pink darkened, so that every one keeps a
+# contrast of at least 3:1 against white (WCAG's bar for graphics).
+VARIANT_COLOURS = ["#1f77b4", "#d95f02", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#c51b7d", "#4d4d4d"]
+# Budget colours: plasma from its dark end up to orange, stopping before the yellow that vanishes on white.
+BUDGET_CMAP, BUDGET_RANGE = "plasma", (0.0, 0.62)
+FORMATS = ("png", "svg", "pdf")
+DEFAULT_FORMATS = ("png", "svg")
+TITLE_SIZE, PANEL_TITLE_SIZE = 12, 10  # one figure title, panel titles below it: the same in every figure
+
+
+def figure_options(
+    formats: str | tuple[str, ...] | list[str] | None = None,
+    size: str | tuple[float, float] | list[float] | None = None,
+) -> tuple[tuple[str, ...], tuple[float, float] | None]:
+    """Check and normalise the figure options of `modexp analyze`: formats ("pdf", "png,svg" or a sequence;
+    None: PNG + SVG) and size in inches ("6x4", (6, 4); None: each figure's own). Raises ModexpError."""
+    if formats is None:
+        formats = DEFAULT_FORMATS
+    if isinstance(formats, str):
+        formats = tuple(f for f in formats.replace(" ", "").split(",") if f)
+    formats = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ModexpError(
+            f"figure format {','.join(bad) or '(none)'}: choose one or more of {', '.join(FORMATS)} "
+            "(comma-separated, e.g. pdf or png,svg)"
+        )
+    if size is None:
+        return formats, None
+    text = size if isinstance(size, str) else "x".join(map(str, size))
+    try:
+        parts = tuple(float(v) for v in (size.lower().split("x") if isinstance(size, str) else size))
+    except (TypeError, ValueError):
+        parts = ()
+    if len(parts) != 2 or not all(np.isfinite(v) and 0 < v <= 100 for v in parts):
+        raise ModexpError(
+            f"figure size {text}: give width x height in inches, each above 0 and at most 100 (e.g. 6x4)"
+        )
+    return formats, (parts[0], parts[1])
+
+
+def variant_order(variants: Iterable[str]) -> list[str]:
+    """Baseline first, then the other variants alphabetically."""
+    return sorted(set(variants), key=lambda v: (v != BASELINE, v))
+
+
+def variant_styles(variants: Iterable[str]) -> dict[str, dict]:
+    """Marker, line style and colour per variant (or any curve key), handed out in variant_order."""
+    return {
+        v: {
+            "marker": MARKERS[i % len(MARKERS)],
+            "ls": LINESTYLES[i % len(LINESTYLES)],
+            "colour": VARIANT_COLOURS[i % len(VARIANT_COLOURS)],
+        }
+        for i, v in enumerate(variant_order(variants))
+    }
+
+
+def budget_colours(budgets: Iterable[float]) -> dict[float, tuple]:
+    """The smallest budget darkest; the largest the lightest colour of BUDGET_RANGE (still visible on white)."""
+    budgets = sorted(set(budgets))
+    cmap, (lo, hi) = colormaps[BUDGET_CMAP], BUDGET_RANGE
+    return {b: cmap(lo + (hi - lo) * i / max(len(budgets) - 1, 1)) for i, b in enumerate(budgets)}
+
+
+def figure_title(fig: Figure, ax: Axes | None, text: str) -> None:
+    """The figure's title, the same size in every figure; on the given axes when drawn into another figure."""
+    if ax is not None:
+        ax.set_title(text, fontsize=PANEL_TITLE_SIZE)
+    else:
+        fig.suptitle(text, fontsize=TITLE_SIZE)
+
+
+def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The given axes and its figure (a panel of another figure), or a new figure of figsize with one."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def resize(fig: Figure, size: tuple[float, float]) -> None:
+    """Give the figure `size` (inches). Shrunk below its own size, its text shrinks too (by the square root
+    of the shrink, not below 5 pt) and titles wrap to its width, so a 3-panel figure still reads at 6x4."""
+    width, height = fig.get_size_inches()
+    shrink = min(1.0, size[0] / width, size[1] / height) ** 0.5
+    fig.set_size_inches(size)
+    if shrink >= 1.0:
+        return
+    for text in fig.findobj(Text):
+        text.set_fontsize(max(5.0, text.get_fontsize() * shrink))
+    titles = [(fig._suptitle, 1.0)] if fig._suptitle is not None else []
+    titles += [(ax.title, ax.get_position().width) for ax in fig.axes if ax.get_title()]
+    for title, share in titles:
+        # Average glyph width ~0.55 em: how many characters fit across the figure (or its panel).
+        fit = int(share * size[0] * 72 / (0.55 * title.get_fontsize()))
+        lines = title.get_text().split("\n")
+        title.set_text("\n".join(textwrap.fill(line, max(fit, 20)) for line in lines))
+
+
+def save(
+    fig: Figure,
+    out_dir: Path,
+    name: str,
+    formats: str | tuple[str, ...] | None = None,
+    size: str | tuple[float, float] | None = None,
+) -> Path:
+    """Write <out_dir>/<name>.<format> for each format (default PNG + SVG); return the first file's path.
+
+    Without a size, the file is cropped to what the figure draws (legends beside the axes kept whole). With
+    a size (width, height in inches), the file is exactly that size: the constrained layout fits the axes
+    and their legends into it.
+    """
+    formats, size = figure_options(formats, size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if size is not None:
+        resize(fig, size)
+    bbox = "tight" if size is None else None
+    paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
+    for path, fmt in zip(paths, formats):
+        fig.savefig(path, dpi=150, bbox_inches=bbox, format=fmt)
+    return paths[0]
+
+
+def legend_budget_variant(ax: Axes, colours: dict, styles: dict, extra: list | None = None) -> None:
+    """Two legends beside the axes (right), never over the points."""
+    budget_handles = [Line2D([], [], color=c, lw=2, label=f"C = {sci(b)} FLOPs") for b, c in colours.items()]
+    variant_handles = [
+        Line2D([], [], color="0.3", marker=s["marker"], ls=s["ls"], label=variant_label(v))
+        for v, s in styles.items()
+    ]
+    first = ax.legend(
+        handles=budget_handles,
+        title="training budget",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+        fontsize=8,
+    )
+    ax.add_artist(first)
+    ax.legend(
+        handles=variant_handles + (extra or []),
+        title="variant",
+        loc="lower left",
+        bbox_to_anchor=(1.02, 0),
+        fontsize=8,
+    )
+
+
+def log_ticks(axis: Axis, flops: bool = False) -> None:
+    """Labels at 1, 2 and 5 per decade (1 only over wide ranges): matplotlib's default labels only decades,
+    often just two on a sweep's axis. FLOPs read as 2e11, sizes as 20k."""
+    lo, hi = axis.get_view_interval()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 0
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: sci(v, 2) if flops else si(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def multiplier_ticks(axis: Axis) -> None:
+    """A log axis of compute multipliers labelled 0.95x, 1x, 1.05x ... (1-2-5 per decade over wide ranges):
+    log-scale default labels only decades, and m rarely spans one. Call once the data is drawn."""
+    axis.axes.autoscale_view()
+    lo, hi = axis.get_view_interval()
+    wide = lo > 0 and hi / lo > 10
+    locator = (
+        LogLocator(base=10, subs=(1.0, 2.0, 5.0)) if wide else MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10])
+    )
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def errorbars(
+    ax: Axes,
+    x: ArrayLike,
+    y: ArrayLike,
+    lo: ArrayLike,
+    hi: ArrayLike,
+    style: dict,
+    label: str | None,
+    filled: ArrayLike,
+) -> None:
+    """Points with bars from lo to hi (a missing bound: no bar), filled where `filled`, hollow elsewhere."""
+    y, lo, hi = (np.asarray(v, float) for v in (y, lo, hi))
+    yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+    yerr = np.where(np.isfinite(yerr), yerr, 0)
+    ax.errorbar(x, y, yerr=yerr, color=style["colour"], ls="none", capsize=3, lw=1)
+    filled = np.asarray(filled, bool)
+    ax.scatter(
+        np.asarray(x)[filled], y[filled], marker=style["marker"], color=style["colour"], label=label, zorder=3
+    )
+    ax.scatter(
+        np.asarray(x)[~filled],
+        y[~filled],
+        marker=style["marker"],
+        facecolors="none",
+        edgecolors=style["colour"],
+    )
+
+
+def loss_name(fits: pd.DataFrame) -> str:
+    """The loss a table was fitted on, in words for titles."""
+    loss = str(fits["loss"].iloc[0]) if "loss" in fits and len(fits) else "topk"
+    return "causal routing" if loss == "causal" else "top-k routing"

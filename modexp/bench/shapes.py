@@ -1,0 +1,169 @@
+"""What the benchmark measures on: its shapes, the models built on them, the targets, GPU peaks, the reference GPT."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from modexp import variants
+from modexp.errors import ModexpError
+from modexp.model import ModelConfig
+
+REFERENCE_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_gpt.py"
+
+
+TRAIN_TOLERANCE = 0.15  # |train_step_ratio / train_flop_ratio - 1|
+
+
+TRAIN_TARGET_MIN_D = 512  # below this width per-op overheads dominate on CPU; the target is not applied
+
+
+DECODE_TARGET = 1.5
+
+
+REFERENCE_TARGET = 0.95
+
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s per GPU, for MFU on CUDA. A key matches a device name
+# (torch.cuda.get_device_name) when every word of the key is a word of the name, so "L4" does not match
+# "NVIDIA L40S" and "H100" alone does not decide an "H100 NVL"; the first match wins, most specific first.
+# Vendors mostly quote TFLOPS "with sparsity"; the dense figure is half. Sources (TFLOPS, BF16 tensor core):
+#   H100 SXM / PCIe / NVL 1979 / 1513 / 1671 sparse: NVIDIA H100 datasheet,
+#     https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
+#   H200 SXM / NVL 1979 / 1671 sparse: https://www.nvidia.com/en-us/data-center/h200/
+#   GH200 1979 sparse: NVIDIA GH200 Grace Hopper Superchip datasheet
+#   H800 SXM / PCIe 1979 / 1513 sparse: NVIDIA H800 datasheet (the H100's tensor cores and clocks)
+#   B200 36 PF sparse per 8-GPU HGX B200: https://www.nvidia.com/en-us/data-center/hgx/
+#   GB200 360 PF sparse per 72 GPUs: https://www.nvidia.com/en-us/data-center/gb200-nvl72/
+#   A100 312 dense; L40S 362 dense; L40 181 dense; L4 242 sparse; A10 125 dense: their NVIDIA datasheets
+#   A10G (AWS's variant of the A10, no NVIDIA datasheet) 70 dense:
+#     https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2500e12),
+    ("B200", 2250e12),
+    ("GH200", 989.5e12),
+    ("H200 NVL", 835.5e12),
+    ("H200", 989.5e12),
+    ("H100 NVL", 835.5e12),
+    ("H100 PCIe", 756.5e12),
+    ("H100", 989.5e12),  # SXM, e.g. "NVIDIA H100 80GB HBM3"
+    ("H800 PCIe", 756.5e12),
+    ("H800", 989.5e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
+
+
+def peak_flops_for(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a CUDA device by its name (PEAK_FLOPS), or None for one not listed."""
+    words = set(_words(device_name))
+    for key, peak in PEAK_FLOPS:
+        if all(w in words for w in _words(key)):
+            return peak
+    return None
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    seq_len: int
+    train_batch: int  # sequences per training step
+    decode_batch: int  # sequences decoded together
+    prompt_len: int  # prefill length (untimed)
+    # Decode steps per timed round; the rounds (warmup + repeats) continue the same sequences.
+    decode_steps: int
+    repeats: int = 5  # timed decode rounds, and training rounds unless train_repeats says otherwise
+    warmup: int = 1
+    vocab_size: int = 256
+    train_repeats: int | None = None  # timed training rounds (None: repeats)
+
+    @property
+    def train_rounds(self) -> int:
+        return self.repeats if self.train_repeats is None else self.train_repeats
+
+
+# quick: about a minute on 2 CPU cores (the compile comparison, when asked for, adds ~2 min: inductor
+# compiles each model's forward and backward on first use). Decode uses a wide batch: at a few rows a matmul
+# is bound by reading the weights, not by FLOPs, so skipping rows saves little; serving batches are wide too.
+# Training gets more rounds than decoding: its ratios are the ones near 1, where the spread decides.
+QUICK_SHAPES = (BenchShape("d512-L4", 512, 4, 8, 256, 2, 512, 8, 6, train_repeats=11),)
+
+
+FULL_SHAPES = (
+    BenchShape("d512-L4", 512, 4, 8, 256, 4, 512, 32, 8, repeats=7, train_repeats=11),
+    BenchShape("d1024-L8", 1024, 8, 16, 512, 1, 256, 32, 8, repeats=5, train_repeats=9),
+)
+
+
+def _mod_config(shape: BenchShape) -> ModelConfig:
+    return ModelConfig(
+        **_dims(shape),
+        **variants.get("mod").settings,
+        capacity=0.125,
+        route_every=2,
+        causal_router="predictor",
+    )
+
+
+def _base_config(shape: BenchShape) -> ModelConfig:
+    return ModelConfig(**_dims(shape), **variants.get("baseline").settings)
+
+
+# Mixture of experts and both MoDE forms (modexp/model/experts.py): 4 experts x 25% (a compute-matched MoE),
+# MoD at 12.5% every other block on top. Their step times against their FLOP ratios, beside the baseline's.
+MODE_VARIANTS = ("moe", "mode_staged", "mode_integrated")  # kinds of modexp.variants
+
+
+def _mode_config(shape: BenchShape, kind: str) -> ModelConfig:
+    return ModelConfig(
+        **_dims(shape),
+        **variants.get(kind).settings,
+        noop_experts=1,
+        experts=4,
+        expert_capacity=0.25,
+        capacity=0.125,
+        route_every=2,
+        causal_router="predictor",
+    )
+
+
+def _dims(shape: BenchShape) -> dict[str, int]:
+    return {
+        "vocab_size": shape.vocab_size,
+        "seq_len": shape.seq_len,
+        "d_model": shape.d_model,
+        "n_layers": shape.n_layers,
+        "n_heads": shape.n_heads,
+    }
+
+
+def load_reference() -> ModuleType:
+    """benchmarks/reference_gpt.py, which lives beside the package in a checkout (it is not installed)."""
+    if not REFERENCE_PATH.is_file():
+        raise ModexpError(
+            f"the reference model {REFERENCE_PATH} is missing: run the benchmark from a checkout"
+        )
+    name = "modexp_reference_gpt"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REFERENCE_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

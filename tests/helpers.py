@@ -1,0 +1,55 @@
+"""Helpers several test files call: running the CLI in-process, reading a run's metrics, a child process's
+environment. Fixtures stay in conftest.py; synthetic results tables in fixtures_results.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from modexp.cli import main
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """main(argv) -> (exit status, stdout, stderr); argparse's SystemExit counts as a return."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def train_in_process(argv: list[str]) -> tuple[int, str, str]:
+    """main(argv) -> (exit status, stdout, stderr), captured without capsys (usable in module fixtures)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+    return rc, out.getvalue(), err.getvalue()
+
+
+def drop_new_handlers(before: list[logging.Handler]) -> None:
+    """Remove the root logging handlers a run added since `before`: a run's log file handler must not
+    outlive its test."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def child_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a modexp child process: no W&B, one thread, a HOME of its own."""
+    return {**os.environ, "WANDB_MODE": "disabled", "MODEXP_THREADS": "1", "HOME": str(tmp_path / "home")}
