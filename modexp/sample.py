@@ -2,10 +2,9 @@
 
 Top-k routing needs the whole sequence, so sampling decides per token (modexp/model/routing.py,
 `RoutedBlock.causal_decision`). A routed block then computes only the tokens it takes, and writes only those
-into its KV cache: each sequence's cache in that block holds just the tokens the block processed, exactly as in
-`model(seq, routing_mode="causal")`, where a skipped token is no key. Sequences of a batch take different numbers
-of tokens, so routed caches keep a length per sequence and attention masks the unused slots. That skipped work is
-where MoD's sampling speed-up comes from (spec: ../shared/spec/mod-method.md, "Causal routing for sampling").
+into its KV cache, exactly as in `model(seq, routing_mode="causal")`, where a skipped token is no key; the cached
+forward of every block lives beside its training forward in modexp/model/ (`decode`), and the method in
+docs/mod.md ("Causal routing for sampling").
 
 `Decoder` is the cached forward pass (prefill, then one token per step); `generate` samples with it;
 `load_model` and `sample_cli` serve `modexp sample`.
@@ -17,60 +16,59 @@ import pickle
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from modexp import tokenizer as tokenizers
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
-from modexp.model.layers import Attention, Block
+from modexp.model.layers import KVCache
 
 
 class Decoder:
     """Incremental forward of a Transformer under causal routing, with one KV cache per block.
 
     Caches are preallocated for `max_len` positions, in the autocast dtype when the Decoder is built under
-    autocast (else the weights' dtype). Dense blocks hold every token; a routed block holds, per sequence, only
-    the tokens it took (`lens[i]` of them, packed at the front in causal order; slots past `lens[i]` hold
-    nothing that is ever attended to). `taken[i]` records which positions routed block i processed,
-    (B, max_len) bool.
+    autocast (else the weights' dtype). Each block feeds its own cache (`Block.decode`, `RoutedBlock.decode` in
+    modexp/model/): dense blocks hold every token; a routed block holds, per sequence, only the tokens it took.
+    `taken[i]` records which positions routed block i processed, (B, max_len) bool.
 
-    A decoded token passes a routed block in one of two ways, with the same result up to float rounding:
-
-    - masked (no host-device sync): every sequence computes the block and `torch.where` keeps the update only
-      where the block took the token. The shapes never depend on the routing decisions, so the GPU is never
-      waited for; the skipped rows' FLOPs are spent and thrown away.
-    - select: the sequences that take the token are gathered (one sync per routed block: how many there are),
-      the block runs on those rows only, and a block that no sequence takes is skipped. That is where MoD's
-      decoding FLOPs are saved; on a CPU the "sync" is free.
-
-    `masked=None` picks masked on CUDA and select elsewhere. The prompt (prefill, once) always selects.
+    `masked` is how routed blocks decode a token (see `RoutedBlock.decode`): masked (no host-device sync, the
+    skipped rows' FLOPs spent and thrown away) or select (one sync per routed block; only the taking rows
+    compute, which is where MoD's decoding FLOPs are saved; on a CPU the "sync" is free). `masked=None` picks
+    masked on CUDA and select elsewhere. The prompt (prefill, once) always selects.
     """
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, masked: bool | None = None) -> None:
-        cfg = model.cfg
         weight = model.lm_head.weight
         device, dtype = weight.device, weight.dtype
         if torch.is_autocast_enabled(device.type):  # caches in the dtype autocast computes k and v in
             dtype = torch.get_autocast_dtype(device.type)
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.masked = device.type == "cuda" if masked is None else masked
-        shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
-        self.routed = [i for i, block in enumerate(model.blocks) if isinstance(block, RoutedBlock)]
-        self.lens = {i: torch.zeros(batch_size, dtype=torch.long, device=device) for i in self.routed}
-        self.taken = {
-            i: torch.zeros(batch_size, max_len, dtype=torch.bool, device=device) for i in self.routed
-        }
-        # Host-side bound on every routed cache's length (the prompt's longest, plus one per step): the masked
-        # path attends over that many slots without asking the device for the real maximum.
-        self.bound = {i: 0 for i in self.routed}
-        self.length = 0  # positions fed so far; dense caches hold exactly this many tokens
         self.slots = torch.arange(max_len, device=device)
-        self.rows = torch.arange(batch_size, device=device)
+        self.caches: list[KVCache] = [
+            block.new_cache(batch_size, max_len, dtype, self.slots) for block in model.blocks
+        ]
+        self.routed = [i for i, block in enumerate(model.blocks) if isinstance(block, RoutedBlock)]
+        self.length = 0  # positions fed so far; dense caches hold exactly this many tokens
         model.rotary.ensure_length(max_len)  # decoding may run past the training length
 
-    # -- public ----------------------------------------------------------------------------------------------
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        return [cache.keys for cache in self.caches]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [cache.values for cache in self.caches]
+
+    @property
+    def lens(self) -> dict[int, torch.Tensor]:
+        """Per routed block, (B,): how many tokens each sequence's cache holds."""
+        return {i: self.caches[i].lens for i in self.routed}  # type: ignore[attr-defined]
+
+    @property
+    def taken(self) -> dict[int, torch.Tensor]:
+        return {i: self.caches[i].taken for i in self.routed}  # type: ignore[attr-defined]
+
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed the prompt (B, T0) into empty caches; return the logits (B, vocab) of its last position."""
         if self.length:
@@ -78,12 +76,8 @@ class Decoder:
         t = tokens.shape[1]
         self._check_room(t)
         x = self.model.tok_emb(tokens)
-        for i, block in enumerate(self.model.blocks):
-            x = (
-                self._routed_prefill(i, block, x)
-                if isinstance(block, RoutedBlock)
-                else self._dense(i, block, x)
-            )
+        for block, cache in zip(self.model.blocks, self.caches):
+            x = block.prefill(x, cache)
         self.length = t
         return self._logits(x[:, -1])
 
@@ -91,169 +85,21 @@ class Decoder:
         """Feed one token per sequence (B,); return the logits (B, vocab) for the next one."""
         self._check_room(1)
         x = self.model.tok_emb(tokens).unsqueeze(1)  # (B, 1, d)
-        for i, block in enumerate(self.model.blocks):
-            if isinstance(block, RoutedBlock):
-                x = self._routed_step_masked(i, block, x) if self.masked else self._routed_step(i, block, x)
-            else:
-                x = self._dense(i, block, x)
+        for block, cache in zip(self.model.blocks, self.caches):
+            x = block.decode(x, cache, self.length, self.masked)
         self.length += 1
         return self._logits(x[:, 0])
 
     def routing_masks(self) -> list[torch.Tensor]:
         """Per routed block, (B, positions fed) bool: which tokens it processed."""
-        return [self.taken[i][:, : self.length] for i in self.routed]
+        return [self.caches[i].taken[:, : self.length] for i in self.routed]  # type: ignore[attr-defined]
 
-    # -- blocks ----------------------------------------------------------------------------------------------
     def _check_room(self, t: int) -> None:
         if self.length + t > self.max_len:
             raise ValueError(f"the caches hold {self.max_len} positions; {self.length + t} would not fit")
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.model.norm(x))
-
-    def _dense(self, i: int, block: Block, x: torch.Tensor) -> torch.Tensor:
-        """t new tokens (B, t, d) of every sequence, at positions length .. length+t-1."""
-        p0, t = self.length, x.shape[1]
-        cos, sin = block.rotary(self.slots[p0 : p0 + t])
-        q, k, v = block.attn.project(block.attn_norm(x), cos, sin)
-        self.keys[i][:, :, p0 : p0 + t] = k
-        self.values[i][:, :, p0 : p0 + t] = v
-        keys, values = self.keys[i][:, :, : p0 + t], self.values[i][:, :, : p0 + t]  # views: no copy
-        if t == 1 and p0 > 0:  # one new query sees every cached key: no mask, so SDPA may use fused kernels
-            attn = _attend_all(block.attn, q, keys.to(q.dtype), values.to(q.dtype))
-        else:
-            # The new queries are the last t of p0+t positions: bottom-right causal mask (None: square causal).
-            mask = None if p0 == 0 else self.slots[: p0 + t] <= self.slots[p0 : p0 + t, None]
-            attn = block.attn.attend(q, keys.to(q.dtype), values.to(q.dtype), mask)
-        return x + block.finish(x, block.attn.merge(attn))
-
-    def _decide(self, block: RoutedBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Router scores and the causal per-token decision, both (B, t), as the model's causal mode makes them."""
-        r = block.router_scores(x)
-        predict = getattr(block, "predict", None)  # the model's own predictor call (fp32 last layer), if any
-        if predict is not None:
-            predictor_logits = predict(x)
-        else:
-            predictor_logits = block.predictor(x).squeeze(-1) if block.predictor is not None else None
-        return r, block.causal_decision(r, predictor_logits)
-
-    def _routed_prefill(self, i: int, block: RoutedBlock, x: torch.Tensor) -> torch.Tensor:
-        """The prompt (B, T0, d) through routed block i: each sequence's taken tokens, packed, attend causally."""
-        d = x.shape[2]
-        r, take = self._decide(block, x)
-        self.taken[i][:, : x.shape[1]] = take
-        counts = take.sum(dim=1)
-        self.lens[i].copy_(counts)
-        # One sync for the prompt: how many sequences take a prompt token, and the most any of them takes.
-        n, c = torch.stack([(counts > 0).sum(), counts.max()]).tolist()
-        self.bound[i] = c
-        if n == 0:
-            return x
-        rows = _true_rows(counts > 0, n)  # sequences that take at least one prompt token
-        take_rows = take.index_select(0, rows)
-        # Each sequence's taken positions first, ascending (stable sort of "skipped"), padded to c with skipped
-        # positions; `valid` marks the real ones, a prefix of each row.
-        idx = (~take_rows).to(torch.uint8).argsort(dim=1, stable=True)[:, :c]  # (n, c)
-        valid = take_rows.gather(1, idx)
-        gather_idx = idx.unsqueeze(-1).expand(-1, -1, d)
-        x_rows = x.index_select(0, rows)
-        xs = x_rows.gather(1, gather_idx)  # (n, c, d)
-        inner = block.block
-        cos, sin = inner.rotary(idx)  # original positions
-        q, k, v = inner.attn.project(inner.attn_norm(xs), cos, sin)
-        cache = self.keys[i].dtype  # under autocast k and v come in bf16; index_put needs the cache's dtype
-        self.keys[i][rows, :, :c] = k.to(cache)  # padding slots lie past lens and are never attended to
-        self.values[i][rows, :, :c] = v.to(cache)
-        # Taken tokens attend causally among themselves; a padding query keeps its own diagonal so no softmax
-        # row is empty (its output is dropped below).
-        eye = torch.eye(c, dtype=torch.bool, device=x.device)
-        mask = (eye.logical_not().tril() & valid[:, None, :]) | eye
-        attn = inner.attn.merge(inner.attn.attend(q, k, v, mask.unsqueeze(1)))
-        delta = inner.finish(xs, attn)
-        weight = block.gate(r.index_select(0, rows).gather(1, idx)).unsqueeze(-1).to(x.dtype)
-        new = torch.where(valid.unsqueeze(-1), xs + weight * delta, xs)  # padding rows written back unchanged
-        return x.index_copy(0, rows, x_rows.scatter(1, gather_idx, new.to(x.dtype)))
-
-    def _routed_step(self, i: int, block: RoutedBlock, x: torch.Tensor) -> torch.Tensor:
-        """One new token per sequence (B, 1, d) through routed block i: only the sequences that take it compute.
-
-        The select path: the block's matmuls run on the taking rows of the batch only, at the cost of one
-        host-device sync (the number of taking rows, and their longest cache).
-        """
-        r, take = self._decide(block, x)
-        take = take[:, 0]
-        self.taken[i][:, self.length] = take
-        self.bound[i] += 1
-        held_all = self.lens[i] + take.long()  # cache lengths once this token is written
-        n, width = torch.stack([take.sum(), torch.where(take, held_all, 0).max()]).tolist()
-        if n == 0:
-            return x
-        rows = _true_rows(take, n)
-        inner = block.block
-        xs = x.index_select(0, rows)  # (n, 1, d)
-        cos, sin = inner.rotary(self.slots[self.length : self.length + 1])
-        q, k, v = inner.attn.project(inner.attn_norm(xs), cos, sin)  # (n, H, 1, hd)
-        slot = self.lens[i].index_select(0, rows)  # each taking sequence's next free slot
-        cache = self.keys[i].dtype
-        self.keys[i][rows, :, slot] = k[:, :, 0].to(cache)
-        self.values[i][rows, :, slot] = v[:, :, 0].to(cache)
-        held = slot + 1
-        self.lens[i].copy_(held_all)
-        # Attend over the longest selected cache only, not all max_len slots; each sequence its own tokens only.
-        keys = self.keys[i][:, :, :width].index_select(0, rows).to(q.dtype)
-        values = self.values[i][:, :, :width].index_select(0, rows).to(q.dtype)
-        mask = (self.slots[:width] < held[:, None]).view(n, 1, 1, width)
-        attn = inner.attn.merge(inner.attn.attend(q, keys, values, mask))
-        delta = inner.finish(xs, attn)
-        weight = block.gate(r.index_select(0, rows)).unsqueeze(-1).to(x.dtype)  # (n, 1, 1)
-        return x.index_copy(0, rows, (xs + weight * delta).to(x.dtype))
-
-    def _routed_step_masked(self, i: int, block: RoutedBlock, x: torch.Tensor) -> torch.Tensor:
-        """One new token per sequence (B, 1, d) through routed block i, with no host-device sync.
-
-        Every sequence computes the block; the update is kept only where the block takes the token. A sequence
-        that skips it still writes its k/v into its next free slot (`lens`), which stays past its length (so it
-        is never attended to) until the sequence next takes a token and overwrites it.
-        """
-        r, take = self._decide(block, x)
-        take = take[:, 0]
-        self.taken[i][:, self.length] = take
-        self.bound[i] += 1
-        width = self.bound[i]  # >= every lens + 1, known on the host
-        inner = block.block
-        cos, sin = inner.rotary(self.slots[self.length : self.length + 1])
-        q, k, v = inner.attn.project(inner.attn_norm(x), cos, sin)  # (B, H, 1, hd)
-        lens = self.lens[i]
-        cache = self.keys[i].dtype
-        self.keys[i][self.rows, :, lens] = k[:, :, 0].to(cache)
-        self.values[i][self.rows, :, lens] = v[:, :, 0].to(cache)
-        # Slots 0..lens: the sequence's own taken tokens and this one (a skipping sequence's row is dropped
-        # below; it attends to its own key so that no softmax row is empty).
-        mask = (self.slots[:width] <= lens[:, None]).view(-1, 1, 1, width)
-        keys = self.keys[i][:, :, :width].to(q.dtype)
-        values = self.values[i][:, :, :width].to(q.dtype)
-        attn = inner.attn.merge(inner.attn.attend(q, keys, values, mask))
-        delta = inner.finish(x, attn)
-        weight = block.gate(r).unsqueeze(-1).to(x.dtype)  # (B, 1, 1)
-        lens.add_(take)
-        return torch.where(take.view(-1, 1, 1), x + weight * delta, x).to(x.dtype)
-
-
-def _true_rows(flags: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of the n True entries of a (B,) bool tensor, ascending; n is known, so no sync (unlike nonzero)."""
-    return (~flags).to(torch.uint8).argsort(stable=True)[:n]
-
-
-def _attend_all(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of the newest query over every key, with no mask.
-
-    `Attention.attend(mask=None)` means causal: right for the math path (its mask is bottom-right aligned, so
-    one query sees every key), but SDPA's `is_causal` is top-left aligned and would let a lone query see only
-    the first key. So SDPA is called here with no mask at all.
-    """
-    if attn.use_math:
-        return attn.attend(q, k, v, None)
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 def next_token(

@@ -181,7 +181,7 @@ def test_cache_is_reused_without_reading_sources(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("sources were read again")
 
-    monkeypatch.setattr(data, "_prepare_text", boom)
+    monkeypatch.setattr(data.load, "_prepare_text", boom)
     monkeypatch.setattr(Path, "read_bytes", boom)
     second = load_corpus(cfg, SEQ)
     assert second.fingerprint == first.fingerprint and second.path == first.path

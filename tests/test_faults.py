@@ -121,7 +121,7 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous(tmp_path: Pa
     checkpoint of step 20 are left; the rerun removes the one and resumes from the other."""
     run_dir = planned_run(tmp_path, reference)
     slow_save = """
-        import os, time, modexp.train, modexp.rundir
+        import os, time, modexp.checkpoint, modexp.rundir
         _write = modexp.rundir.atomic_write
         def atomic_write(path, write, keep=None):
             if path.name == "last.pt" and os.environ.get("STEP_MARK") == "30":
@@ -129,12 +129,12 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous(tmp_path: Pa
                 open(path.with_name("WRITING"), "w").close()
                 time.sleep(60)                                            # ... and here it is killed
             _write(path, write, keep)
-        modexp.train.atomic_write = atomic_write
-        _save = modexp.train.save_checkpoint
+        modexp.checkpoint.atomic_write = atomic_write
+        _save = modexp.checkpoint.save_checkpoint
         def save_checkpoint(path, state):
             os.environ["STEP_MARK"] = str(state["step"])
             _save(path, state)
-        modexp.train.save_checkpoint = save_checkpoint
+        modexp.checkpoint.save_checkpoint = save_checkpoint
     """
     proc = start_child(tmp_path, run_dir, slow_save)
     try:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import drop_new_handlers, read_metrics, train_in_process
 
-import modexp.train as train_mod
+import modexp.checkpoint as checkpoint_mod
 from modexp import flops
 from modexp.analysis.figures import variant_label
 from modexp.config import compose_config, to_typed
@@ -158,17 +158,17 @@ def test_resume_matches_the_uninterrupted_run(
 ) -> None:
     """Stop the run right after its step-10 checkpoint (as a signal would), rerun: the same losses."""
     argv = ["train", *TINY, *KINDS[kind], f"runs_dir={tmp_path / 'runs'}", "train.checkpoint_every=10"]
-    real_save = train_mod.save_checkpoint
+    real_save = checkpoint_mod.save_checkpoint
 
     def save_then_stop(path, state):
         real_save(path, state)
         if state["step"] == 10:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_stop)
     rc, _, _ = train_in_process(argv)
     assert rc != 0
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     rc, out, err = train_in_process(argv)
     assert rc == 0, err
     run_dir = Path(out.strip())

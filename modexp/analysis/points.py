@@ -20,34 +20,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from modexp import summary
 from modexp.errors import ModexpError
 from modexp.units import sci, si
-from modexp.variants import MOD_ONLY
 
 from .table import BASELINE
 
 LOSSES = {"causal": "val_loss_causal", "topk": "val_loss"}
 DEFAULT_LOSS = "causal"
-# Run settings that must agree within a point. lr and seed are the two axes a point reduces over.
-SETTING_COLUMNS = (
-    "batch_size",
-    "beta1",
-    "beta2",
-    "weight_decay",
-    "warmup_fraction",
-    "max_warmup_steps",
-    "min_lr_ratio",
-    "schedule",
-    "grad_clip",
-    "precision",
-    "seq_len",
-    "vocab_size",
-    "d_ff",
-    "routing",
-    *MOD_ONLY,
-    "eval_tokens",
-    "corpus_fingerprint",
-)
+# Run settings that must agree within a point (summary.json's schema). lr and seed are the two axes a point
+# reduces over.
+SETTING_COLUMNS = summary.SETTINGS
 POINT_KEY = ("curve", "budget", "params")
 
 
@@ -163,10 +146,8 @@ def _seed_column(df: pd.DataFrame) -> pd.Series:
 
 
 # Columns that are outcomes or bookkeeping, never settings: they may differ between the runs of a point.
-NOT_SETTINGS = {
-    "run_id", "sweep", "device", "lr", "seed", "lr_rule", "curve", "loss", "variant", "budget", "params",
-    "flops", "flops_error", "wall_time", "step_time", "tokens_per_s", "note", "epochs", "lr_domain",
-}  # fmt: skip
+# summary.json's identity and measurements (summary.py), and the analysis's own columns.
+NOT_SETTINGS = {*summary.NOT_SETTINGS, "curve", "loss", "note"}
 
 
 def _check_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> list[str]:

@@ -41,17 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-
-
-def predictor_logits(predictor: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A causal predictor's logits on the detached input (it never changes the LM loss), its last layer in
-    fp32 under autocast (ties at the decision threshold). Shared by MoD's routed blocks and the MoE's experts."""
-    *body, last = predictor
-    h = x.detach()
-    for layer in body:
-        h = layer(h)
-    with torch.autocast(x.device.type, enabled=False):
-        return F.linear(h.float(), last.weight.float(), last.bias.float())
+from .parts import MLP, causal_loss, make_predictor, predictor_logits
 
 
 @dataclass
@@ -68,22 +58,10 @@ class ExpertRecord:
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig, fraction: float, noop_experts: int = 0) -> None:
         super().__init__()
-        from .layers import MLP  # layers builds MoE inside its Block
-
         self.cfg, self.fraction, self.n_noop = cfg, fraction, noop_experts
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.experts))
         self.router = nn.Linear(cfg.d_model, cfg.experts + noop_experts, bias=False)
-        # As MoD's predictor: normalised detached input, parameter-free norm (routing.py says why).
-        self.predictor = (
-            nn.Sequential(
-                nn.RMSNorm(cfg.d_model, elementwise_affine=False),
-                nn.Linear(cfg.d_model, cfg.predictor_dim),
-                nn.SiLU(),
-                nn.Linear(cfg.predictor_dim, cfg.experts),
-            )
-            if cfg.has_expert_predictor
-            else None
-        )
+        self.predictor = make_predictor(cfg, cfg.experts) if cfg.has_expert_predictor else None
         self.last: ExpertRecord | None = None
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,11 +116,7 @@ class MoE(nn.Module):
         else:
             raise ValueError(f"routing_mode={routing_mode!r} is not allowed: choose topk or causal")
 
-        aux_loss = None
-        target = topk_mask.to(r.dtype)
-        if predictor_logits is not None:
-            aux_loss = F.binary_cross_entropy_with_logits(predictor_logits, target)
-        elif self.cfg.causal_router == "aux_loss":
-            aux_loss = F.binary_cross_entropy_with_logits(r[..., :n_experts], target)
+        router_decides = self.cfg.causal_router == "aux_loss"
+        aux_loss = causal_loss(predictor_logits, r[..., :n_experts], topk_mask, router_decides)
         self.last = ExpertRecord(mask, topk_mask, r, predictor_logits, aux_loss)
         return out

@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .experts import MoE
+from .parts import MLP
 
 
 class Rotary(nn.Module):
@@ -112,6 +113,17 @@ class Attention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
+    def attend_all(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of the newest query over every key, with no mask (decoding one token).
+
+        `attend(mask=None)` means causal: right for the math path (its mask is bottom-right aligned, so one
+        query sees every key), but SDPA's `is_causal` is top-left aligned and would let a lone query see only
+        the first key. So SDPA is called here with no mask at all.
+        """
+        if self.use_math:
+            return self.attend(q, k, v, None)
+        return F.scaled_dot_product_attention(q, k, v)
+
     def merge(self, y: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
@@ -123,19 +135,26 @@ class Attention(nn.Module):
         return self.merge(self.attend(q, k, v, mask))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        # SwiGLU's gate and up projections are separate matrices: one fused d -> 2f matrix split by chunk()
-        # made the backward pass copy the halves back together (measured: ~5% slower training on CPU).
-        self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False) if cfg.mlp == "swiglu" else None
-        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+class KVCache:
+    """One block's keys and values while decoding, preallocated: (B, H, max_len, head_dim) each, in `dtype`.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is not None:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.down(F.gelu(self.up(x)))
+    A dense block's holds every position fed so far; a routed block's (RoutedCache, routing.py) only the tokens
+    the block took. `slots` is arange(max_len), shared by the caches of one decoder.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype,
+        slots: torch.Tensor,
+    ) -> None:
+        shape = (batch_size, n_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, device=slots.device, dtype=dtype)
+        self.values = torch.zeros(shape, device=slots.device, dtype=dtype)
+        self.slots = slots
 
 
 class Block(nn.Module):
@@ -173,8 +192,9 @@ class Block(nn.Module):
     def finish(self, x: torch.Tensor, attn: torch.Tensor, routing_mode: str = "causal") -> torch.Tensor:
         """The update once the attention output is known: attn + mlp(mlp_norm(x + attn)).
 
-        Decoding with a KV cache (modexp.sample) computes attention against its cache and finishes here, so the
-        block's formula lives in one place; it passes no routing_mode, so an MoE decides causally per token.
+        Decoding with a KV cache (`decode`, and RoutedBlock's) computes attention against its cache and finishes
+        here, so the block's formula lives in one place; it passes no routing_mode, so an MoE decides causally
+        per token.
         """
         h = self.mlp_norm(x + attn)
         return attn + (self.mlp(h, routing_mode) if isinstance(self.mlp, MoE) else self.mlp(h))
@@ -183,3 +203,28 @@ class Block(nn.Module):
         self, x: torch.Tensor, positions: torch.Tensor | None = None, routing_mode: str = "causal"
     ) -> torch.Tensor:
         return x + self.update(x, positions, routing_mode=routing_mode)
+
+    # -- decoding with a KV cache (modexp.sample): the same block, fed a few positions at a time -----------------
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, slots: torch.Tensor) -> KVCache:
+        return KVCache(batch_size, self.attn.n_heads, self.attn.head_dim, max_len, dtype, slots)
+
+    def prefill(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The prompt (B, T0, d) into an empty cache."""
+        return self.decode(x, cache, 0)
+
+    def decode(self, x: torch.Tensor, cache: KVCache, position: int, masked: bool = False) -> torch.Tensor:
+        """t new tokens (B, t, d) of every sequence, at positions position .. position+t-1, attending to every
+        cached one before them. `masked` concerns routed blocks only: a dense block computes every row."""
+        p0, t, slots = position, x.shape[1], cache.slots
+        cos, sin = self.rotary(slots[p0 : p0 + t])
+        q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
+        cache.keys[:, :, p0 : p0 + t] = k
+        cache.values[:, :, p0 : p0 + t] = v
+        keys, values = cache.keys[:, :, : p0 + t], cache.values[:, :, : p0 + t]  # views: no copy
+        if t == 1 and p0 > 0:  # one new query sees every cached key: no mask, so SDPA may use fused kernels
+            attn = self.attn.attend_all(q, keys.to(q.dtype), values.to(q.dtype))
+        else:
+            # The new queries are the last t of p0+t positions: bottom-right causal mask (None: square causal).
+            mask = None if p0 == 0 else slots[: p0 + t] <= slots[p0 : p0 + t, None]
+            attn = self.attn.attend(q, keys.to(q.dtype), values.to(q.dtype), mask)
+        return x + self.finish(x, self.attn.merge(attn))

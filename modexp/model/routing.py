@@ -3,12 +3,13 @@
 A routed block wraps an ordinary transformer Block. Per sequence of length T it lets a router pick k = capacity * T
 tokens (expert choice, top-k over the sequence). Only those tokens pass through the block, attending causally among
 themselves at their original positions; each gets x + g(r) * f(x). Every other token leaves the block bit-for-bit
-unchanged. The rules, and the bugs we avoid, are in ../shared/spec/mod-method.md.
+unchanged. The rules, and the bugs we avoid, are in docs/mod.md.
 
 Top-k over the sequence is not causal (whether token i is picked depends on later tokens), so sampling needs a
 per-token decision: either the router itself trained with a BCE "aux loss" towards top-k membership (processed
 if sigmoid(r) > 0.5), or a small predictor MLP on the detached hidden state (it never changes the LM loss).
-`routing_mode="causal"` runs that decision on a whole sequence; modexp.sample does it token by token with a cache.
+`routing_mode="causal"` runs that decision on a whole sequence; `RoutedBlock.prefill` and `decode` make it token by
+token with a KV cache (RoutedCache), for modexp.sample's decoder.
 
 The block's MLP may be a mixture of experts with its own expert-choice routing (staged MoDE); that routing, and
 integrated MoDE's no-op experts, are in experts.py.
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .experts import predictor_logits
-from .layers import Block, Rotary
+from .layers import Block, KVCache, Rotary
+from .parts import causal_loss, make_predictor, predictor_logits
 
 
 @dataclass
@@ -41,6 +42,28 @@ class RoutingRecord:
     aux_loss: torch.Tensor | None  # unweighted BCE of the causal router against topk_mask
 
 
+class RoutedCache(KVCache):
+    """A routed block's cache: per sequence only the tokens the block took (`lens[i]` of them, packed at the front
+    in causal order; slots past `lens[i]` hold nothing that is ever attended to). `taken` (B, max_len) records
+    which positions it processed; `bound` is a host-side bound on every sequence's length (the prompt's longest,
+    plus one per step), so the masked path attends over that many slots without asking the device."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype,
+        slots: torch.Tensor,
+    ) -> None:
+        super().__init__(batch_size, n_heads, head_dim, max_len, dtype, slots)
+        self.lens = torch.zeros(batch_size, dtype=torch.long, device=slots.device)
+        self.taken = torch.zeros(batch_size, max_len, dtype=torch.bool, device=slots.device)
+        self.bound = 0
+        self.rows = torch.arange(batch_size, device=slots.device)
+
+
 class RoutedBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, rotary: Rotary) -> None:
         super().__init__()
@@ -48,19 +71,7 @@ class RoutedBlock(nn.Module):
         self.block = Block(cfg, rotary, layer)  # staged MoDE: its MLP is an MoE over the k tokens
         # One router per routed block (sharing one across layers is a known bug). Random routing has none.
         self.router = nn.Linear(cfg.d_model, 1, bias=False) if cfg.routing == "topk" else None
-        # The predictor normalises its (detached) input first: the residual stream starts at the embedding scale
-        # (init_std 0.02), where an un-normalised MLP sees only its bias, learns the base rate and says "skip"
-        # for every token. Parameter-free, so the parameter and FLOP counts are unchanged.
-        self.predictor = (
-            nn.Sequential(
-                nn.RMSNorm(cfg.d_model, elementwise_affine=False),
-                nn.Linear(cfg.d_model, cfg.predictor_dim),
-                nn.SiLU(),
-                nn.Linear(cfg.predictor_dim, 1),
-            )
-            if cfg.has_predictor
-            else None
-        )
+        self.predictor = make_predictor(cfg, 1) if cfg.has_predictor else None
 
     def router_scores(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """r (B, T) in fp32, also under bf16 autocast: bf16 logits tie at the top-k cut in 29-58% of sequences
@@ -136,11 +147,137 @@ class RoutedBlock(nn.Module):
         else:
             raise ValueError(f"routing_mode={routing_mode!r} is not allowed: choose topk or causal")
 
-        aux_loss = None
-        target = topk_mask.to(r.dtype)
-        if predictor_logits is not None:
-            aux_loss = F.binary_cross_entropy_with_logits(predictor_logits, target)
-        elif self.cfg.has_aux_loss:
-            aux_loss = F.binary_cross_entropy_with_logits(r, target)
+        aux_loss = causal_loss(predictor_logits, r, topk_mask, self.cfg.has_aux_loss)
         record = RoutingRecord(self.layer, indices, mask, topk_mask, r, predictor_logits, aux_loss)
         return out, record
+
+    # -- decoding with a KV cache (modexp.sample): causal routing, one token at a time --------------------------
+    # A routed block computes only the tokens it takes and caches only those: each sequence's cache holds just the
+    # tokens the block processed, exactly as in `forward(routing_mode="causal")`, where a skipped token is no key.
+    # Sequences take different numbers of tokens, so the cache keeps a length per sequence and attention masks
+    # the unused slots. That skipped work is where MoD's sampling speed-up comes from.
+
+    def new_cache(
+        self, batch_size: int, max_len: int, dtype: torch.dtype, slots: torch.Tensor
+    ) -> RoutedCache:
+        attn = self.block.attn
+        return RoutedCache(batch_size, attn.n_heads, attn.head_dim, max_len, dtype, slots)
+
+    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router scores and the causal per-token decision, both (B, t), as `forward`'s causal mode makes them."""
+        r = self.router_scores(x)
+        return r, self.causal_decision(r, self.predict(x))
+
+    def prefill(self, x: torch.Tensor, cache: RoutedCache) -> torch.Tensor:
+        """The prompt (B, T0, d) into an empty cache: each sequence's taken tokens, packed, attend causally."""
+        d = x.shape[2]
+        r, take = self.decide(x)
+        cache.taken[:, : x.shape[1]] = take
+        counts = take.sum(dim=1)
+        cache.lens.copy_(counts)
+        # One sync for the prompt: how many sequences take a prompt token, and the most any of them takes.
+        n, c = torch.stack([(counts > 0).sum(), counts.max()]).tolist()
+        cache.bound = c
+        if n == 0:
+            return x
+        rows = _true_rows(counts > 0, n)  # sequences that take at least one prompt token
+        take_rows = take.index_select(0, rows)
+        # Each sequence's taken positions first, ascending (stable sort of "skipped"), padded to c with skipped
+        # positions; `valid` marks the real ones, a prefix of each row.
+        idx = (~take_rows).to(torch.uint8).argsort(dim=1, stable=True)[:, :c]  # (n, c)
+        valid = take_rows.gather(1, idx)
+        gather_idx = idx.unsqueeze(-1).expand(-1, -1, d)
+        x_rows = x.index_select(0, rows)
+        xs = x_rows.gather(1, gather_idx)  # (n, c, d)
+        inner = self.block
+        cos, sin = inner.rotary(idx)  # original positions
+        q, k, v = inner.attn.project(inner.attn_norm(xs), cos, sin)
+        dtype = cache.keys.dtype  # under autocast k and v come in bf16; index_put needs the cache's dtype
+        cache.keys[rows, :, :c] = k.to(dtype)  # padding slots lie past lens and are never attended to
+        cache.values[rows, :, :c] = v.to(dtype)
+        # Taken tokens attend causally among themselves; a padding query keeps its own diagonal so no softmax
+        # row is empty (its output is dropped below).
+        eye = torch.eye(c, dtype=torch.bool, device=x.device)
+        mask = (eye.logical_not().tril() & valid[:, None, :]) | eye
+        attn = inner.attn.merge(inner.attn.attend(q, k, v, mask.unsqueeze(1)))
+        delta = inner.finish(xs, attn)
+        weight = self.gate(r.index_select(0, rows).gather(1, idx)).unsqueeze(-1).to(x.dtype)
+        new = torch.where(valid.unsqueeze(-1), xs + weight * delta, xs)  # padding rows written back unchanged
+        return x.index_copy(0, rows, x_rows.scatter(1, gather_idx, new.to(x.dtype)))
+
+    def decode(
+        self, x: torch.Tensor, cache: RoutedCache, position: int, masked: bool = False
+    ) -> torch.Tensor:
+        """One new token per sequence (B, 1, d) at `position`, two ways with the same result up to rounding:
+
+        - masked (no host-device sync): every sequence computes the block and `torch.where` keeps the update
+          only where the block took the token; the skipped rows' FLOPs are spent and thrown away.
+        - select: only the sequences that take the token compute (one sync: how many there are), and a token
+          that no sequence takes skips the block. That is where MoD's decoding FLOPs are saved.
+        """
+        if masked:
+            return self._decode_masked(x, cache, position)
+        return self._decode_select(x, cache, position)
+
+    def _decode_select(self, x: torch.Tensor, cache: RoutedCache, position: int) -> torch.Tensor:
+        """The block's matmuls run on the taking rows of the batch only, at the cost of one host-device sync (the
+        number of taking rows, and their longest cache)."""
+        r, take = self.decide(x)
+        take = take[:, 0]
+        cache.taken[:, position] = take
+        cache.bound += 1
+        held_all = cache.lens + take.long()  # cache lengths once this token is written
+        n, width = torch.stack([take.sum(), torch.where(take, held_all, 0).max()]).tolist()
+        if n == 0:
+            return x
+        rows = _true_rows(take, n)
+        inner = self.block
+        xs = x.index_select(0, rows)  # (n, 1, d)
+        cos, sin = inner.rotary(cache.slots[position : position + 1])
+        q, k, v = inner.attn.project(inner.attn_norm(xs), cos, sin)  # (n, H, 1, hd)
+        slot = cache.lens.index_select(0, rows)  # each taking sequence's next free slot
+        dtype = cache.keys.dtype
+        cache.keys[rows, :, slot] = k[:, :, 0].to(dtype)
+        cache.values[rows, :, slot] = v[:, :, 0].to(dtype)
+        held = slot + 1
+        cache.lens.copy_(held_all)
+        # Attend over the longest selected cache only, not all max_len slots; each sequence its own tokens only.
+        keys = cache.keys[:, :, :width].index_select(0, rows).to(q.dtype)
+        values = cache.values[:, :, :width].index_select(0, rows).to(q.dtype)
+        mask = (cache.slots[:width] < held[:, None]).view(n, 1, 1, width)
+        attn = inner.attn.merge(inner.attn.attend(q, keys, values, mask))
+        delta = inner.finish(xs, attn)
+        weight = self.gate(r.index_select(0, rows)).unsqueeze(-1).to(x.dtype)  # (n, 1, 1)
+        return x.index_copy(0, rows, (xs + weight * delta).to(x.dtype))
+
+    def _decode_masked(self, x: torch.Tensor, cache: RoutedCache, position: int) -> torch.Tensor:
+        """Every sequence computes the block; the update is kept only where the block takes the token. A sequence
+        that skips it still writes its k/v into its next free slot (`lens`), which stays past its length (so it
+        is never attended to) until the sequence next takes a token and overwrites it."""
+        r, take = self.decide(x)
+        take = take[:, 0]
+        cache.taken[:, position] = take
+        cache.bound += 1
+        width = cache.bound  # >= every lens + 1, known on the host
+        inner = self.block
+        cos, sin = inner.rotary(cache.slots[position : position + 1])
+        q, k, v = inner.attn.project(inner.attn_norm(x), cos, sin)  # (B, H, 1, hd)
+        lens = cache.lens
+        dtype = cache.keys.dtype
+        cache.keys[cache.rows, :, lens] = k[:, :, 0].to(dtype)
+        cache.values[cache.rows, :, lens] = v[:, :, 0].to(dtype)
+        # Slots 0..lens: the sequence's own taken tokens and this one (a skipping sequence's row is dropped
+        # below; it attends to its own key so that no softmax row is empty).
+        mask = (cache.slots[:width] <= lens[:, None]).view(-1, 1, 1, width)
+        keys = cache.keys[:, :, :width].to(q.dtype)
+        values = cache.values[:, :, :width].to(q.dtype)
+        attn = inner.attn.merge(inner.attn.attend(q, keys, values, mask))
+        delta = inner.finish(x, attn)
+        weight = self.gate(r).unsqueeze(-1).to(x.dtype)  # (B, 1, 1)
+        lens.add_(take)
+        return torch.where(take.view(-1, 1, 1), x + weight * delta, x).to(x.dtype)
+
+
+def _true_rows(flags: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the n True entries of a (B,) bool tensor, ascending; n is known, so no sync (unlike nonzero)."""
+    return (~flags).to(torch.uint8).argsort(stable=True)[:n]

@@ -1,0 +1,143 @@
+"""A run's checkpoints: atomic saves that keep the one they replace, and a resume that falls back to it.
+
+A checkpoint holds the whole model and optimiser state keyed by parameter name (gathered from every process),
+so a run saved on one process, on DDP or on FSDP resumes on any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from .errors import ModexpError
+from .plan import RunSpec
+from .rundir import atomic_write, first_line
+
+log = logging.getLogger("modexp.train")
+
+CHECKPOINT = "checkpoints/last.pt"
+LAST, PREVIOUS = "last.pt", "previous.pt"
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic and durable; the checkpoint it replaces is kept as previous.pt, the fallback when last.pt
+    does not load (a kill mid-write, a truncated copy, a bad disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), keep=path.with_name(PREVIOUS))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume_state(
+    run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any] | None:
+    """Load the newest checkpoint that loads and belongs to this run into model and optimizer.
+
+    Falls back from last.pt to previous.pt; when neither works, one line naming the file and the remedy.
+    Returns the checkpoint (its step, wall time and RNG state), or None when the run has none yet.
+    """
+    folder = run_dir / "checkpoints"
+    candidates = [p for p in (folder / LAST, folder / PREVIOUS) if p.exists()]
+    problems = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+            if state.get("run_id") != spec.run_id:
+                raise ValueError(f"it belongs to run {state.get('run_id')}, not {spec.run_id}")
+            if state.get("model_config") != vars(spec.model):
+                raise ValueError("its model config differs from the run's")
+            restore_state(model, optimizer, state)
+        except Exception as exc:  # truncated (EOFError, zip errors), unpicklable, wrong shapes, another run
+            problems.append(f"{path.name}: {first_line(exc)}")
+            log.warning("checkpoint %s does not load (%s)", path, first_line(exc))
+            continue
+        if path.name != LAST:
+            log.warning("resuming from %s instead", path)
+        return state
+    if problems:
+        raise ModexpError(
+            f"no checkpoint of {run_dir} loads ({'; '.join(problems)}): delete {folder} to train the run "
+            "again from step 0"
+        )
+    return None
+
+
+def resume(
+    run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[int, float]:
+    """Restore the run's last checkpoint (weights, optimiser, RNG) if it has one: (its step, the wall time spent
+    up to it); (0, 0.0) for a run that starts from scratch."""
+    state = resume_state(run_dir, spec, model, optimizer)
+    if state is None:
+        return 0, 0.0
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    start_step, wall_before = int(state["step"]), float(state["wall_time"])
+    log.info("resuming %s at step %d of %d", spec.run_id, start_step, spec.steps)
+    return start_step, wall_before
+
+
+def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Whole (unsharded) model and optimiser state, keyed by parameter name, on rank 0 (empty elsewhere).
+
+    The same file whether the run trains on one process, on DDP or on FSDP, so it resumes on any of them.
+    """
+    return {
+        "model": get_model_state_dict(model, options=_FULL),
+        "optimizer_fqn": get_optimizer_state_dict(model, optimizer, options=_FULL),
+    }
+
+
+def restore_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Every process loads the whole checkpoint and keeps its part (FSDP) or all of it."""
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=options)
+    if "optimizer_fqn" in state:
+        set_optimizer_state_dict(model, optimizer, state["optimizer_fqn"], options=options)
+    else:  # checkpoints written before parallel training: the optimiser's own format
+        optimizer.load_state_dict(state["optimizer"])
+
+
+def write_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    wall_time: float,
+    spec: RunSpec,
+    device: torch.device,
+    main: bool,
+) -> None:
+    """Save the run's state after `step`: weights, optimiser, RNG, and what it belongs to (its run and model
+    config, checked on resume). Every process calls it (gathering is a collective under FSDP); rank 0 writes."""
+    state = gather_state(model, optimizer)
+    if not main:
+        return
+    state.update(
+        {
+            "step": step,
+            "wall_time": wall_time,
+            "rng_cpu": torch.get_rng_state(),
+            "model_config": vars(spec.model).copy(),
+            "run_id": spec.run_id,
+        }
+    )
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    save_checkpoint(path, state)

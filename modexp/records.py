@@ -1,0 +1,220 @@
+"""What a run writes about itself: meta.json, the records of metrics.jsonl, and summary.json (whose schema,
+shared with the analysis, is modexp/summary.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import flops
+from .config import Config
+from .data import Corpus
+from .distributed import World
+from .model.experts import ExpertRecord
+from .model.routing import RoutingRecord
+from .model.transformer import ModelOutput
+from .plan import RunSpec
+from .step import StepPlan
+from .summary import OUTCOMES
+from .tracking import environment
+
+
+def run_meta(
+    cfg: Config,
+    spec: RunSpec,
+    device: torch.device,
+    plan: StepPlan,
+    world: World,
+    corpus: Corpus,
+    start_step: int,
+) -> dict[str, Any]:
+    """meta.json: where and how the run trains (code, packages, device, corpus, FLOP accounting)."""
+    return {
+        **environment(),
+        "run_id": spec.run_id,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "precision": "bf16" if plan.bf16 else "fp32",
+        "processes": world.size,
+        "parallel": cfg.train.parallel if world.distributed else "none",
+        "micro_batch_size": plan.micro_batch,
+        "estimated_peak_gb": plan.memory.peak_gb if plan.memory else None,
+        "compile": plan.compile,
+        "activation_checkpointing": cfg.train.activation_checkpointing,
+        "corpus": {"fingerprint": corpus.fingerprint, **corpus.description},
+        "accounting": {**flops.describe(spec.model), "convention": "exact", "shape": spec.shape},
+        "resumed_from_step": start_step or None,
+    }
+
+
+def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str, float]:
+    """Per routed block: fraction processed, router weight statistics, causal-router accuracy vs top-k.
+
+    Gathered into one tensor and read with one host sync (a logged step must not stall once per statistic).
+    """
+    names, values = [], []
+    accs = []
+    for rec in records:
+        r = rec.router_logits.detach().float()
+        g = torch.sigmoid(r) if router_weight == "sigmoid" else r
+        layer = rec.layer
+        names += [f"routed_frac/{layer}", f"router_weight_mean/{layer}", f"router_weight_std/{layer}"]
+        values += [rec.mask.float().mean(), g.mean(), g.std()]
+        causal_logits = rec.predictor_logits
+        if causal_logits is None and rec.aux_loss is not None:
+            causal_logits = r  # aux_loss: the router itself decides (sigmoid(r) > 0.5)
+        if causal_logits is not None:
+            decided = causal_logits.detach() > 0
+            acc = (decided == rec.topk_mask).float().mean()
+            names += [f"causal_acc/{layer}", f"causal_frac/{layer}"]
+            values += [acc, decided.float().mean()]
+            accs.append(acc)
+    if accs:
+        names.append("causal_acc")
+        values.append(torch.stack(accs).mean())
+    return dict(zip(names, torch.stack(values).tolist())) if values else {}
+
+
+def expert_stats(records: list[ExpertRecord]) -> dict[str, float]:
+    """Per block with an MoE: share of (token, expert) slots its experts processed, the share of tokens no
+    expert took (they skip the MLP), and the causal decision's agreement with expert choice. One host sync."""
+    names, values = [], []
+    for i, rec in enumerate(records):
+        names += [f"expert_frac/{i}", f"expert_skipped/{i}"]
+        values += [rec.mask.float().mean(), (~rec.mask.any(-1)).float().mean()]
+        logits = rec.predictor_logits
+        if logits is None and rec.aux_loss is not None:
+            logits = rec.router_logits[..., : rec.mask.shape[-1]]  # aux_loss: the router itself decides
+        if logits is not None:
+            names.append(f"expert_causal_acc/{i}")
+            values.append(((logits.detach() > 0) == rec.topk_mask).float().mean())
+    return dict(zip(names, torch.stack(values).tolist())) if values else {}
+
+
+def train_record(
+    step: int,
+    tokens: int,
+    flops_per_token: float,
+    losses: tuple[float, float],
+    lr: float,
+    grad_norm: float,
+    step_time: float,
+    tokens_per_step: int,
+    wall_time: float,
+    out: ModelOutput,
+    router_weight: str,
+) -> dict[str, Any]:
+    """One line of metrics.jsonl for a logged training step; routing statistics are of rank 0's last
+    micro-batch: a sample of the step, not the whole batch."""
+    lm_loss, aux_loss = losses
+    record = {
+        "kind": "train",
+        "step": step,
+        "tokens": tokens,
+        "flops": tokens * flops_per_token,
+        "loss": lm_loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "step_time": step_time,
+        "tokens_per_s": tokens_per_step / step_time,
+        "wall_time": wall_time,
+    }
+    if out.aux_loss is not None:
+        record["aux_loss"] = aux_loss
+    record.update(routing_stats(out.routing, router_weight))
+    record.update(expert_stats(out.experts))
+    return record
+
+
+def val_record(
+    step: int, tokens: int, flops_per_token: float, wall_time: float, scores: dict[str, float]
+) -> dict[str, Any]:
+    """One line of metrics.jsonl for an evaluation."""
+    return {
+        "kind": "val",
+        "step": step,
+        "tokens": tokens,
+        "flops": tokens * flops_per_token,
+        "wall_time": wall_time,
+        **scores,
+    }
+
+
+def peak_memory_gb(device: torch.device) -> tuple[float, str]:
+    """(peak memory of this process in GB, what was measured)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, "cpu_max_rss"
+
+
+def run_summary(
+    cfg: Config,
+    spec: RunSpec,
+    plan: StepPlan,
+    meta: dict[str, Any],
+    scores: dict[str, float],
+    wall_time: float,
+    step_times: list[float],
+    peak: tuple[float, str],
+    corpus_fingerprint: str,
+    world: World,
+    warmup: int,
+) -> dict[str, Any]:
+    """summary.json: the run's plan (spec.row()), its settings, outcomes and measurements (summary.py's roles)."""
+    model = spec.model
+    seq_len = model.seq_len
+    step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
+    routed_by = model.causal_router if model.routing == "topk" or model.moe else "none"
+    return {
+        **spec.row(),
+        "sweep": spec.sweep,
+        "routing": model.routing,
+        "capacity": model.capacity if model.routing != "none" else 1.0,
+        "route_every": model.route_every if model.routing != "none" else 0,
+        "causal_router": routed_by,
+        # Mixture of experts (moe, mode_staged, mode_integrated): 0 experts for a dense MLP.
+        "experts": model.experts if model.moe else 0,
+        "expert_capacity": model.expert_capacity if model.moe else 1.0,
+        "noop_experts": model.noop_experts if model.routing == "integrated" else 0,
+        "router_weight": model.router_weight,
+        "d_ff": model.ffn_dim,
+        "seq_len": seq_len,
+        "vocab_size": model.vocab_size,
+        "batch_size": spec.batch_size,
+        # The resolved hyperparameters: the analysis pools runs only over seed and lr, and refuses the rest.
+        "lr": cfg.train.lr,
+        "lr_rule": spec.lr_rule,
+        "schedule": "cosine",
+        "min_lr_ratio": cfg.train.min_lr_ratio,
+        "warmup_fraction": cfg.train.warmup_fraction,
+        "max_warmup_steps": cfg.train.max_warmup_steps,
+        "warmup_steps": warmup,
+        "weight_decay": cfg.train.weight_decay,
+        "beta1": cfg.train.beta1,
+        "beta2": cfg.train.beta2,
+        "grad_clip": cfg.train.grad_clip,
+        "precision": cfg.train.precision,
+        "eval_tokens": cfg.train.eval_tokens,
+        "seed": cfg.seed,
+        "aux_loss_weight": model.aux_loss_weight if routed_by == "aux_loss" else 0.0,
+        "predictor_hidden": model.predictor_hidden if routed_by == "predictor" else 0,
+        **{key: scores.get(key) for key in OUTCOMES},
+        "wall_time": wall_time,
+        "step_time": step_time,
+        "tokens_per_s": spec.batch_size * seq_len / step_time if step_times else None,
+        "device": meta["device"],
+        "corpus_fingerprint": corpus_fingerprint,
+        # How the step was computed (not part of the result): processes, micro-batch, memory.
+        "processes": world.size,
+        "parallel": meta["parallel"],
+        "micro_batch_size": plan.micro_batch,
+        "compile": plan.compile,
+        "activation_checkpointing": cfg.train.activation_checkpointing,
+        "peak_memory_gb": peak[0],
+        "peak_memory_kind": peak[1],
+        "estimated_peak_gb": meta["estimated_peak_gb"],
+    }
