@@ -1,6 +1,6 @@
 """isoFLOP planning: budgets x shapes x variants -> RunSpecs, each with its tokens, steps and a stable id.
 
-Follows ../shared/spec/isoflop-method.md (Planning a sweep). Pure arithmetic: no torch, no data.
+Follows docs/isoflop.md (Planning). Pure arithmetic: no torch, no data.
 """
 
 from __future__ import annotations

@@ -689,7 +689,7 @@ def test_random_routing_model_forward_and_loss():
 
 @pytest.mark.parametrize("causal_router", ["predictor", "aux_loss"])
 def test_router_and_predictor_score_in_fp32_under_bf16_autocast(causal_router):
-    """bf16 router logits tie at the top-k cut (gpu-readiness.md); the decision must come from fp32 scores."""
+    """bf16 router logits tie at the top-k cut (measured on an H200); the decision must come from fp32 scores."""
     cfg = ModelConfig(d_model=32, n_heads=4, seq_len=64, routing="topk", causal_router=causal_router)
     torch.manual_seed(0)
     model = Transformer(cfg)

@@ -28,7 +28,7 @@ class ModelConfig:
     n_heads: int = 4
     d_ff: int | None = None  # None: 4 d for GELU, 8/3 d (rounded up to a multiple of 8) for SwiGLU
     mlp: str = "swiglu"
-    # Mixture-of-Depths (see ../shared/spec/mod-method.md and modexp/model/routing.py)
+    # Mixture-of-Depths (see docs/mod.md and modexp/model/routing.py)
     # none: dense baseline; topk: learned expert-choice; random: the paper's control; integrated: MoD inside the
     # MoE router of the routed blocks (integrated MoDE, needs moe=true; modexp/model/experts.py)
     routing: str = "none"

@@ -75,7 +75,7 @@ class RoutedBlock(nn.Module):
 
     def router_scores(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """r (B, T) in fp32, also under bf16 autocast: bf16 logits tie at the top-k cut in 29-58% of sequences
-        (gpu-readiness.md), and CPU and CUDA break ties differently. d -> 1 costs nothing in fp32."""
+        (measured on an H200), and CPU and CUDA break ties differently. d -> 1 costs nothing in fp32."""
         if self.router is None:  # the paper's random-routing control: top-k over Gaussian noise
             # The caller may pass the noise so that it depends on the sequence, not on how a batch is split
             # into micro-batches or processes.
