@@ -673,6 +673,20 @@ def test_random_routing_varies_and_has_unit_gate():
     assert any(not torch.equal(seen[0][0], seen[0][b]) for b in range(1, 3))
 
 
+def test_random_routing_decides_causally_from_top_k_s_tail():
+    """Random routing's causal decision reads the same noise as top-k: the upper tail, with probability C.
+    It once took the lower tail, so its causal_acc compared top-k with almost its complement (0.78 at C =
+    0.125 where the same tail gives about 0.97)."""
+    model = make_model(routing="random", capacity=0.125)
+    block = first_routed(model)
+    r = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    k = model.cfg.capacity_tokens(256)
+    topk = torch.zeros_like(r, dtype=torch.bool).scatter_(1, r.topk(k, dim=1).indices, True)
+    causal = block.causal_decision(r, None)
+    assert abs(causal.float().mean().item() - 0.125) < 0.01
+    assert (causal == topk).float().mean().item() > 0.95
+
+
 def test_random_routing_model_forward_and_loss():
     model = make_model(routing="random", n_layers=4, causal_router="predictor").train()
     tok = tokens()
@@ -743,6 +757,6 @@ def test_random_routing_takes_its_noise_from_the_caller():
         expected = noise[:, j].topk(8, dim=1).indices.sort(dim=1).values
         assert torch.equal(rec.indices, expected)
     # Causal mode: each token independently with probability `capacity`, from the same draw.
-    threshold = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.25))
+    threshold = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.75))
     for j, rec in enumerate(causal.routing):
-        assert torch.equal(rec.mask, noise[:, j] < threshold)
+        assert torch.equal(rec.mask, noise[:, j] > threshold)

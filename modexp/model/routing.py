@@ -98,9 +98,10 @@ class RoutedBlock(nn.Module):
     def causal_decision(self, r: torch.Tensor, predictor_logits: torch.Tensor | None) -> torch.Tensor:
         """Per-token choice that depends only on the token's own hidden state: (B, T) bool."""
         if self.router is None:
-            # r is standard normal noise: r < Phi^-1(capacity) takes each token with probability `capacity`,
-            # from the same draw as top-k (no second stream of random numbers to keep in step).
-            return r < NormalDist().inv_cdf(min(self.cfg.capacity, 1 - 1e-12))
+            # r is standard normal noise: r > Phi^-1(1 - capacity) takes each token with probability
+            # `capacity`, from the same draw as top-k and from the same (upper) tail, so that causal_acc
+            # measures agreement with top-k rather than with its complement.
+            return r > NormalDist().inv_cdf(max(1 - self.cfg.capacity, 1e-12))
         if predictor_logits is not None:
             return predictor_logits > 0
         if self.cfg.causal_router == "aux_loss":
