@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,10 +134,3 @@ def run_bench(
     (out / "bench.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     (out / "bench.md").write_text(_markdown(report))
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m modexp.bench` is `modexp bench`: one entry point, the CLI's flags."""
-    from modexp.cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
