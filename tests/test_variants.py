@@ -84,3 +84,11 @@ def test_a_plugin_variant_plans_trains_analyses_and_is_labelled(toy, tmp_path: P
     from modexp.analysis.figures import variant_label
 
     assert variant_label("strided_c0.125_e2") == "MoD 12.5%, every 2nd block, every n-th token"
+
+    # A standalone `modexp analyze DIR` in a process that never imported the plug-in: the runs' config.yaml
+    # names it, so the curves are labelled as at the sweep's end.
+    sys.modules.pop("toy_variant", None)
+    variants._REGISTRY.pop("strided", None)
+    assert variants.label("strided_c0.125_e2") is None
+    assert main(["analyze", str(study), "--out", str(tmp_path / "again"), "--wandb", "disabled"]) == 0
+    assert variants.label("strided_c0.125_e2") == "MoD 12.5%, every 2nd block, every n-th token"

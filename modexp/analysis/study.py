@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from modexp.errors import ModexpError
 
@@ -187,8 +189,10 @@ def analyze(
         fig_dir, source, results_dir = out_dir, f"table {table}", out_dir
     else:
         sweep_dir = Path(sweep_dir)
+        notes = _import_plugins(sweep_dir)
         collection = scan_sweep(sweep_dir)
-        df, states, notes = collection.table, collection.states, list(collection.notes)
+        df, states = collection.table, collection.states
+        notes += collection.notes
         out_dir = Path(out) if out else sweep_dir
         fig_dir, source, results_dir = (
             (Path(out) if out else sweep_dir / "plots"),
@@ -274,6 +278,28 @@ def analyze(
 
 
 OUTPUTS = ("results.parquet", "points.csv", "fits.csv", "verdict.csv", "verdict_overall.csv", "summary.txt")
+
+
+def _import_plugins(sweep_dir: Path) -> list[str]:
+    """Import the plug-ins the study's runs were trained with (their config.yaml's `plugins`), so that a
+    standalone `modexp analyze DIR` knows their variant kinds (labels, comparisons) as the sweep did. A plug-in
+    that does not import here is a note: its curves keep their ids."""
+    names: set[str] = set()
+    for path in sweep_dir.glob("*/config.yaml"):
+        try:
+            listed = (yaml.safe_load(path.read_text()) or {}).get("plugins") or []
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue  # a damaged run folder is scan_sweep's to report
+        names.update(str(n) for n in listed if isinstance(n, str))
+    notes = []
+    for name in sorted(names):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            notes.append(
+                f"plug-in {name} of this study does not import here ({exc}): its curves keep their ids"
+            )
+    return notes
 
 
 def load_or_analyze(sweep_dir: Path) -> AnalysisResult:
