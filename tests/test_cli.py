@@ -8,19 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from modexp.cli import main
+from helpers import run_main
 
 SUBCOMMANDS = ("sweep", "plan", "train", "analyze", "sample", "prepare", "bench")
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,23 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_main
 
 from modexp import data, prepare
-from modexp.cli import main
 from modexp.data import LLMC_HEADER_BYTES, LLMC_MAGIC, DataConfig, load_corpus
 from modexp.errors import ModexpError
 from modexp.tokenizer import for_data
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "sweep=smoke", "budget=3e10"]
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def stdlib_docs(n: int = 40) -> list[str]:

@@ -48,20 +48,13 @@ class RoutedCache(KVCache):
     which positions it processed; `bound` is a host-side bound on every sequence's length (the prompt's longest,
     plus one per step), so the masked path attends over that many slots without asking the device."""
 
-    def __init__(
-        self,
-        batch_size: int,
-        n_heads: int,
-        head_dim: int,
-        max_len: int,
-        dtype: torch.dtype,
-        slots: torch.Tensor,
-    ) -> None:
-        super().__init__(batch_size, n_heads, head_dim, max_len, dtype, slots)
-        self.lens = torch.zeros(batch_size, dtype=torch.long, device=slots.device)
-        self.taken = torch.zeros(batch_size, max_len, dtype=torch.bool, device=slots.device)
+    def __init__(self, *args, **kwargs) -> None:  # KVCache's arguments
+        super().__init__(*args, **kwargs)
+        batch_size, _, max_len, _ = self.keys.shape
+        self.lens = torch.zeros(batch_size, dtype=torch.long, device=self.slots.device)
+        self.taken = torch.zeros(batch_size, max_len, dtype=torch.bool, device=self.slots.device)
         self.bound = 0
-        self.rows = torch.arange(batch_size, device=slots.device)
+        self.rows = torch.arange(batch_size, device=self.slots.device)
 
 
 class RoutedBlock(nn.Module):
