@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .errors import ModexpError
 from .plan import RunSpec
-from .rundir import atomic_write, first_line
+from .rundir import atomic_write, branch_point, first_line, stem_dir
 
 log = logging.getLogger("modexp.train")
 
@@ -32,11 +32,12 @@ LAST, PREVIOUS = "last.pt", "previous.pt"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = True) -> None:
     """Atomic and durable; the checkpoint it replaces is kept as previous.pt, the fallback when last.pt
     does not load (a kill mid-write, a truncated copy, a bad disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(state, tmp), keep=path.with_name(PREVIOUS))
+    keep = path.with_name(PREVIOUS) if keep_previous else None
+    atomic_write(path, lambda tmp: torch.save(state, tmp), keep=keep)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -93,6 +94,36 @@ def resume(
     return start_step, wall_before
 
 
+def start_from_stem(
+    run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[int, float] | None:
+    """A branch with no checkpoint of its own starts from its stem's state at its cooldown start: (that step,
+    the stem's wall time up to it). None when that state is gone (its branch finished once and took it): the
+    branch then trains from step 0, which computes the same run."""
+    path = branch_point(stem_dir(run_dir, spec.stem), spec.cooldown_start)
+    if not path.exists():
+        log.warning("%s: the state of stem %s at step %d is gone: training from step 0", spec.run_id, spec.stem,
+                    spec.cooldown_start)  # fmt: skip
+        return None
+    try:
+        state = load_checkpoint(path)
+        if state.get("run_id") != spec.stem or int(state.get("step", -1)) != spec.cooldown_start:
+            raise ValueError(f"it belongs to {state.get('run_id')} at step {state.get('step')}")
+        if state.get("model_config") != vars(spec.model):
+            raise ValueError("its model config differs from the branch's")
+        restore_state(model, optimizer, state)
+    except Exception as exc:
+        raise ModexpError(
+            f"{path} does not load ({first_line(exc)}): delete it to train {spec.run_id} from step 0"
+        ) from None
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    log.info("branch %s starts from stem %s at step %d of %d", spec.run_id, spec.stem, spec.cooldown_start,
+             spec.steps)  # fmt: skip
+    return spec.cooldown_start, float(state["wall_time"])
+
+
 def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Whole (unsharded) model and optimiser state, keyed by parameter name, on rank 0 (empty elsewhere).
 
@@ -123,6 +154,7 @@ def write_checkpoint(
     spec: RunSpec,
     device: torch.device,
     main: bool,
+    keep_previous: bool = True,
 ) -> None:
     """Save the run's state after `step`: weights, optimiser, RNG, and what it belongs to (its run and model
     config, checked on resume). Every process calls it (gathering is a collective under FSDP); rank 0 writes."""
@@ -140,4 +172,4 @@ def write_checkpoint(
     )
     if device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(device)
-    save_checkpoint(path, state)
+    save_checkpoint(path, state, keep_previous)

@@ -41,6 +41,9 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+SCHEDULES = ("auto", "cosine", "wsd")
+COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")
+REUSE = ("none", "branches")
 
 
 @dataclass
@@ -62,7 +65,10 @@ class TrainConfig:
         None  # an earlier LR-grid study folder: each run's lr from its fitted lr*(N) per variant
     )
     lr_law: dict[str, LrLawConfig] = field(default_factory=dict)  # by variant kind (baseline, mod, random)
-    min_lr_ratio: float = MISSING  # cosine decays to this fraction of the peak
+    min_lr_ratio: float = MISSING  # the decay ends at this fraction of the peak
+    schedule: str = MISSING  # cosine | wsd | auto (wsd when sweep.reuse=branches)
+    cooldown_fraction: float = MISSING  # wsd: the share of the run's steps its decay takes
+    cooldown_shape: str = MISSING  # wsd: 1-sqrt | linear | cosine
     warmup_fraction: float = MISSING  # linear warm-up over this share of the run's steps
     max_warmup_steps: int = MISSING
     weight_decay: float = MISSING
@@ -109,6 +115,11 @@ class SweepConfig:
         default_factory=list
     )  # every planned point at each of these LRs (a study axis)
     ladder: LadderConfig = field(default_factory=LadderConfig)
+    reuse: str = MISSING  # none | branches (one stem per shape, a WSD cooldown branch per budget)
+    seeds: int = MISSING  # seeds per planned point
+    seed_sizes: int = (
+        MISSING  # with seeds > 1: the sizes nearest each expected optimum that get them (0: all)
+    )
 
 
 @dataclass
@@ -365,11 +376,42 @@ def to_typed(cfg: DictConfig) -> Config:
         raise ModexpError(f"model.{_one_line(exc)}") from None
     assert isinstance(typed, Config)
     check(typed)
+    if typed.train.schedule == "auto":  # what a run trains with is always named, in its config and identity
+        typed.train.schedule = "wsd" if typed.sweep.reuse == "branches" else "cosine"
     return typed
+
+
+def _check_schedule(cfg: Config) -> None:
+    """The LR schedule and the study's reuse of runs: known names, and branches only where they are exact."""
+    train, sweep = cfg.train, cfg.sweep
+    for key, value, allowed in (
+        ("train.schedule", train.schedule, SCHEDULES),
+        ("train.cooldown_shape", train.cooldown_shape, COOLDOWN_SHAPES),
+        ("sweep.reuse", sweep.reuse, REUSE),
+    ):
+        if value not in allowed:
+            raise ModexpError(f"{key}={value} is not allowed: choose one of {', '.join(allowed)}")
+    if not (0 < train.cooldown_fraction < 1):
+        raise ModexpError(
+            f"train.cooldown_fraction={train.cooldown_fraction} is not allowed: give the share of a run's steps "
+            "its decay takes, between 0 and 1 (exclusive), e.g. 0.2"
+        )
+    if sweep.reuse == "branches" and train.schedule == "cosine":
+        # A cosine run's LR at step s depends on its length: a shared stem would serve no budget exactly.
+        raise ModexpError(
+            "sweep.reuse=branches needs train.schedule=wsd (or auto): a cosine schedule depends on the run's "
+            "length, so no stem can serve several budgets"
+        )
+    if sweep.seeds < 1 or sweep.seed_sizes < 0:
+        raise ModexpError(
+            f"sweep.seeds={sweep.seeds}, sweep.seed_sizes={sweep.seed_sizes} are not allowed: seeds >= 1 "
+            "(seeds per point), seed_sizes >= 0 (0: every size gets them)"
+        )
 
 
 def check(cfg: Config) -> None:
     """Checks across keys that the dataclass types cannot express."""
+    _check_schedule(cfg)
     if cfg.locking not in ("flock", "none"):
         raise ModexpError(f"locking={cfg.locking} is not allowed: choose flock or none")
     if Path(cfg.runs_dir).exists() and not Path(cfg.runs_dir).is_dir():

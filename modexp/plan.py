@@ -33,6 +33,8 @@ _NOT_IDENTITY = {
     "activation_checkpointing",
     "parallel",
 }
+# The LR schedule's own keys: a cosine run's identity leaves them out, so its id is what it was before WSD.
+_SCHEDULE_KEYS = ("schedule", "cooldown_fraction", "cooldown_shape")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,16 @@ class RunSpec:
     lr_rule: str = "train.lr"  # how that LR was chosen: train.lr | sweep.lr_grid | the law of train.lr_from
     epochs: float | None = None  # passes over the training split; None while the corpus is not known
     lr_domain: str = ""  # '' or why the LR law that set lr does not cover this run (outside its fitted sizes)
+    seed: int | None = None  # the run's seed (None in run folders written before sweep.seeds)
+    schedule: str = "cosine"  # cosine | wsd (train.schedule)
+    warmup: int | None = None  # warm-up steps (None: train.warmup_fraction of the steps, as before WSD)
+    cooldown_start: int | None = (
+        None  # wsd: the first step of the decay (a stem's: its steps, it never decays)
+    )
+    stem: str | None = None  # a branch: the stem whose state at cooldown_start it starts from (None: scratch)
+    stem_flops: float = 0.0  # the FLOPs of its first cooldown_start steps, which its stem spends once for all
+    role: str = "run"  # run | stem (constant LR to its branches' cooldown starts; never analysed)
+    branch_points: list[int] = field(default_factory=list)  # a stem: the steps whose state it keeps
 
     @property
     def tokens_per_param(self) -> float:
@@ -93,6 +105,13 @@ class RunSpec:
             "lr_rule": self.lr_rule,
             "epochs": self.epochs,
             "lr_domain": self.lr_domain,
+            "seed": self.seed,
+            "schedule": self.schedule,
+            "warmup": self.warmup,
+            "cooldown_start": self.cooldown_start,
+            "stem": self.stem,
+            "stem_flops": self.stem_flops,
+            "role": self.role,
         }
 
 
@@ -100,6 +119,17 @@ class RunSpec:
 class Plan:
     runs: list[RunSpec]
     notes: list[str]  # one line per (budget, variant) whose sizes are fewer than asked or off-centre, and why
+    stems: list[RunSpec] = field(default_factory=list)  # sweep.reuse=branches: the runs' shared stems
+
+    @property
+    def flops_budgeted(self) -> float:
+        """The sum of the runs' FLOPs: what training every run from scratch would cost."""
+        return sum(r.flops for r in self.runs)
+
+    @property
+    def flops_spent(self) -> float:
+        """What the study trains: each stem once, and each run's steps after its stem's share."""
+        return sum(s.flops for s in self.stems) + sum(r.flops - r.stem_flops for r in self.runs)
 
 
 def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
@@ -146,9 +176,27 @@ def inert_keys(model: ModelConfig) -> list[str]:
     return list(variants.of_model(model).inert)
 
 
-def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, Any]:
-    """What determines a run's result, and nothing else (no paths, trackers or logging cadence)."""
+def warmup_steps(cfg: Config, steps: int) -> int:
+    """A run's warm-up: train.warmup_fraction of its steps, at least 1, at most train.max_warmup_steps."""
+    return min(cfg.train.max_warmup_steps, max(1, round(cfg.train.warmup_fraction * steps)))
+
+
+def cooldown_start(cfg: Config, steps: int) -> int:
+    """The first step of a WSD run's decay: train.cooldown_fraction of its steps (at least one) decay."""
+    return steps - max(1, round(cfg.train.cooldown_fraction * steps))
+
+
+def run_identity(cfg: Config, model: ModelConfig, budget: float, warmup: int | None = None) -> dict[str, Any]:
+    """What determines a run's result, and nothing else (no paths, trackers or logging cadence).
+
+    A WSD run's warm-up is part of it: its branches share their stem's, set by the shortest of them.
+    """
     train = {k: v for k, v in asdict(cfg.train).items() if k not in _NOT_IDENTITY}
+    if train.get("schedule", "cosine") in ("cosine", "auto"):
+        for key in _SCHEDULE_KEYS:
+            train.pop(key, None)
+    else:
+        train["warmup_steps"] = warmup
     data = {k: v for k, v in asdict(cfg.data).items() if k != "cache_dir"}
     arch = asdict(model)
     for key in inert_keys(model):  # a baseline is the same run whatever MoD settings sit beside it
@@ -156,11 +204,27 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float) -> dict[str, An
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
-def run_digest(cfg: Config, model: ModelConfig, budget: float) -> str:
+def run_digest(cfg: Config, model: ModelConfig, budget: float, warmup: int | None = None) -> str:
     """The hash in a run's id: of what determines its result (run_identity), and nothing else."""
-    return hashlib.sha256(json.dumps(run_identity(cfg, model, budget), sort_keys=True).encode()).hexdigest()[
-        :10
-    ]
+    return _digest(run_identity(cfg, model, budget, warmup))
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def stem_identity(cfg: Config, model: ModelConfig, warmup: int, branch_points: list[int]) -> dict[str, Any]:
+    """What a stem's states are a function of: its runs' identity but the budget, and where it stops."""
+    identity = run_identity(cfg, model, 0.0, warmup)
+    del identity["budget"]
+    return {**identity, "branch_points": sorted(branch_points)}
+
+
+def spec_digest(cfg: Config, spec: RunSpec) -> str:
+    """The digest the id of `spec` must end with, re-derived from cfg (its config.yaml) and the spec."""
+    if spec.role == "stem":
+        return _digest(stem_identity(cfg, spec.model, spec.warmup or 0, spec.branch_points))
+    return run_digest(cfg, spec.model, spec.budget, spec.warmup)
 
 
 def make_run(
@@ -170,10 +234,12 @@ def make_run(
     variant: str | None = None,
     lr: float | None = None,
     lr_rule: str = "train.lr",
+    warmup: int | None = None,
 ) -> RunSpec:
     """Tokens and steps for one (budget, model): the FLOPs spent land within half a sequence of the budget.
 
-    `lr` (default train.lr) is the run's peak learning rate; it is part of the run's identity.
+    `lr` (default train.lr) is the run's peak learning rate; it is part of the run's identity. `warmup`
+    (default: warmup_steps of the run's own steps) is set by a WSD stem for all its branches.
     """
     if lr is not None:
         cfg = replace(cfg, train=replace(cfg.train, lr=lr))
@@ -181,7 +247,12 @@ def make_run(
     seq_flops = count.train_per_token * model.seq_len
     num_sequences = max(1, round(budget / seq_flops))
     steps = math.ceil(num_sequences / cfg.train.batch_size)
-    digest = run_digest(cfg, model, budget)
+    wsd = cfg.train.schedule == "wsd"
+    start = cooldown_start(cfg, steps) if wsd else None
+    warmup = warmup_steps(cfg, steps) if warmup is None else warmup
+    if start is not None:
+        warmup = max(1, min(warmup, start))  # the decay never starts inside the warm-up
+    digest = run_digest(cfg, model, budget, warmup)
     variant = variant or variant_name(model)
     shape = f"d{model.d_model}-l{model.n_layers}"
     run_id = f"{variant}-{shape}-{sci(budget)}-{digest}"
@@ -200,31 +271,125 @@ def make_run(
         accounting=flops.describe(model),
         lr=cfg.train.lr,
         lr_rule=lr_rule,
+        seed=cfg.seed,
+        schedule=cfg.train.schedule if wsd else "cosine",
+        warmup=warmup,
+        cooldown_start=start,
     )
 
 
 def plan_sweep(cfgs: list[Config]) -> Plan:
     """One Plan for several composed configs (one per sweep-override combination), deduplicated by run id."""
     runs: dict[str, RunSpec] = {}
+    stems: dict[str, RunSpec] = {}
     notes: list[str] = []
     for cfg in cfgs:
         shapes = ladder_shapes(cfg.sweep.ladder)
         law = load_lr_law(cfg)
+        planned = []
         for budget in cfg.sweep.budgets:
             for variant in cfg.sweep.variants:
                 chosen, note = _ladder_runs(cfg, shapes, budget, variant)
-                for run in chosen:
-                    for lr, rule, outside in run_lrs(cfg, law, run.variant, run.accounting["params"]):
-                        tuned = make_run(cfg, run.model, budget, lr=lr, lr_rule=rule)
-                        tuned.lr_domain = outside
-                        runs.setdefault(tuned.run_id, tuned)
+                for seed_cfg, seeded in _seeded(cfg, chosen, _expected_optimum(cfg, budget, variant)):
+                    for run in seeded:
+                        for lr, rule, outside in run_lrs(cfg, law, run.variant, run.accounting["params"]):
+                            tuned = make_run(seed_cfg, run.model, budget, lr=lr, lr_rule=rule)
+                            tuned.lr_domain = outside
+                            planned.append((seed_cfg, tuned))
                 if note and note not in notes:
                     notes.append(note)
-    plan = Plan(sort_runs(runs.values()), notes)
+        if cfg.sweep.reuse == "branches":
+            planned, cfg_stems = plan_branches(planned)
+            stems.update((s.run_id, s) for s in cfg_stems)
+        for _, run in planned:
+            runs.setdefault(run.run_id, run)
+    plan = Plan(sort_runs(runs.values()), notes, sorted(stems.values(), key=lambda s: (s.variant, s.steps)))
     plan.notes += lr_domain_notes(plan.runs)
     if law is not None and not cfg.sweep.lr_grid:
         plan.notes += [n for n in law.domain_notes({r.variant for r in plan.runs}) if n not in plan.notes]
     return plan
+
+
+def _seeded(cfg: Config, chosen: list[RunSpec], centre: float) -> list[tuple[Config, list[RunSpec]]]:
+    """(config of each seed, the runs it trains): every run at cfg.seed; sweep.seeds - 1 more seeds for the
+    sweep.seed_sizes runs nearest the expected optimum (all of them when 0), where the fit needs them most."""
+    near = chosen
+    if cfg.sweep.seed_sizes:
+        near = sorted(chosen, key=lambda r: abs(math.log(active_params(r.model) / centre)))
+        near = near[: cfg.sweep.seed_sizes]
+    extra = [r for r in chosen if any(r is n for n in near)]  # in ladder order
+    return [(cfg, chosen)] + [(replace(cfg, seed=cfg.seed + i), extra) for i in range(1, cfg.sweep.seeds)]
+
+
+def plan_branches(
+    planned: list[tuple[Config, RunSpec]],
+) -> tuple[list[tuple[Config, RunSpec]], list[RunSpec]]:
+    """sweep.reuse=branches: the runs that differ only in budget share one stem (docs/schedules.md).
+
+    The stem trains at constant LR, after a warm-up set by the shortest of its runs, to the start of the
+    longest run's decay, keeping its state at each run's cooldown start; each run is then a branch that
+    starts from that state and decays over its own cooldown. A branch computes exactly what the WSD run of
+    its budget with that warm-up computes from scratch (batches and noise depend on the seed and the step
+    only), so it keeps that run's id, FLOPs and summary. A run alone in its group trains from scratch.
+    """
+    groups: dict[str, list[tuple[Config, RunSpec]]] = {}
+    for cfg, run in planned:
+        key = json.dumps(stem_identity(replace(cfg, train=replace(cfg.train, lr=run.lr)), run.model, 0, []))
+        groups.setdefault(key, []).append((cfg, run))
+    out, stems = [], []
+    for group in groups.values():
+        budgets = {run.budget for _, run in group}
+        if len(budgets) < 2:
+            out += group
+            continue
+        cfg = replace(group[0][0], train=replace(group[0][0].train, lr=group[0][1].lr))
+        warmup = warmup_steps(cfg, min(run.steps for _, run in group))
+        branches = []
+        for run_cfg, run in group:
+            branch = make_run(run_cfg, run.model, run.budget, run.variant, run.lr, run.lr_rule, warmup)
+            branch.lr_domain = run.lr_domain
+            branches.append((run_cfg, branch))
+        stem = make_stem(cfg, [b for _, b in branches])
+        for _, branch in branches:
+            branch.stem = stem.run_id
+            branch.stem_flops = branch.cooldown_start * branch.batch_size * stem.flops / stem.num_sequences
+        stems.append(stem)
+        out += branches
+    return out, stems
+
+
+def make_stem(cfg: Config, branches: list[RunSpec]) -> RunSpec:
+    """The stem of `branches` (one shape, seed and LR at several budgets): constant LR to the last cooldown
+    start, full batches only (every branch point lies before its branch's partial last step)."""
+    first = branches[0]
+    points = sorted({b.cooldown_start for b in branches})
+    steps = points[-1]
+    seq_flops = flops.count(first.model).train_per_token * first.model.seq_len
+    num_sequences = steps * first.batch_size
+    digest = _digest(stem_identity(cfg, first.model, first.warmup or 0, points))
+    return RunSpec(
+        run_id=f"stem-{first.variant}-{first.shape}-{digest}",
+        sweep=first.sweep,
+        variant=first.variant,
+        budget=num_sequences * seq_flops,
+        shape=first.shape,
+        model=first.model,
+        batch_size=first.batch_size,
+        num_sequences=num_sequences,
+        steps=steps,
+        tokens=num_sequences * first.model.seq_len,
+        flops=num_sequences * seq_flops,
+        accounting=first.accounting,
+        lr=first.lr,
+        lr_rule=first.lr_rule,
+        lr_domain=first.lr_domain,
+        seed=first.seed,
+        schedule="wsd",
+        warmup=first.warmup,
+        cooldown_start=steps,
+        role="stem",
+        branch_points=points,
+    )
 
 
 def lr_domain_notes(runs: list[RunSpec]) -> list[str]:

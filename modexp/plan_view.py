@@ -24,11 +24,14 @@ def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
     devices = max(1, cfg.launcher.gpus_per_run)
     gpus = bool(visible_gpus()) if cfg.device == "auto" else cfg.device == "cuda"
     rows = []
-    for spec in study.plan.runs:
+    for spec in study.plan.stems + study.plan.runs:
         row = spec.row()
+        if spec.role == "stem":
+            row["branch_points"] = spec.branch_points
+        spent = spec.flops - spec.stem_flops  # a branch trains only its steps after its stem's
         row["devices"] = devices
-        row["est_time_s"] = round(spec.flops / flops_per_s / devices, 1)
-        row["device_hours"] = spec.flops / flops_per_s / 3600
+        row["est_time_s"] = round(spent / flops_per_s / devices, 1)
+        row["device_hours"] = spent / flops_per_s / 3600
         micro, memory = plan_step(cfg, spec.model, gpus)
         row["micro_batch"] = micro
         row["est_peak_gb"] = round(memory.peak_gb, 1) if memory else None
@@ -53,7 +56,8 @@ def print_plan(study: Study, fmt: str, convention: str = "exact") -> None:
         for note in study.plan.notes:
             print(note, file=sys.stderr)
         return
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([r for r in rows if r["role"] != "stem"])
+    stems = pd.DataFrame([r for r in rows if r["role"] == "stem"])
     # The terminal table keeps what a reader scans for, within 120 columns; csv and json carry every column
     # (run ids, the FLOP accounting). A run's folder is <variant>-<shape>-<budget>-<id>.
     shown = pd.DataFrame(
@@ -79,18 +83,32 @@ def print_plan(study: Study, fmt: str, convention: str = "exact") -> None:
             "id": frame["run_id"].map(lambda r: r.rsplit("-", 1)[-1]),
         }
     )
+    if len(stems):  # sweep.reuse=branches: which stem each run branches from
+        shown["stem"] = frame["stem"].map(lambda r: r.rsplit("-", 1)[-1][:6] if isinstance(r, str) else "-")
     for column in (c for c in frame.columns if convention != "exact" and c.endswith(f"_{convention}")):
         shown[column.replace("train_flops_per_token", "flops/tok")] = frame[column].map(sci)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         print(shown.to_string(index=False))
-    total = frame["flops"].sum()
+    if len(stems):
+        _print_stems(stems)
+    plan = study.plan
+    total = plan.flops_spent
     cfg = study.configs[0][1]
     devices = max(1, cfg.launcher.gpus_per_run)
     unit = "GPU" if devices > 1 or cfg.device == "cuda" else "device"
+    if plan.stems:
+        saving = 1 - plan.flops_spent / plan.flops_budgeted
+        print(
+            f"\nFLOPs spent {sci(plan.flops_spent)} (stems counted once) against {sci(plan.flops_budgeted)} "
+            f"budgeted by the runs from scratch: {saving:.0%} less (sweep.reuse=branches)"
+        )
+    hours = sum(r["device_hours"] for r in rows)
+    stem_count = f" and {count(len(stems), 'stem')}" if len(stems) else ""
     print(
-        f"\n{count(len(rows), 'run')}, {sci(total)} FLOPs in all: {frame['device_hours'].sum():,.1f} "
+        f"\n{count(len(frame), 'run')}{stem_count}, "
+        f"{sci(total)} FLOPs in all: {hours:,.1f} "
         f"{unit}-hours at {sci(cfg.sweep.flops_per_second, 2)} FLOP/s per {unit} (sweep.flops_per_second), "
-        f"about {duration(frame['est_time_s'].sum())} one run at a time on {count(devices, unit)} per run "
+        f"about {duration(sum(r['est_time_s'] for r in rows))} one run at a time on {count(devices, unit)} per run "
         "(launcher.gpus_per_run). micro: sequences per micro-batch; GB: estimated peak memory per device "
         "(modexp/memory.py); full rows with --format csv or json"
     )
@@ -102,3 +120,25 @@ def print_plan(study: Study, fmt: str, convention: str = "exact") -> None:
         )
     for note in study.plan.notes:
         print(note)
+
+
+def _print_stems(stems: pd.DataFrame) -> None:
+    """The stems: each trains its shape once at constant LR, keeping its state where its branches start."""
+    shown = pd.DataFrame(
+        {
+            "stem": stems["run_id"].map(lambda r: r.rsplit("-", 1)[-1][:6]),
+            "variant": stems["variant"],
+            "shape": stems["shape"],
+            "steps": stems["steps"],
+            "branches at steps": stems["branch_points"].map(lambda p: ", ".join(map(str, p))),
+            "warmup": stems["warmup"],
+            "lr": stems["lr"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
+            "time": stems["est_time_s"].map(duration),
+            "status": stems["status"],
+        }
+    )
+    print(
+        "\nStems (trained once at constant LR; each run above with a stem starts from its state and decays):"
+    )
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
+        print(shown.to_string(index=False))

@@ -188,7 +188,9 @@ def run_summary(
         # The resolved hyperparameters: the analysis pools runs only over seed and lr, and refuses the rest.
         "lr": cfg.train.lr,
         "lr_rule": spec.lr_rule,
-        "schedule": "cosine",
+        "schedule": spec.schedule,
+        "cooldown_fraction": cfg.train.cooldown_fraction if spec.schedule == "wsd" else None,
+        "cooldown_shape": cfg.train.cooldown_shape if spec.schedule == "wsd" else None,
         "min_lr_ratio": cfg.train.min_lr_ratio,
         "warmup_fraction": cfg.train.warmup_fraction,
         "max_warmup_steps": cfg.train.max_warmup_steps,

@@ -142,6 +142,21 @@ def sweep_dir(cfg: Any) -> Path:
     return Path(cfg.runs_dir) / cfg.sweep.name
 
 
+STEMS = (
+    "stems"  # a study's stems (sweep.reuse=branches): <sweep>/stems/<stem_id>/, where analysis never looks
+)
+
+
+def stem_dir(run_dir: Path, stem: str) -> Path:
+    """The folder of a branch's stem: beside the branch's own, under its study's stems/."""
+    return run_dir.parent / STEMS / stem
+
+
+def branch_point(stem_folder: Path, step: int) -> Path:
+    """The stem's state after `step`: the start of every branch whose cooldown starts there."""
+    return stem_folder / "checkpoints" / f"step-{step}.pt"
+
+
 def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
     """Create or refresh the folder's config.yaml and run.json (atomically), holding the run's lock.
 

@@ -19,7 +19,9 @@ from .errors import ModexpError
 from .memory import MemoryEstimate, resolve_micro_batch
 from .model import Transformer
 from .model.transformer import ModelOutput
-from .plan import RunSpec
+from .plan import RunSpec, warmup_steps
+
+__all__ = ["Schedule", "lr_at", "schedule_of", "warmup_steps"]
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int, min_ratio: float) -> float:
@@ -30,8 +32,56 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def warmup_steps(cfg: Config, steps: int) -> int:
-    return min(cfg.train.max_warmup_steps, max(1, round(cfg.train.warmup_fraction * steps)))
+# How a WSD cooldown falls from 1 to 0 as its progress goes from 0 to 1 (Hagele et al. 2024: 1-sqrt is best).
+COOLDOWNS = {
+    "linear": lambda p: 1 - p,
+    "1-sqrt": lambda p: 1 - math.sqrt(p),
+    "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's LR at each step: cosine (warm-up, then decay over the whole run) or wsd (warm-up, the peak
+    until cooldown_start, then a decay that reaches min_ratio * peak at the last step).
+
+    A WSD run's LR before its cooldown does not depend on its length: a stem trained at that LR serves every
+    budget's branch (plan.plan_branches).
+    """
+
+    kind: str
+    steps: int
+    peak: float
+    warmup: int
+    min_ratio: float
+    cooldown_start: int  # wsd: the first decaying step (steps: it never decays, a stem)
+    cooldown_shape: str = "1-sqrt"
+
+    def lr(self, step: int) -> float:
+        if self.kind == "cosine":
+            return lr_at(step, self.steps, self.peak, self.warmup, self.min_ratio)
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if step < self.cooldown_start:
+            return self.peak
+        progress = (step + 1 - self.cooldown_start) / (self.steps - self.cooldown_start)  # 1 at the last
+        fall = COOLDOWNS[self.cooldown_shape](min(1.0, progress))
+        return self.peak * (self.min_ratio + (1 - self.min_ratio) * fall)
+
+
+def schedule_of(cfg: Config, spec: RunSpec) -> Schedule:
+    """The schedule spec trains with (run folders from before WSD: cosine, warm-up from the config)."""
+    warmup = spec.warmup if spec.warmup is not None else warmup_steps(cfg, spec.steps)
+    start = spec.cooldown_start if spec.cooldown_start is not None else spec.steps
+    return Schedule(
+        spec.schedule,
+        spec.steps,
+        cfg.train.lr,
+        warmup,
+        cfg.train.min_lr_ratio,
+        start,
+        cfg.train.cooldown_shape,
+    )
 
 
 def pick_device(requested: str, world: World | None = None) -> torch.device:

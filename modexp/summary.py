@@ -21,6 +21,8 @@ SETTINGS: tuple[str, ...] = (
     "max_warmup_steps",
     "min_lr_ratio",
     "schedule",
+    "cooldown_fraction",
+    "cooldown_shape",
     "grad_clip",
     "precision",
     "seq_len",
@@ -37,7 +39,7 @@ OUTCOMES: tuple[str, ...] = ("val_loss", "val_loss_causal", "val_causal_frac", "
 # point reduces over), and how long it took where.
 IDENTITY: tuple[str, ...] = (
     "run_id", "sweep", "variant", "budget", "params", "flops", "flops_error", "lr", "seed", "lr_rule",
-    "epochs", "lr_domain",
+    "epochs", "lr_domain", "warmup", "cooldown_start", "stem", "stem_flops", "role",
 )  # fmt: skip
 MEASURED: tuple[str, ...] = ("wall_time", "step_time", "tokens_per_s", "device")
 NOT_SETTINGS: frozenset[str] = frozenset(IDENTITY + MEASURED)

@@ -23,7 +23,7 @@ from .config import Config, compose_config, expand_overrides, to_typed
 from .data import is_prepared, load_corpus, train_split_tokens
 from .errors import ModexpError
 from .plan import Plan, RunSpec, epoch_spread_notes, load_lr_law, plan_sweep, set_epochs, sort_runs
-from .rundir import read_json, read_status, run_state, sweep_dir, write_json, write_run
+from .rundir import STEMS, read_json, read_status, run_state, set_status, sweep_dir, write_json, write_run
 from .units import count, duration
 from .variants import short_tag
 
@@ -40,7 +40,18 @@ class Study:
     run_configs: dict[str, DictConfig]  # run_id -> the composed config the run belongs to
 
     def run_dir(self, spec: RunSpec) -> Path:
-        return self.dir / spec.run_id
+        """A run's folder; stems live apart in stems/, where the analysis never looks."""
+        return self.dir / STEMS / spec.run_id if spec.role == "stem" else self.dir / spec.run_id
+
+    @property
+    def trained(self) -> list[RunSpec]:
+        """Everything the sweep trains: the stems (sweep.reuse=branches), then the runs."""
+        return self.plan.stems + self.plan.runs
+
+    def jobs(self, specs: list[RunSpec]) -> list[launch.Job]:
+        """Jobs for specs; a branch comes after its stem (when that stem is still to be trained)."""
+        waiting = {s.run_id for s in specs if s.role == "stem"}
+        return [launch.Job(s, self.run_dir(s), [s.stem] if s.stem in waiting else []) for s in specs]
 
 
 def build_study(overrides: list[str]) -> Study:
@@ -62,11 +73,13 @@ def build_study(overrides: list[str]) -> Study:
         for note in plan.notes + _count_epochs(plan, typed):
             if note not in notes:
                 notes.append(note)
-        for spec in plan.runs:
+        for spec in plan.stems + plan.runs:
             if spec.run_id not in runs:
                 runs[spec.run_id] = spec
                 run_configs[spec.run_id] = run_config(dict_cfg, spec)
-    return Study(dirs.pop(), configs, Plan(sort_runs(runs.values()), notes), run_configs)
+    stems = [r for r in runs.values() if r.role == "stem"]
+    trained = sort_runs(r for r in runs.values() if r.role != "stem")
+    return Study(dirs.pop(), configs, Plan(trained, notes, stems), run_configs)
 
 
 def _refuse_ignored_lr_sweep(cfgs: list[Config]) -> None:
@@ -112,6 +125,9 @@ def run_config(dict_cfg: DictConfig, spec: RunSpec) -> DictConfig:
         OmegaConf.update(cfg, f"model.{key}", value)
     cfg.budget = spec.budget
     cfg.variant = spec.variant
+    cfg.train.schedule = spec.schedule  # auto resolved: the run's config names what it trains with
+    if spec.seed is not None:  # sweep.seeds: each seed's runs carry their own
+        cfg.seed = spec.seed
     if spec.lr is not None:  # from sweep.lr_grid or train.lr_from's law: the config says what it trains with
         cfg.train.lr = spec.lr
     return cfg
@@ -141,7 +157,7 @@ def check_data(study: Study, dry_run: bool = False) -> None:
 def pending_runs(study: Study, retry_failed: bool) -> tuple[list[RunSpec], list[RunSpec]]:
     """(runs to start, runs left failed). Larger runs first so the pool drains evenly."""
     todo, failed = [], []
-    for spec in study.plan.runs:
+    for spec in study.trained:
         state = run_state(study.run_dir(spec))
         if state == "done":
             continue
@@ -149,7 +165,19 @@ def pending_runs(study: Study, retry_failed: bool) -> tuple[list[RunSpec], list[
             failed.append(spec)
             continue
         todo.append(spec)
-    todo.sort(key=lambda r: (-r.flops, -r.accounting["params"]))
+    failed_ids = {s.run_id for s in failed}
+    orphans = [s for s in todo if s.stem in failed_ids]  # their stem failed and is not retried
+    for spec in orphans:
+        todo.remove(spec)
+        failed.append(spec)
+        if (study.run_dir(spec) / "run.json").exists():
+            set_status(
+                study.run_dir(spec),
+                "failed",
+                reason=f"{spec.stem}, which it starts from, failed: rerun with --retry-failed to retrain both",
+            )
+    # Stems first (their branches wait on them), then larger runs first so the pool drains evenly.
+    todo.sort(key=lambda r: (r.role != "stem", -r.flops, -r.accounting["params"]))
     return todo, failed
 
 
@@ -223,7 +251,11 @@ def write_plan(study: Study, overrides: list[str]) -> None:
         study.dir / "plan.json",
         {
             "overrides": overrides,
+            # What the study trains (stems counted once) against training every run from scratch.
+            "flops_spent": study.plan.flops_spent,
+            "flops_budgeted": study.plan.flops_budgeted,
             "runs": [r.row() for r in study.plan.runs],
+            "stems": [{**s.row(), "branch_points": s.branch_points} for s in study.plan.stems],
             "notes": study.plan.notes,
             "lr_rules": sorted({f"{r.variant}: {r.lr_rule}" for r in study.plan.runs}),
             "lr_laws": _lr_laws(study),
@@ -252,17 +284,19 @@ def run_sweep(
     check_data(study)
     write_plan(study, overrides)
     todo, failed_before = pending_runs(study, retry_failed)
-    done = len(study.plan.runs) - len(todo) - len(failed_before)
+    done = len(study.trained) - len(todo) - len(failed_before)
+    stems = f" and {count(len(study.plan.stems), 'stem')}" if study.plan.stems else ""
     print(
-        f"[sweep] {study.dir}: {count(len(study.plan.runs), 'run')} planned, {done} done, {len(todo)} to run"
+        f"[sweep] {study.dir}: {count(len(study.plan.runs), 'run')}{stems} planned, {done} done, "
+        f"{len(todo)} to train"
         + (f", {len(failed_before)} failed (rerun with --retry-failed)" if failed_before else ""),
         file=sys.stderr,
     )
     for spec in todo:
         write_run(study.run_dir(spec), study.run_configs[spec.run_id], spec)
-    view = LiveView(study, study.plan.runs)
+    view = LiveView(study, study.trained)
     options = launch.Options(fail_fast, retry_failed, detach, on_tick=view.tick)
-    stopped = launcher.run([launch.Job(s, study.run_dir(s)) for s in todo], cfg0, study.dir, options)
+    stopped = launcher.run(study.jobs(todo), cfg0, study.dir, options)
     if stopped is not None:  # detached or interrupted: the next call collects
         return stopped
     view.tick(force=True)
@@ -270,10 +304,11 @@ def run_sweep(
 
 
 def finish(study: Study) -> int:
-    states = {s.run_id: run_state(study.run_dir(s)) for s in study.plan.runs}
+    states = {s.run_id: run_state(study.run_dir(s)) for s in study.trained}
+    folders = {s.run_id: study.run_dir(s) for s in study.trained}
     failed = [rid for rid, st in states.items() if st == "failed"]
     unfinished = [rid for rid, st in states.items() if st not in ("done", "failed")]
-    n_done = sum(st == "done" for st in states.values())
+    n_done = sum(states[s.run_id] == "done" for s in study.plan.runs)
     if n_done:
         from .analysis import analyze
 
@@ -286,10 +321,10 @@ def finish(study: Study) -> int:
         except ModexpError as exc:
             print(f"[sweep] analysis: {exc}", file=sys.stderr)
     for rid in failed:
-        status = read_status(study.dir / rid)
+        status = read_status(folders[rid])
         print(f"[sweep] FAILED {rid}: {status.get('reason')}", file=sys.stderr)
     for rid in unfinished:
-        status = read_status(study.dir / rid)
+        status = read_status(folders[rid])
         why = f": {status['reason']}" if status.get("reason") else ""
         print(f"[sweep] not finished {rid} ({states[rid]}{why})", file=sys.stderr)
     if failed or unfinished:

@@ -25,21 +25,22 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, flops, records, variants
-from .checkpoint import CHECKPOINT, resume, write_checkpoint
+from . import branches, distributed, flops, records, variants
+from .checkpoint import CHECKPOINT, resume, start_from_stem, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
 from .distributed import SINGLE, World, world_from_env
 from .errors import ModexpError
 from .evaluation import evaluate, routing_sample, run_tokenizer
 from .model import Transformer
-from .plan import RunSpec, run_digest
+from .plan import RunSpec, spec_digest
 from .rundir import (
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_RESUMABLE,
     DiskFull,
     RunLock,
+    branch_point,
     load_run,
     read_json,
     read_status,
@@ -54,9 +55,9 @@ from .step import (
     lr_at,
     make_optimizer,
     pick_device,
+    schedule_of,
     split_predictor_params,
     step_plan,
-    warmup_steps,
     wrap_parallel,
 )
 from .tracking import MetricsLog, WandbMirror
@@ -146,7 +147,7 @@ def check_identity(run_dir: Path, cfg: Config, spec: RunSpec) -> None:
             f"config.yaml of {spec.run_id} was edited: its model or learning rate differs from run.json; "
             "rerun the sweep (or modexp train) to restore it, or plan a new run with the new setting"
         )
-    digest = run_digest(cfg, spec.model, spec.budget)
+    digest = spec_digest(cfg, spec)
     if not spec.run_id.endswith(f"-{digest}"):
         raise ModexpError(
             f"config.yaml of {spec.run_id} was edited: what it would train hashes to {digest}, not to the "
@@ -255,6 +256,12 @@ def _prepare(
     train_step = TrainStep(model, wrapped, corpus, spec, plan, cfg.seed, device, world, fsdp)
 
     start_step, wall_before = resume(run_dir, spec, model, optimizer, device)
+    if start_step == 0 and spec.stem:  # a branch: its stem trained the steps before its cooldown
+        started = start_from_stem(run_dir, spec, model, optimizer, device)
+        if started is not None:
+            start_step, wall_before = started
+            if world.is_main:
+                branches.copy_stem_history(run_dir, spec)
     meta = records.run_meta(cfg, spec, device, plan, world, corpus, start_step)
     run = _Run(
         run_dir, cfg, spec, device, world, corpus, model, optimizer, train_step, plan, start_step, wall_before, meta
@@ -283,14 +290,15 @@ def _loop(run: _Run, clock: _Clock) -> None:
     evaluate and checkpoint at their cadences."""
     cfg, spec, train = run.cfg, run.spec, run.cfg.train
     steps, seq_len = spec.steps, spec.model.seq_len
-    warmup = warmup_steps(cfg, steps)
+    schedule = schedule_of(cfg, spec)
+    stem = spec.role == "stem"  # trained for its branches: no validation, a state kept at each branch point
     flops_per_token = flops.count(spec.model).train_per_token
     trunk_params, predictor_params = split_predictor_params(run.model)
     for step in range(run.start_step, steps):
         clock.step = step
         # The last step may hold fewer sequences: that is what lands the FLOPs within 1% of the budget.
         batch = min(spec.batch_size, spec.num_sequences - step * spec.batch_size)
-        lr = lr_at(step, steps, train.lr, warmup, train.min_lr_ratio)
+        lr = schedule.lr(step)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         losses, out = run.train_step(step, batch)
@@ -317,7 +325,11 @@ def _loop(run: _Run, clock: _Clock) -> None:
                 _write_record(run, record)
                 run.progress.update(done, lm_loss)
         del out
-        if done % train.eval_every == 0 or is_last:
+        if done in spec.branch_points:
+            point = branch_point(run.run_dir, done)
+            write_checkpoint(point, run.model, run.optimizer, done, clock.wall(run.wall_before), spec, run.device,
+                             run.main, keep_previous=False)  # fmt: skip
+        if not stem and (done % train.eval_every == 0 or is_last):
             clock.last_eval = run.evaluate()
             if run.main:
                 wall = clock.wall(run.wall_before)
@@ -391,6 +403,8 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
         run.progress.close()
     if run.metrics is not None:
         run.metrics.close()
+    if run.spec.role == "stem":
+        return _finish_stem(run, clock)
     if (
         not clock.last_eval
     ):  # killed after the final checkpoint but before the summary: score the final weights
@@ -407,7 +421,7 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
         return {}
     if sample is not None:
         write_json(run.run_dir / "routing_sample.json", sample)
-    warmup = warmup_steps(run.cfg, run.spec.steps)
+    warmup = schedule_of(run.cfg, run.spec).warmup
     summary = records.run_summary(
         run.cfg, run.spec, run.plan, run.meta, clock.last_eval, wall_time, clock.step_times, (peak, peak_kind),
         run.corpus.fingerprint, run.world, warmup,
@@ -416,6 +430,26 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
     run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"]}, exit_code=0)
     log.info("done %s: val_loss %.4f in %.1f s", run.spec.run_id, summary["val_loss"], wall_time)
+    if run.spec.stem:
+        branches.release_branch_point(run.run_dir, run.spec)
+    return summary
+
+
+def _finish_stem(run: _Run, clock: _Clock) -> dict[str, Any]:
+    """A stem is done once every branch point's state is written: its own resume state is dropped (the last
+    branch point holds the same), and it is never scored (its LR never decayed)."""
+    wall_time = clock.wall(run.wall_before)
+    if not run.main:
+        return {}
+    summary = {**run.spec.row(), "branch_points": run.spec.branch_points, "wall_time": wall_time}
+    write_json(run.run_dir / "summary.json", summary)
+    set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
+    for name in ("last.pt", "previous.pt"):
+        (run.run_dir / "checkpoints" / name).unlink(missing_ok=True)
+    run.mirror.finish({"flops": run.spec.flops}, exit_code=0)
+    log.info(
+        "done stem %s: %d branch points in %.1f s", run.spec.run_id, len(run.spec.branch_points), wall_time
+    )
     return summary
 
 

@@ -144,6 +144,7 @@ class LocalPool:
         self.interrupted: list[str] = []  # stopped by a signal or the machine: resume on the next rerun
         self.elsewhere: dict[str, Job] = {}  # held by another sweep's process
         self.blocked: list[str] = []  # not started: a run they come after failed or was interrupted
+        self.finished: list[Child] = []  # every child that has ended, for the runs that come after it
 
     def run(self, queue: list[Job]) -> None:
         queue = list(queue)
@@ -184,9 +185,16 @@ class LocalPool:
     def _drop_blocked(self, queue: list[Job]) -> None:
         """A job after a failed (or interrupted) run cannot start this time: it is left for a rerun."""
         ended = set(self.failed) | set(self.interrupted)
+        dirs = {c.spec.run_id: c.run_dir for c in self.finished}
         for job in [j for j in queue if set(j.after) & ended]:
             queue.remove(job)
             self.blocked.append(job.run_id)
+            failed = [r for r in job.after if r in self.failed]
+            if failed:  # a failed stem fails its branches, saying which and why
+                why = read_status(dirs[failed[0]]).get("reason") if failed[0] in dirs else None
+                with contextlib.suppress(OSError, ModexpError):
+                    set_status(job.run_dir, "failed", reason=f"{failed[0]}, which it starts from, failed: {why}")
+                self.failed.append(job.run_id)
 
     def _start(self, spec: RunSpec, run_dir: Path, slot: Slot) -> Child:
         out = (run_dir / "stdout.log").open("ab")
@@ -208,6 +216,7 @@ class LocalPool:
             if code is None:
                 continue
             self.running.remove(child)
+            self.finished.append(child)
             if code == 0:
                 continue
             if code == EXIT_LOCKED:  # another sweep got there first: wait for it, train nothing twice

@@ -23,7 +23,7 @@ import submitit
 
 from ..config import Config, processes_per_run
 from ..errors import ModexpError
-from ..rundir import EXIT_LOCKED, read_json, read_status, run_state, set_status, write_json
+from ..rundir import EXIT_LOCKED, read_json, read_status, run_state, set_status, stem_dir, write_json
 from . import Job, Options, register
 from .local import log_tail
 
@@ -204,17 +204,17 @@ def run_slurm(
     if attached:
         print(f"[slurm] reattached to {len(attached)} queued or running jobs", file=sys.stderr)
     if to_submit:
-        executor = make_executor(folder, cfg)
-        with executor.batch():
-            submitted = [
-                (j, executor.submit(TrainJob(str(j.run_dir.resolve()), cfg.launcher.cpus_per_run)))
-                for j in to_submit
-            ]
-        for job, handle in submitted:
-            job_ids[job.run_id] = str(handle.job_id)
-            set_status(job.run_dir, "planned", slurm_job=str(handle.job_id))
+        submitted = submit_in_order(to_submit, job_ids, folder, cfg)
+        for job, job_id in submitted:
+            job_ids[job.run_id] = job_id
+            set_status(job.run_dir, "planned", slurm_job=job_id)
         write_json(jobs_file, job_ids)
-        print(f"[slurm] submitted {len(submitted)} jobs ({resources(cfg)})", file=sys.stderr)
+        waiting = sum(bool(j.after) for j, _ in submitted)
+        print(
+            f"[slurm] submitted {len(submitted)} jobs ({resources(cfg)})"
+            + (f", {waiting} of them after the job of the run they start from" if waiting else ""),
+            file=sys.stderr,
+        )
     if detach:
         print(
             f"[slurm] detached; run the same command again to follow and collect ({study_dir})",
@@ -223,6 +223,35 @@ def run_slurm(
         return False
     watch(study_dir, jobs, job_ids, fail_fast, on_tick)
     return True
+
+
+def submit_in_order(
+    jobs: list[Job], job_ids: dict[str, str], folder: Path, cfg: Config
+) -> list[tuple[Job, str]]:
+    """Submit jobs as arrays: those that wait on nothing first, then each group that waits on the same runs,
+    with `--dependency=afterok` on their jobs (SLURM starts them only once those succeeded, and cancels them
+    when those fail: --kill-on-invalid-dep). A run to wait on with no job here (done already) is no wait."""
+    submitted: list[tuple[Job, str]] = []
+    known = dict(job_ids)
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.after), []).append(job)
+    for after in sorted(groups, key=len):  # () first: the jobs the others wait on
+        executor = make_executor(folder, cfg)
+        waits = [known[r] for r in after if r in known]
+        if waits:
+            extra = dict(cfg.launcher.extra or {})
+            extra.update(dependency="afterok:" + ":".join(waits), kill_on_invalid_dep="yes")
+            executor.update_parameters(slurm_additional_parameters=extra)
+        with executor.batch():
+            handles = [
+                (j, executor.submit(TrainJob(str(j.run_dir.resolve()), cfg.launcher.cpus_per_run)))
+                for j in groups[after]
+            ]
+        for job, handle in handles:
+            known[job.run_id] = str(handle.job_id)
+            submitted.append((job, str(handle.job_id)))
+    return submitted
 
 
 def watch(
@@ -252,10 +281,15 @@ def watch(
 def _record_failed(study_dir: Path, job: Job, job_id: str | None) -> None:
     state = final_state(job_id) if job_id else "NOT_SUBMITTED"
     slurm_log = _slurm_log_tail(study_dir / "slurm", job_id)
+    reason = f"SLURM job {job_id} ended {state} before the run finished"
+    failed = [r for r in job.after if run_state(stem_dir(job.run_dir, r)) == "failed"]
+    if failed:  # SLURM cancelled it (--kill-on-invalid-dep): say which run it waited on, and why that failed
+        why = read_status(stem_dir(job.run_dir, failed[0])).get("reason")
+        reason = f"{failed[0]}, which it starts from, failed: {why}"
     set_status(
         job.run_dir,
         "failed",
-        reason=f"SLURM job {job_id} ended {state} before the run finished",
+        reason=reason,
         slurm_state=state,
         slurm_job=job_id,
         log_tail=slurm_log or log_tail(job.run_dir),
@@ -292,12 +326,6 @@ class Slurm:
         return f"would submit the runs not yet done as one SLURM job array: {resources(cfg)}"
 
     def run(self, jobs: list[Job], cfg: Config, folder: Path, options: Options) -> int | None:
-        if any(
-            job.after for job in jobs
-        ):  # a job array has no order; dependent jobs need sbatch --dependency
-            raise ModexpError(
-                "launcher=slurm does not run jobs that wait on other runs yet: use launcher=local"
-            )
         finished = run_slurm(
             jobs,
             cfg,
