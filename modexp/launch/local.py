@@ -193,7 +193,9 @@ class LocalPool:
             if failed:  # a failed stem fails its branches, saying which and why
                 why = read_status(dirs[failed[0]]).get("reason") if failed[0] in dirs else None
                 with contextlib.suppress(OSError, ModexpError):
-                    set_status(job.run_dir, "failed", reason=f"{failed[0]}, which it starts from, failed: {why}")
+                    set_status(
+                        job.run_dir, "failed", reason=f"{failed[0]}, which it starts from, failed: {why}"
+                    )
                 self.failed.append(job.run_id)
 
     def _start(self, spec: RunSpec, run_dir: Path, slot: Slot) -> Child:
