@@ -402,3 +402,29 @@ def test_one_run_on_two_tasks_is_one_job_and_one_run_folder(make_sweep) -> None:
         return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
     assert train_losses(sweep.dir / run_id) == pytest.approx(train_losses(local), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.timeout(240)
+def test_branches_on_slurm_wait_on_their_stems_job(make_sweep) -> None:
+    """sweep.reuse=branches: each stem is a job, its branches one array that SLURM starts after it (afterok);
+    every stem and branch trains in its own folder."""
+    sweep = make_sweep(CHEAP + ["sweep.reuse=branches", "sweep.variants=[baseline]"])
+    out = sweep.run(timeout=220)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads((sweep.dir / "plan.json").read_text())
+    stems = [s["run_id"] for s in plan["stems"]]
+    branches = {r["run_id"]: r["stem"] for r in plan["runs"] if r["stem"]}
+    assert stems and branches, plan
+    jobs = sweep.jobs
+    assert set(jobs) == set(stems) | set(sweep.run_ids()) and len(set(jobs.values())) == len(jobs), jobs
+    assert "after the job of the run they start from" in out.stderr, out.stderr
+    for run_id, stem in branches.items():
+        array = jobs[run_id].split("_")[0]  # an array task's id is <array>_<task>; one script per array
+        script = (sweep.dir / "slurm" / "jobs" / f"{array}_submission.sh").read_text()
+        assert f"--dependency=afterok:{jobs[stem]}" in script, script
+        assert "--kill-on-invalid-dep=yes" in script
+        assert sweep.status(run_id)["state"] == "done"
+        assert json.loads((sweep.dir / run_id / "summary.json").read_text())["stem"] == stem
+    for stem in stems:
+        assert json.loads((sweep.dir / "stems" / stem / "status.json").read_text())["state"] == "done"
+    _assert_results(sweep, out)
