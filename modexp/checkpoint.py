@@ -32,12 +32,11 @@ LAST, PREVIOUS = "last.pt", "previous.pt"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = True) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic and durable; the checkpoint it replaces is kept as previous.pt, the fallback when last.pt
     does not load (a kill mid-write, a truncated copy, a bad disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    keep = path.with_name(PREVIOUS) if keep_previous else None
-    atomic_write(path, lambda tmp: torch.save(state, tmp), keep=keep)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), keep=path.with_name(PREVIOUS))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -172,4 +171,8 @@ def write_checkpoint(
     )
     if device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(device)
-    save_checkpoint(path, state, keep_previous)
+    if keep_previous:
+        save_checkpoint(path, state)
+    else:  # a stem's branch point: written once, nothing to fall back to
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))

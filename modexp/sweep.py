@@ -288,7 +288,7 @@ def run_sweep(
     stems = f" and {count(len(study.plan.stems), 'stem')}" if study.plan.stems else ""
     print(
         f"[sweep] {study.dir}: {count(len(study.plan.runs), 'run')}{stems} planned, {done} done, "
-        f"{len(todo)} to train"
+        f"{len(todo)} to run"
         + (f", {len(failed_before)} failed (rerun with --retry-failed)" if failed_before else ""),
         file=sys.stderr,
     )

@@ -3,7 +3,7 @@ concern:
 
 - labels.py: variant ids as readable labels; style.py: colours, titles, axes, legends, sizes and `save`.
 - spec.py: what a figure is (FigureSpec: name, skip, draw) and what it is drawn from (FigureData).
-- curves.py (isoFLOP curves, normalised), optima.py, verdicts.py, learning_rate.py, training.py, routers.py:
+- curves.py (isoFLOP curves, normalised), optima.py, envelope.py (Approach 1), verdicts.py, learning_rate.py, training.py, routers.py:
   the figures, each drawing function beside its FigureSpec. Each returns a matplotlib Figure, shown in a
   notebook or written by `save`.
 
@@ -12,6 +12,7 @@ function and its FigureSpec) and one entry in FIGURES; a re-export below if note
 """
 
 from .curves import ISOFLOP, NORMALISED, baseline_reference, isoflop_curves, normalised
+from .envelope import ENVELOPE, envelope
 from .labels import pair_label, variant_label
 from .learning_rate import LR_TRANSFER, lr_transfer
 from .optima import OPTIMAL, optimal_scaling
@@ -39,6 +40,7 @@ from .verdicts import FLAG_LABELS, VERDICT, verdict
 FIGURES: tuple[FigureSpec, ...] = (
     ISOFLOP,
     OPTIMAL,
+    ENVELOPE,
     VERDICT,
     NORMALISED,
     LR_TRANSFER,
@@ -65,6 +67,7 @@ __all__ = [
     "baseline_reference",
     "budget_colours",
     "causal_accuracy",
+    "envelope",
     "figure_options",
     "isoflop_curves",
     "learning_curves",
