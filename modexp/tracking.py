@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .rundir import strict_json
+from .rundir import atomic_write, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +63,21 @@ def environment() -> dict[str, Any]:
 
 
 class MetricsLog:
-    """metrics.jsonl, one JSON object per line; on resume, lines past the checkpoint are dropped."""
+    """metrics.jsonl, one JSON object per line, append-only and fsynced per record; on resume, lines past the
+    checkpoint are dropped by an atomic rewrite (a kill mid-way leaves the old file, never an empty one)."""
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            truncate_metrics(path, resume_step)
         elif resume_step is None and path.exists():
             path.unlink()
         self._file = path.open("a", buffering=1)
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(strict_json(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())  # the README's promise: what a run wrote survives a crash
 
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far (after a resume: those up to the checkpoint)."""
@@ -84,6 +86,16 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of metrics.jsonl up to `step` (the checkpoint's): written to a temporary file, fsynced
+    and renamed over the old one, so a kill during it leaves the whole old history."""
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) <= step]
+    if len(kept) < len(lines):
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _step_of(line: str) -> float:
