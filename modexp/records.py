@@ -16,7 +16,7 @@ from .model.routing import RoutingRecord
 from .model.transformer import ModelOutput
 from .plan import RunSpec
 from .step import StepPlan
-from .summary import OUTCOMES
+from .summary import OUTCOMES, recorded_settings
 from .tracking import environment
 
 
@@ -169,7 +169,7 @@ def run_summary(
     seq_len = model.seq_len
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
     routed_by = model.causal_router if model.routing == "topk" or model.moe else "none"
-    return {
+    summary = {
         **spec.row(),
         "sweep": spec.sweep,
         "routing": model.routing,
@@ -218,3 +218,7 @@ def run_summary(
         "peak_memory_kind": peak[1],
         "estimated_peak_gb": meta["estimated_peak_gb"],
     }
+    # Every other model and data setting (tie_embeddings, rope_base, init_std, data_path...): the analysis
+    # splits a variant's curve by any that differ among its runs.
+    settings = recorded_settings(model, cfg.data)
+    return {**summary, **{k: v for k, v in settings.items() if k not in summary}}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, flops, records, variants
+from . import distributed, flops, integrity, records, variants
 from .checkpoint import CHECKPOINT, resume, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
@@ -152,6 +152,7 @@ def check_identity(run_dir: Path, cfg: Config, spec: RunSpec) -> None:
             f"config.yaml of {spec.run_id} was edited: what it would train hashes to {digest}, not to the "
             "run's id; rerun the sweep (or modexp train) to restore it, or plan a new run with the new setting"
         )
+    integrity.check_schedule(cfg, spec)
 
 
 class RunLocked(Exception):
@@ -255,6 +256,7 @@ def _prepare(
     train_step = TrainStep(model, wrapped, corpus, spec, plan, cfg.seed, device, world, fsdp)
 
     start_step, wall_before = resume(run_dir, spec, model, optimizer, device)
+    integrity.check_corpus(run_dir, corpus.fingerprint, start_step)
     meta = records.run_meta(cfg, spec, device, plan, world, corpus, start_step)
     run = _Run(
         run_dir, cfg, spec, device, world, corpus, model, optimizer, train_step, plan, start_step, wall_before, meta

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from helpers import train_in_process
 
+import modexp.train
+from modexp import variants
+from modexp.data.config import DataConfig
+from modexp.model.config import ModelConfig
 from modexp.tracking import MetricsLog, truncate_metrics
 
 
@@ -73,3 +84,108 @@ def test_runs_taken_unchecked_are_a_note(tmp_path: Path, plan: str | None) -> No
     collection = scan_sweep(sweep)
     assert len(collection.table) == 6
     assert any("entered the fits" in n or "the fits use the 6 done runs" in n for n in collection.notes)
+
+
+# --- a trained run: summary, schedule, corpus ------------------------------------------------------------
+
+TINY = ["sweep=smoke", "budget=4e9", "model.d_model=16", "model.n_heads=2", "train.checkpoint_every=5"]
+
+
+def _corpus(folder: Path, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    for i in range(4):
+        text = " ".join(words[(i * 7 + j * (seed + 3)) % len(words)] for j in range(6000))
+        (folder / f"doc{i}.txt").write_text(text + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny baseline trained on a text corpus, with checkpoints (a few seconds)."""
+    root = tmp_path_factory.mktemp("trained")
+    corpus = _corpus(root / "corpus")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODEXP_THREADS", "1")
+        rc, out, err = train_in_process(
+            ["train", *TINY, "data=text", f"data.path={corpus}", f"data.cache_dir={root / 'cache'}",
+             f"runs_dir={root / 'runs'}", "model.tie_embeddings=true", "model.rope_base=500"]
+        )  # fmt: skip
+    assert rc == 0, err
+    return Path(out.strip())
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the trained run, marked interrupted at its last checkpoint (so a rerun resumes it)."""
+    copy = tmp_path / "runs" / run_dir.parent.name / run_dir.name
+    shutil.copytree(run_dir, copy)
+    (copy / "summary.json").unlink()
+    (copy / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    return copy
+
+
+def test_summary_records_every_model_and_data_setting(trained: Path) -> None:
+    """Derived from the dataclasses: every ModelConfig field not inert for the variant, every data field but
+    cache_dir."""
+    summary = json.loads((trained / "summary.json").read_text())
+    inert = set(variants.of_model(ModelConfig()).inert)
+    assert {f.name for f in fields(ModelConfig)} - inert <= summary.keys()
+    assert summary["tie_embeddings"] is True and summary["rope_base"] == 500
+    for f in fields(DataConfig):
+        assert (f"data_{f.name}" in summary) == (f.name != "cache_dir"), f.name
+    assert summary["data_name"] == "text" and summary["corpus_fingerprint"]
+
+
+def test_an_edited_run_json_schedule_is_refused(trained: Path, tmp_path: Path) -> None:
+    for key, value in [("steps", 3), ("num_sequences", 7), ("tokens", 64), ("flops", 1.0)]:
+        run_dir = _copy_run(trained, tmp_path / key)
+        spec = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**spec, key: value}))
+        rc, _, err = _train_folder(run_dir)
+        assert rc == 2 and f"run.json of {run_dir.name} says {key}=" in err and "\n" not in err.strip(), err
+
+
+def test_a_checkpoint_of_another_schedule_is_refused(trained: Path, tmp_path: Path) -> None:
+    run_dir = _copy_run(trained, tmp_path)
+    for name in ("last.pt", "previous.pt"):
+        path = run_dir / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        assert state["steps"] == json.loads((run_dir / "run.json").read_text())["steps"]
+        torch.save({**state, "steps": state["steps"] + 12}, path)
+    rc, _, err = _train_folder(run_dir)
+    assert rc == 2 and "belongs to a schedule of" in err and "\n" not in err.strip(), err
+
+
+def test_a_corpus_changed_at_the_same_path_is_refused_at_resume(trained: Path, tmp_path: Path) -> None:
+    run_dir = _copy_run(trained, tmp_path)
+    corpus = tmp_path / "corpus"
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    _corpus(corpus)
+    cfg["data"]["path"] = str(corpus)  # the same corpus at another path: its fingerprint changes
+    meta = (run_dir / "meta.json").read_text()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = _train_folder(run_dir)
+    # data.path is in the run's identity: moved, the run is another run
+    assert rc == 2 and "was edited" in err
+    # the same path, other content
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    run_dir = _copy_run(trained, tmp_path / "same")
+    original = Path(cfg["data"]["path"])
+    saved = {p.name: p.read_bytes() for p in original.iterdir()}
+    try:
+        (original / "doc1.txt").write_text("something else entirely\n" * 3000)
+        rc, _, err = _train_folder(run_dir)
+    finally:
+        for name, data in saved.items():
+            (original / name).write_bytes(data)
+    assert rc == 2 and "corpus of" in err and "changed since it started" in err and "\n" not in err.strip(), (
+        err
+    )
+    assert (run_dir / "meta.json").read_text() == meta
+
+
+def _train_folder(run_dir: Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = modexp.train.main([str(run_dir)])
+    return rc, out.getvalue(), err.getvalue()
