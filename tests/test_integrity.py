@@ -189,3 +189,58 @@ def _train_folder(run_dir: Path) -> tuple[int, str, str]:
     with redirect_stdout(out), redirect_stderr(err):
         rc = modexp.train.main([str(run_dir)])
     return rc, out.getvalue(), err.getvalue()
+
+
+# --- text corpora never read modexp's own folders -----------------------------------------------------
+
+
+def _fake_run(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in ("run.json", "config.yaml", "status.json", "metrics.jsonl", "train.log"):
+        (folder / name).write_text(f"{name} of a run\n")
+    return folder
+
+
+def test_a_text_corpus_skips_runs_studies_caches_and_analyses(tmp_path: Path) -> None:
+    """data=text data.path=. with runs_dir (and the cache) inside it: the corpus is the same before and after
+    runs, studies, caches and analyses appear in it."""
+    from modexp.data.load import _identify
+
+    work = _corpus(tmp_path / "work")
+    cfg = DataConfig(name="text", path=str(work), cache_dir=str(tmp_path / "elsewhere"))
+    before = _identify(cfg)[3]
+    _fake_run(work / "runs" / "smoke" / "baseline-d16-l4-4e9-0123456789")  # a `modexp train` study
+    (work / "runs" / "smoke" / "results.csv").write_text("variant,budget\n")
+    (work / "runs" / "paper" / "plan.json").parent.mkdir(parents=True)
+    (work / "runs" / "paper" / "plan.json").write_text("{}")  # a sweep, no run yet
+    (work / "runs" / "paper" / "sweep.log").write_text("log\n")
+    cache = work / "runs" / "_data" / "text-0123456789abcdef"  # another config's cache
+    cache.mkdir(parents=True)
+    for name in ("meta.json", "train.bin", "val.bin"):
+        (cache / name).write_text("x\n")
+    out = work / "analysis"  # modexp analyze --out
+    out.mkdir()
+    for name in ("fits.csv", "verdict.csv", "summary.txt", "points.csv"):
+        (out / name).write_text("x\n")
+    _fake_run(work / "loose-run")  # a run folder anywhere
+    assert _identify(cfg)[3] == before
+    (work / "notes").mkdir()
+    (work / "notes" / "more.txt").write_text("a user's own file is read\n")
+    assert _identify(cfg)[3] != before
+
+
+@pytest.mark.parametrize("inside", ["run", "run/sub", "study", "study/run"])
+def test_a_text_corpus_inside_a_run_or_study_is_refused(tmp_path: Path, inside: str) -> None:
+    from modexp.data.load import _identify
+    from modexp.errors import ModexpError
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "plan.json").write_text("{}")
+    run = _fake_run(tmp_path / "run")
+    _fake_run(study / "run")
+    (run / "sub").mkdir()
+    (run / "sub" / "a.txt").write_text("text\n")
+    path = tmp_path / inside
+    with pytest.raises(ModexpError, match="a folder modexp writes"):
+        _identify(DataConfig(name="text", path=str(path), cache_dir=str(tmp_path / "cache")))
