@@ -10,6 +10,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -244,3 +245,50 @@ def test_a_text_corpus_inside_a_run_or_study_is_refused(tmp_path: Path, inside: 
     path = tmp_path / inside
     with pytest.raises(ModexpError, match="a folder modexp writes"):
         _identify(DataConfig(name="text", path=str(path), cache_dir=str(tmp_path / "cache")))
+
+
+# --- runs of one variant that differ in a setting never share a curve ------------------------------------
+
+SETTING_VALUES = {
+    "tie_embeddings": (True, False),
+    "rope_base": (10000.0, 500.0),
+    "init_std": (0.02, 0.01),
+    "attention": ("sdpa", "math"),
+    "mlp": ("swiglu", "gelu"),
+    "data_path": ("/a", "/b"),
+    "corpus_fingerprint": ("f" * 40, "e" * 40),
+    "beta2": (0.95, 0.99),
+}
+
+
+@pytest.mark.parametrize("column", sorted(SETTING_VALUES))
+def test_runs_differing_in_a_recorded_setting_make_separate_curves(tmp_path: Path, column: str) -> None:
+    """Every second run of each variant with the other value (sizes alternate, so the values never meet in one
+    point): two curves per variant, labelled by the setting, and a note."""
+    from fixtures_results import make_sweep
+
+    from modexp.analysis.points import reduce_points
+    from modexp.analysis.table import scan_sweep
+
+    sweep = make_sweep(tmp_path, budgets=(1e11,), n_sizes=4, unbracketed_budget=None)
+    for i, path in enumerate(sorted(sweep.glob("*/summary.json"))):
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({**summary, column: SETTING_VALUES[column][i % 2]}))
+    points = reduce_points(scan_sweep(sweep).table, "topk")
+    curves = set(points.table["curve"])
+    assert len(curves) == 4 and {f"baseline [{column}={v}]" for v in SETTING_VALUES[column]} <= curves
+    assert any(f"differ in {column}" in note for note in points.notes)
+    assert all(n == 2 for n in points.table.groupby("curve").size())
+
+
+def test_a_comma_sweep_over_a_model_setting_gives_one_curve_per_value(tmp_path: Path) -> None:
+    """The issue's case end to end: `modexp sweep model.tie_embeddings=true,false`, baseline only."""
+    rc, _, err = train_in_process(
+        ["sweep", "sweep=smoke", "sweep.variants=[baseline]", "sweep.budgets=[4e9]", "sweep.sizes_per_budget=1",
+         "model.tie_embeddings=true,false", f"runs_dir={tmp_path / 'runs'}"]
+    )  # fmt: skip
+    assert rc == 0, err
+    results = pd.read_csv(tmp_path / "runs" / "smoke" / "results.csv")
+    assert sorted(results["tie_embeddings"]) == [False, True]
+    points = pd.read_csv(tmp_path / "runs" / "smoke" / "points.csv")
+    assert set(points["curve"]) == {"baseline [tie_embeddings=False]", "baseline [tie_embeddings=True]"}
