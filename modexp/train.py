@@ -271,7 +271,7 @@ def _prepare(
             cfg.tracker.wandb,
             spec.sweep,
             spec.variant,
-            {"config": OmegaConf.to_container(dict_cfg, resolve=True), "run": dict(spec.row())},
+            {"config": OmegaConf.to_container(dict_cfg, resolve=False), "run": dict(spec.row())},
             history=run.metrics.records() if start_step else None,  # what W&B must hold before this step
         )
     run.val_batches = corpus.val_batches(cfg.train.batch_size, spec.model.seq_len, cfg.train.eval_tokens)

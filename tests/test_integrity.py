@@ -292,3 +292,40 @@ def test_a_comma_sweep_over_a_model_setting_gives_one_curve_per_value(tmp_path: 
     assert sorted(results["tie_embeddings"]) == [False, True]
     points = pd.read_csv(tmp_path / "runs" / "smoke" / "points.csv")
     assert set(points["curve"]) == {"baseline [tie_embeddings=False]", "baseline [tie_embeddings=True]"}
+
+
+# --- values that reach paths; run folders' YAML read without resolvers ------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["/../../../x", "a/b", "..", "/abs", "-x/..", "a b"])
+def test_an_id_suffix_that_would_reach_another_folder_is_refused(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import run_main
+
+    rc, _, err = run_main(
+        ["plan", "sweep=smoke", f"runs_dir={tmp_path / 'runs'}", f"tracker.wandb.id_suffix={suffix}"], capsys
+    )
+    assert rc != 0 and "tracker.wandb.id_suffix=" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_folder_config_is_read_without_resolvers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `${oc.env:...}` in a study's config.yaml is never resolved from the analyst's environment; an unsafe
+    id_suffix there is not used either."""
+    from modexp.tracking import check_id_suffix, study_wandb_settings, wandb_identity
+
+    monkeypatch.setenv("ANALYST_SECRET", "hunter2")
+    run = tmp_path / "study" / "run-1"
+    run.mkdir(parents=True)
+    wandb = {"project": "${oc.env:ANALYST_SECRET}", "tags": ["${oc.env:ANALYST_SECRET}"], "entity": "team"}
+    (run / "config.yaml").write_text(yaml.safe_dump({"tracker": {"wandb": wandb}}))
+    settings = study_wandb_settings(tmp_path / "study")
+    assert "hunter2" not in repr(vars(settings)) and settings.entity == "team"
+    (run / "config.yaml").write_text(yaml.safe_dump({"tracker": {"wandb": {"id_suffix": "/../../x"}}}))
+    assert study_wandb_settings(tmp_path / "study").id_suffix == ""
+    with pytest.raises(Exception, match="id_suffix"):
+        wandb_identity(run, "baseline-d16-l4-4e9-0123456789", "/../x")
+    assert check_id_suffix("-retry.2") == "-retry.2"
