@@ -350,11 +350,10 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
 def study_wandb_settings(sweep_dir: Path | None) -> Any:
     """tracker.wandb as the study's runs were configured (the first run folder's config.yaml), else the
     defaults of conf/."""
+    import yaml
     from omegaconf import OmegaConf
 
     from .config import WandbConfig, compose_config
-
-    import yaml
 
     schema = OmegaConf.merge(
         OmegaConf.structured(WandbConfig), compose_config([], export=False).tracker.wandb
