@@ -177,6 +177,7 @@ def run_summary(
         "route_every": model.route_every if model.routing != "none" else 0,
         "causal_router": routed_by,
         # Mixture of experts (moe, mode_staged, mode_integrated): 0 experts for a dense MLP.
+        "moe": model.moe,
         "experts": model.experts if model.moe else 0,
         "expert_capacity": model.expert_capacity if model.moe else 1.0,
         "noop_experts": model.noop_experts if model.routing == "integrated" else 0,
