@@ -66,6 +66,11 @@ def resume_state(
             problems.append(f"{path.name}: {first_line(exc)}")
             log.warning("checkpoint %s does not load (%s)", path, first_line(exc))
             continue
+        if state.get("steps", spec.steps) != spec.steps:  # not the file's fault: no fallback
+            raise ModexpError(
+                f"{path} belongs to a schedule of {state['steps']} steps, run.json says {spec.steps}: rerun the "
+                f"sweep (or modexp train) to rewrite run.json, or delete {folder} to train from step 0"
+            )
         if path.name != LAST:
             log.warning("resuming from %s instead", path)
         return state
@@ -167,6 +172,7 @@ def write_checkpoint(
             "rng_cpu": torch.get_rng_state(),
             "model_config": vars(spec.model).copy(),
             "run_id": spec.run_id,
+            "steps": spec.steps,  # the schedule it belongs to: a resume under another one is refused
         }
     )
     if device.type == "cuda":

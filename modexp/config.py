@@ -526,6 +526,9 @@ def check(cfg: Config) -> None:
                 f"{key}={name!r} is not allowed: it names a folder, so use letters, digits and . _ - "
                 "(starting with a letter or digit), e.g. my_study-2"
             )
+    from .tracking import check_id_suffix
+
+    check_id_suffix(cfg.tracker.wandb.id_suffix)  # it reaches folder names
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are

@@ -16,7 +16,7 @@ from .model.routing import RoutingRecord
 from .model.transformer import ModelOutput
 from .plan import RunSpec
 from .step import StepPlan
-from .summary import OUTCOMES
+from .summary import OUTCOMES, recorded_settings
 from .tracking import environment
 
 
@@ -169,7 +169,7 @@ def run_summary(
     seq_len = model.seq_len
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
     routed_by = model.causal_router if model.routing == "topk" or model.moe else "none"
-    return {
+    summary = {
         **spec.row(),
         "sweep": spec.sweep,
         "routing": model.routing,
@@ -177,6 +177,7 @@ def run_summary(
         "route_every": model.route_every if model.routing != "none" else 0,
         "causal_router": routed_by,
         # Mixture of experts (moe, mode_staged, mode_integrated): 0 experts for a dense MLP.
+        "moe": model.moe,
         "experts": model.experts if model.moe else 0,
         "expert_capacity": model.expert_capacity if model.moe else 1.0,
         "noop_experts": model.noop_experts if model.routing == "integrated" else 0,
@@ -220,3 +221,7 @@ def run_summary(
         "peak_memory_kind": peak[1],
         "estimated_peak_gb": meta["estimated_peak_gb"],
     }
+    # Every other model and data setting (tie_embeddings, rope_base, init_std, data_path...): the analysis
+    # splits a variant's curve by any that differ among its runs.
+    settings = recorded_settings(model, cfg.data)
+    return {**summary, **{k: v for k, v in settings.items() if k not in summary}}

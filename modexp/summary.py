@@ -8,7 +8,19 @@ are settings too.
 
 from __future__ import annotations
 
-from .variants import MOD_ONLY
+from dataclasses import fields
+from typing import Any
+
+from .data.config import DataConfig
+from .model.config import ModelConfig
+from .variants import MOD_ONLY, of_model
+
+# Every model and data setting, from their dataclasses (a field added there is recorded and checked without
+# touching this file): the model's under its own name, the data's as data_<name>. The shape varies along a
+# curve (a point's size), and the data's cache folder is where the corpus is kept, not what it holds.
+SHAPE_KEYS = ("d_model", "n_layers", "n_heads")
+MODEL_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.name not in SHAPE_KEYS)
+DATA_SETTINGS: tuple[str, ...] = tuple(f"data_{f.name}" for f in fields(DataConfig) if f.name != "cache_dir")
 
 # Settings that must agree among the runs of one point: the analysis pools runs only over seed and lr, and
 # refuses a point whose runs differ in any of these (in this order, the first one named).
@@ -33,6 +45,10 @@ SETTINGS: tuple[str, ...] = (
     "eval_tokens",
     "corpus_fingerprint",
 )
+SETTINGS += tuple(k for k in MODEL_SETTINGS + DATA_SETTINGS if k not in SETTINGS)
+# Settings that must agree along a whole curve (all of them but d_ff, the MLP's width at each size): runs of
+# one variant that differ in one are separate curves, labelled by it.
+CURVE_SETTINGS: tuple[str, ...] = tuple(k for k in SETTINGS if k != "d_ff")
 # The run's results: validation losses and what causal routing did (every outcome key starts with val_).
 OUTCOMES: tuple[str, ...] = ("val_loss", "val_loss_causal", "val_causal_frac", "val_causal_acc")
 # Keys that are not settings: who the run is and where it sits in the study (lr and seed are the two axes a
@@ -43,3 +59,14 @@ IDENTITY: tuple[str, ...] = (
 )  # fmt: skip
 MEASURED: tuple[str, ...] = ("wall_time", "step_time", "tokens_per_s", "device")
 NOT_SETTINGS: frozenset[str] = frozenset(IDENTITY + MEASURED)
+
+
+def recorded_settings(model: ModelConfig, data: DataConfig) -> dict[str, Any]:
+    """The model's settings that act in its variant (the inert ones are left out, as from its id) and every
+    data setting but cache_dir: what summary.json records beside its hand-written keys."""
+    inert = set(of_model(model).inert)
+    settings = {k: getattr(model, k) for k in MODEL_SETTINGS if k not in inert}
+    settings.update(
+        {f"data_{f.name}": getattr(data, f.name) for f in fields(DataConfig) if f.name != "cache_dir"}
+    )
+    return settings

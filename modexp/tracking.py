@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .rundir import strict_json
+from .rundir import atomic_write, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,21 @@ def environment() -> dict[str, Any]:
 
 
 class MetricsLog:
-    """metrics.jsonl, one JSON object per line; on resume, lines past the checkpoint are dropped."""
+    """metrics.jsonl, one JSON object per line, append-only and fsynced per record; on resume, lines past the
+    checkpoint are dropped by an atomic rewrite (a kill mid-way leaves the old file, never an empty one)."""
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            truncate_metrics(path, resume_step)
         elif resume_step is None and path.exists():
             path.unlink()
         self._file = path.open("a", buffering=1)
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(strict_json(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())  # the README's promise: what a run wrote survives a crash
 
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far (after a resume: those up to the checkpoint)."""
@@ -84,6 +87,16 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of metrics.jsonl up to `step` (the checkpoint's): written to a temporary file, fsynced
+    and renamed over the old one, so a kill during it leaves the whole old history."""
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) <= step]
+    if len(kept) < len(lines):
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _step_of(line: str) -> float:
@@ -118,10 +131,30 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
+def _interpolated(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_interpolated(v) for v in value)
+    return isinstance(value, str) and "${" in value
+
+
+def check_id_suffix(suffix: str) -> str:
+    """tracker.wandb.id_suffix ends W&B run ids and the offline folders named by them: letters, digits and
+    . _ - only (a '/' or '..' would move another study's folders)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", suffix or "") or ".." in (suffix or ""):
+        from .errors import ModexpError
+
+        raise ModexpError(
+            f"tracker.wandb.id_suffix={suffix!r} is not allowed: it ends W&B run ids and folder names, so use "
+            "letters, digits and . _ - (no '/', no '..'), e.g. -2"
+        )
+    return suffix or ""
+
+
 def wandb_identity(run_dir: Path, run_id: str, suffix: str = "") -> tuple[str, str]:
     """(W&B run id, group) for a run folder: unique to (study folder, run id), so two studies with the same
     runs never share a W&B run; `suffix` (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B
     run, whose id W&B never accepts again."""
+    suffix = check_id_suffix(suffix)
     folder = str(run_dir.resolve().parent)
     study = hashlib.sha256(folder.encode()).hexdigest()[:8]
     digest = run_id.rsplit("-", 1)[-1]
@@ -256,10 +289,9 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
         return None
     out = Path(result.out_dir).resolve()
     study = hashlib.sha256(str((sweep_dir or out).resolve()).encode()).hexdigest()[:8]
-    suffix = getattr(settings, "id_suffix", "") or ""
-    wandb_id = f"analysis-{study}{suffix}"
     group = f"{(sweep_dir or out).resolve().name}-{study}"
     try:
+        wandb_id = f"analysis-{study}{check_id_suffix(getattr(settings, 'id_suffix', ''))}"
         import wandb
 
         if mode == "offline":
@@ -318,18 +350,26 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
 def study_wandb_settings(sweep_dir: Path | None) -> Any:
     """tracker.wandb as the study's runs were configured (the first run folder's config.yaml), else the
     defaults of conf/."""
+    import yaml
     from omegaconf import OmegaConf
 
     from .config import WandbConfig, compose_config
 
-    schema = OmegaConf.structured(WandbConfig)
+    schema = OmegaConf.merge(
+        OmegaConf.structured(WandbConfig), compose_config([], export=False).tracker.wandb
+    )
     for config in sorted(sweep_dir.glob("*/config.yaml")) if sweep_dir else []:
         try:
-            node = OmegaConf.load(config).tracker.wandb
-            return OmegaConf.to_object(OmegaConf.merge(schema, node))
+            # Plain YAML, no resolvers: a run folder's `${oc.env:...}` must never be resolved from the
+            # analyst's environment (into a W&B file); a value that is an interpolation takes the default.
+            node = yaml.safe_load(config.read_text())["tracker"]["wandb"]
+            node = {k: v for k, v in node.items() if not _interpolated(v)}
+            settings = OmegaConf.to_object(OmegaConf.merge(schema, node))
+            check_id_suffix(settings.id_suffix)
+            return settings
         except Exception:  # noqa: BLE001 - an older or broken config: try the next one
             continue
-    return OmegaConf.to_object(OmegaConf.merge(schema, compose_config([], export=False).tracker.wandb))
+    return OmegaConf.to_object(schema)
 
 
 def log_study(result: Any, sweep_dir: Path | None, mode: str | None = None) -> None:

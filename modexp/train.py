@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import branches, distributed, flops, records, variants
+from . import branches, distributed, flops, integrity, records, variants
 from .checkpoint import CHECKPOINT, resume, start_from_stem, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
@@ -153,6 +153,7 @@ def check_identity(run_dir: Path, cfg: Config, spec: RunSpec) -> None:
             f"config.yaml of {spec.run_id} was edited: what it would train hashes to {digest}, not to the "
             "run's id; rerun the sweep (or modexp train) to restore it, or plan a new run with the new setting"
         )
+    integrity.check_schedule(cfg, spec)
 
 
 class RunLocked(Exception):
@@ -256,6 +257,7 @@ def _prepare(
     train_step = TrainStep(model, wrapped, corpus, spec, plan, cfg.seed, device, world, fsdp)
 
     start_step, wall_before = resume(run_dir, spec, model, optimizer, device)
+    integrity.check_corpus(run_dir, corpus.fingerprint, start_step)
     if start_step == 0 and spec.stem:  # a branch: its stem trained the steps before its cooldown
         started = start_from_stem(run_dir, spec, model, optimizer, device)
         if started is not None:
@@ -276,7 +278,7 @@ def _prepare(
             cfg.tracker.wandb,
             spec.sweep,
             spec.variant,
-            {"config": OmegaConf.to_container(dict_cfg, resolve=True), "run": dict(spec.row())},
+            {"config": OmegaConf.to_container(dict_cfg, resolve=False), "run": dict(spec.row())},
             history=run.metrics.records() if start_step else None,  # what W&B must hold before this step
         )
     run.val_batches = corpus.val_batches(cfg.train.batch_size, spec.model.seq_len, cfg.train.eval_tokens)

@@ -14,6 +14,7 @@ as an array [point, LR, seed] so the bootstrap can resample seeds paired across 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -214,12 +215,33 @@ def _lr_star(lrs: np.ndarray, means: np.ndarray, best: int) -> float:
     return float(np.exp(vertex)) if x[0] <= vertex <= x[-1] else float(lrs[best])
 
 
+def _differing_settings(df: pd.DataFrame, split_by: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """Settings that must hold along a whole curve (summary.CURVE_SETTINGS) but differ among one variant's
+    runs (a comma sweep over model.tie_embeddings, a corpus changed mid-study): each is added to the curves'
+    labels, so those runs make separate curves instead of one that alternates between two models."""
+    found = []
+    for column in summary.CURVE_SETTINGS:
+        if column in df and column not in split_by:
+            values = df[column].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+            if (values.groupby(df["variant"]).nunique() > 1).any():
+                found.append(column)
+    if not found:
+        return (), []
+    return tuple(found), [
+        f"runs of one variant differ in {', '.join(found)}: their curves are split by it "
+        f"(labels such as {curve_labels(df.iloc[:1], (*split_by, *found)).iloc[0]})"
+    ]
+
+
 def reduce_points(df: pd.DataFrame, loss: str = DEFAULT_LOSS, split_by: tuple[str, ...] = ()) -> Points:
     """One row per (curve, budget, size): see the module docstring. Raises ModexpError on hidden pooling."""
     df = df.copy()
-    df["curve"] = curve_labels(df, tuple(split_by))
+    split_by = tuple(split_by)
+    curve_labels(df, split_by)  # an unknown --split-by column fails first
+    extra, notes = _differing_settings(df, split_by)
+    split_by += extra
+    df["curve"] = curve_labels(df, split_by)
     df["loss"] = run_losses(df, loss)
-    notes = []
     missing = df["loss"].isna()
     if missing.any():
         curves = sorted(df.loc[missing, "curve"].unique())

@@ -101,7 +101,9 @@ def scan_sweep(sweep_dir: Path) -> Collection:
         notes.append(
             f"{count(filled, 'run')} predate hyperparameters in summary.json: lr, seed and the rest read from config.yaml"
         )
-    rows, stray = _planned_only(sweep_dir, rows)
+    rows, stray, unchecked = _planned_only(sweep_dir, rows)
+    if unchecked:
+        notes.append(unchecked)
     if stray:
         notes.append(
             f"{count(len(stray), 'done run')} no sweep planned into this folder left out (e.g. from `modexp train`; "
@@ -152,19 +154,36 @@ def _hyperparameters_from_config(run_dir: Path, row: dict) -> int:
     return found
 
 
-def _planned_only(sweep_dir: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Keep the runs some sweep planned into the folder (plan.json's planned_ids), when it says which."""
+def _planned_only(sweep_dir: Path, rows: list[dict]) -> tuple[list[dict], list[str], str]:
+    """Keep the runs some sweep planned into the folder (plan.json's planned_ids), when it says which.
+
+    Returns (kept rows, stray run ids, a note when every run was kept unchecked)."""
     plan = _read_json(sweep_dir / "plan.json")
     planned = plan.get("planned_ids") if isinstance(plan, dict) else None
     if planned is None and isinstance(plan, dict) and isinstance(plan.get("runs"), list):
         planned = [r.get("run_id") for r in plan["runs"] if isinstance(r, dict)]
     if not planned:  # no sweep here (runs from `modexp train` only, or an older folder): take them all
-        return rows, []
+        why = "is missing or unreadable" if not isinstance(plan, dict) else "lists no planned run"
+        return (
+            rows,
+            [],
+            (
+                f"plan.json {why}: all {count(len(rows), 'done run')} in the folder entered the fits, whichever "
+                "sweep or `modexp train` made them (stray runs are not told apart)"
+            ),
+        )
     planned = set(planned)
     kept = [r for r in rows if r["run_id"] in planned]
     if not kept:  # nothing planned has finished yet: better the stray runs than no answer; the note says so
-        return rows, []
-    return kept, [r["run_id"] for r in rows if r["run_id"] not in planned]
+        return (
+            rows,
+            [],
+            (
+                f"no run plan.json plans has finished: the fits use the {count(len(rows), 'done run')} no sweep "
+                "planned into this folder (their settings may differ from the study's)"
+            ),
+        )
+    return kept, [r["run_id"] for r in rows if r["run_id"] not in planned], ""
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:

@@ -33,6 +33,7 @@ def _list_text(cfg: DataConfig) -> tuple[Path, list[tuple[str, Path]]]:
             raise ModexpError(
                 f"data.path={cfg.path} does not exist: give a UTF-8 text file or a directory of them"
             )
+        _refuse_inside_modexp_output(cfg, root)
         if root.is_file():
             return root, [(root.name, root)]
         skip_dirs, suffix = set(), ""
@@ -40,9 +41,15 @@ def _list_text(cfg: DataConfig) -> tuple[Path, list[tuple[str, Path]]]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        # Prune in place: os.walk then never descends there (the cache would otherwise feed itself).
+        # Prune in place: os.walk then never descends there. The cache and every folder modexp writes (runs,
+        # studies) would otherwise feed the corpus its own output, which changes as runs train.
         dirnames[:] = [
-            d for d in dirnames if d not in skip_dirs and not d.startswith(".") and here / d != cache_dir
+            d
+            for d in dirnames
+            if d not in skip_dirs
+            and not d.startswith(".")
+            and here / d != cache_dir
+            and not (cfg.name == "text" and written_by_modexp(here / d))
         ]
         for name in filenames:
             if name.endswith(suffix) and not name.startswith("."):
@@ -50,6 +57,35 @@ def _list_text(cfg: DataConfig) -> tuple[Path, list[tuple[str, Path]]]:
                 files.append((path.relative_to(root).as_posix(), path))
     files.sort()
     return root, files
+
+
+def _is_run_dir(folder: Path) -> bool:
+    return (folder / "run.json").is_file() and (folder / "config.yaml").is_file()
+
+
+def written_by_modexp(folder: Path) -> bool:
+    """A folder modexp writes: a run's, a study's (plan.json, or run folders in it: runs_dir's sweeps), a
+    prepared corpus in a cache (meta.json beside train.bin and val.bin), or an analysis's output."""
+    if _is_run_dir(folder) or (folder / "plan.json").is_file():
+        return True
+    if all((folder / name).is_file() for name in ("meta.json", "train.bin", "val.bin")):
+        return True
+    if all((folder / name).is_file() for name in ("fits.csv", "verdict.csv", "summary.txt")):
+        return True
+    try:
+        return any(_is_run_dir(child) for child in folder.iterdir() if child.is_dir())
+    except OSError:
+        return False
+
+
+def _refuse_inside_modexp_output(cfg: DataConfig, root: Path) -> None:
+    """A text corpus inside a run or study folder would train on modexp's own files: refused in one line."""
+    for folder in (root, *root.parents):
+        if _is_run_dir(folder) or (folder / "plan.json").is_file():
+            raise ModexpError(
+                f"data.path={cfg.path} lies inside {folder}, a folder modexp writes (runs, studies): give a "
+                "corpus folder outside runs_dir"
+            )
 
 
 def _list_shards(cfg: DataConfig) -> tuple[Path, list[tuple[str, Path]]]:
