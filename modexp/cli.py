@@ -15,11 +15,13 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModexpError
+from .errors import ModexpError, Terminated
 
 if TYPE_CHECKING:
     from .config import Config
@@ -482,7 +484,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("modexp").setLevel(logging.INFO)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     with contextlib.ExitStack() as stack:
+        _stop_on_terminate(stack)
         return _run(args, rest, stack)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut short the stopping of the runs the first one started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _stop_on_terminate(stack: contextlib.ExitStack) -> None:
+    """SIGTERM and SIGHUP stop a command as Ctrl-C does (a sweep stops its runs, marked interrupted, and says
+    so in one line) instead of ending it silently with its runs left training; undone on return."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        stack.callback(signal.signal, sig, signal.signal(sig, _terminate))
 
 
 def _restore_env(key: str, value: str | None) -> None:
@@ -512,6 +531,9 @@ def _run(args: argparse.Namespace, rest: list[str], stack: contextlib.ExitStack)
     except ModexpError as exc:
         print(f"modexp: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"modexp: stopped by {exc}: rerun the same command to resume", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("modexp: interrupted", file=sys.stderr)
         return 130
