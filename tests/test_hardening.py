@@ -80,3 +80,88 @@ def test_json_written_by_runs_is_strict(tmp_path: Path) -> None:
     back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert back == {"val_loss": None, "step_time": None, "losses": [1.0, None], "ok": 2}
     assert json.loads(strict_json({"x": math.nan})) == {"x": None}
+
+
+# --- every number has a range (issue 25) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    from modexp.config import compose_config, to_typed
+
+    return to_typed(compose_config(["sweep=smoke", "train.lr_law={baseline:{coefficient:1,exponent:0}}"]))
+
+
+def test_every_numeric_setting_has_a_range(smoke_cfg) -> None:
+    """A number added to a schema without a range fails here, so none arrives unchecked."""
+    from modexp.config import RANGES, UNRANGED
+    from modexp.model.config import RANGES as MODEL_RANGES
+    from modexp.ranges import numeric_fields
+
+    known = {**RANGES, **{f"model.{k}": r for k, r in MODEL_RANGES.items()}}
+    missing = {p for _, p, _ in numeric_fields(smoke_cfg) if p not in known and p not in UNRANGED}
+    assert not missing, f"give these a range in RANGES: {sorted(missing)}"
+    for _, pattern, value in numeric_fields(smoke_cfg):  # the defaults lie inside their own ranges
+        assert known[pattern].allows(value), (pattern, value)
+
+
+def _set(obj, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for part in path:
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    if isinstance(getattr(obj, last), list):
+        value = [value]
+    setattr(obj, last, value)
+
+
+BAD = [0, -1, 0.5, math.nan, math.inf, -math.inf, 1e308]  # text and booleans: the typed schema refuses them
+
+
+@pytest.mark.parametrize("bad", BAD, ids=str)
+def test_every_setting_refuses_what_its_range_does_not_hold(smoke_cfg, bad) -> None:
+    """Each key in the tables, given values outside its range: one line naming the key and the value."""
+    import copy
+    from dataclasses import asdict
+
+    from modexp.config import RANGES, check
+    from modexp.errors import ModexpError
+    from modexp.model.config import RANGES as MODEL_RANGES
+    from modexp.model.config import ModelConfig
+
+    for key, rule in RANGES.items():
+        if rule.allows(bad):
+            continue
+        cfg = copy.deepcopy(smoke_cfg)
+        _set(cfg, key.replace("*", "baseline"), bad)
+        with pytest.raises(ModexpError) as caught:
+            check(cfg)
+        assert key.replace("*", "baseline").split(".")[-1] in str(caught.value), (key, str(caught.value))
+    for key, rule in MODEL_RANGES.items():
+        if rule.allows(bad):
+            continue
+        fields = {**asdict(smoke_cfg.model), key: bad}
+        with pytest.raises(ValueError, match=f"{key}=.* is not allowed"):
+            ModelConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("model.init_std=0", "model.init_std=0.0 is not allowed: it must be a number in (0, 1]"),
+        ("model.rope_base=nan", "model.rope_base=nan is not allowed"),
+        ("model.aux_loss_weight=inf", "model.aux_loss_weight=inf is not allowed"),
+        ("sweep.lr_grid=[3e-3,inf]", "sweep.lr_grid"),
+        ("train.lr_law={mod:{coefficient:-1,exponent:0}}", "train.lr_law.mod"),
+        ("launcher.workers=-2", "launcher.workers=-2 is not allowed"),
+        ("sweep.ladder.aspect_ratio=0", "sweep.ladder.aspect_ratio=0.0 is not allowed"),
+        ("sweep.ladder.head_dim=0", "sweep.ladder.head_dim=0 is not allowed"),
+        ("sweep.ladder.widths=[16,0]", "sweep.ladder.widths[1]=0 is not allowed"),
+        ("sweep.tokens_per_param=1e308", "sweep.tokens_per_param=1e+308 is not allowed"),
+        ("model.d_model=1000000000", "model.d_model=1000000000 is not allowed"),
+    ],
+)
+def test_the_reported_gaps_are_one_line(
+    tmp_path: Path, override: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(["plan", "sweep=smoke", override, f"runs_dir={tmp_path / 'runs'}"], capsys)
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
