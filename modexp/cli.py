@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -249,11 +250,18 @@ def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
         out,
         text_field=args.text_field,
         val_fraction=args.val_fraction,
-        limit_tokens=None if args.limit_tokens is None else int(args.limit_tokens),
-        shard_tokens=int(args.shard_tokens),
+        limit_tokens=None if args.limit_tokens is None else _whole("--limit-tokens", args.limit_tokens),
+        shard_tokens=_whole("--shard-tokens", args.shard_tokens),
     )
     print(summary(meta, out))
     return 0
+
+
+def _whole(flag: str, value: float, high: float = 1e15) -> int:
+    """A count given as a float (1e8): a whole number in [1, high], or one line saying so."""
+    if not (math.isfinite(value) and value == int(value) and 1 <= value <= high):
+        raise ModexpError(f"{flag} {value:g} is not allowed: give a whole number of tokens in [1, {high:g}]")
+    return int(value)
 
 
 def cmd_selfcheck(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -403,7 +411,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
     s.add_argument("run_dir")
     s.add_argument("--prompt", default="def ")
-    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--max-new-tokens", type=float, default=200, help="whole number, at most 100000")
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--show-routing", action="store_true")

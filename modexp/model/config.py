@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..ranges import Range, above, first_violation, whole
+from ..ranges import Range, above, first_violation, whole, within
 
 # modexp.variants.register adds a plug-in variant's own routing rule to these two.
 ROUTINGS = ["none", "topk", "random", "integrated"]
@@ -35,7 +35,7 @@ RANGES: dict[str, Range] = {
     "experts": whole(1, 1024),
     "expert_capacity": above(0, 1),
     "noop_experts": whole(0, 1024),
-    "aux_loss_weight": above(0, 1e3),  # 0 would leave the causal router (or predictor) untrained
+    "aux_loss_weight": within(0, 1e3),  # 0 switches the causal loss off (its gradient, for tests)
     "predictor_hidden": whole(1, 2**16, nullable=True),
     "rope_base": above(1, 1e12),  # <= 1: no (or inverted) positional frequencies
     "init_std": above(0, 1),  # 0: every weight zero, nothing is learned
