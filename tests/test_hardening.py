@@ -284,3 +284,34 @@ def test_prepare_counts_are_refused_in_one_line(
         err
     )
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "said",
+    ["sbatch: error: Batch job submission failed: Invalid account or account/partition combination", ""],
+)
+def test_a_refused_sbatch_is_one_line_and_timeouts_keep_requeueing(
+    tmp_path: Path, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from modexp.config import compose_config, to_typed
+    from modexp.errors import ModexpError
+    from modexp.launch import Job, slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho '{said}' >&2\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "check_cluster", lambda cfg: [])
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: {})
+    cfg = to_typed(compose_config(["sweep=smoke", "launcher=slurm", "device=cpu"]))
+    assert slurm.make_executor(tmp_path, cfg)._executor.max_num_timeout == slurm.MAX_TIMEOUTS >= 100
+    job = Job(SimpleNamespace(run_id="r1"), tmp_path / "study" / "r1")
+    with pytest.raises(ModexpError) as caught:
+        slurm.run_slurm([job], cfg, tmp_path / "study", fail_fast=False, detach=True, on_tick=lambda: None)
+    line = str(caught.value)
+    assert line.startswith("sbatch refused the jobs: ") and "\n" not in line
+    assert (said or "FailedJobError") in line
+    assert not (tmp_path / "study" / "slurm" / "jobs.json").exists()

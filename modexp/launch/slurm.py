@@ -95,9 +95,16 @@ def check_cluster(cfg: Config) -> list[str]:
     return partitions
 
 
+MAX_TIMEOUTS = 1000
+
+
 def make_executor(folder: Path, cfg: Config) -> submitit.AutoExecutor:
     launcher = cfg.launcher
-    executor = submitit.AutoExecutor(folder=str(folder / "jobs"), cluster="slurm")
+    # Each requeue after a time limit resumes from the last checkpoint, so timeouts keep requeueing (submitit's
+    # default of 3 failed a run on its fourth); the cap only stops a run that can never reach a checkpoint.
+    executor = submitit.AutoExecutor(
+        folder=str(folder / "jobs"), cluster="slurm", slurm_max_num_timeout=MAX_TIMEOUTS
+    )
     params: dict[str, Any] = {
         "timeout_min": launcher.time_min,
         "cpus_per_task": launcher.cpus_per_run,
@@ -205,11 +212,14 @@ def run_slurm(
         print(f"[slurm] reattached to {len(attached)} queued or running jobs", file=sys.stderr)
     if to_submit:
         executor = make_executor(folder, cfg)
-        with executor.batch():
-            submitted = [
-                (j, executor.submit(TrainJob(str(j.run_dir.resolve()), cfg.launcher.cpus_per_run)))
-                for j in to_submit
-            ]
+        try:
+            with executor.batch():
+                submitted = [
+                    (j, executor.submit(TrainJob(str(j.run_dir.resolve()), cfg.launcher.cpus_per_run)))
+                    for j in to_submit
+                ]
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+            raise ModexpError(f"sbatch refused the jobs: {_why(exc)} (nothing was submitted)") from None
         for job, handle in submitted:
             job_ids[job.run_id] = str(handle.job_id)
             set_status(job.run_dir, "planned", slurm_job=str(handle.job_id))
@@ -223,6 +233,15 @@ def run_slurm(
         return False
     watch(study_dir, jobs, job_ids, fail_fast, on_tick)
     return True
+
+
+def _why(exc: BaseException) -> str:
+    """sbatch's own message (its stderr or output), on one line."""
+    text = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines)[:300] or type(exc).__name__
 
 
 def watch(
