@@ -14,12 +14,15 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModexpError
+from .errors import ModexpError, Terminated
 
 if TYPE_CHECKING:
     from .config import Config
@@ -247,11 +250,18 @@ def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
         out,
         text_field=args.text_field,
         val_fraction=args.val_fraction,
-        limit_tokens=None if args.limit_tokens is None else int(args.limit_tokens),
-        shard_tokens=int(args.shard_tokens),
+        limit_tokens=None if args.limit_tokens is None else _whole("--limit-tokens", args.limit_tokens),
+        shard_tokens=_whole("--shard-tokens", args.shard_tokens),
     )
     print(summary(meta, out))
     return 0
+
+
+def _whole(flag: str, value: float, high: float = 1e15) -> int:
+    """A count given as a float (1e8): a whole number in [1, high], or one line saying so."""
+    if not (math.isfinite(value) and value == int(value) and 1 <= value <= high):
+        raise ModexpError(f"{flag} {value:g} is not allowed: give a whole number of tokens in [1, {high:g}]")
+    return int(value)
 
 
 def cmd_selfcheck(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -401,7 +411,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
     s.add_argument("run_dir")
     s.add_argument("--prompt", default="def ")
-    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--max-new-tokens", type=float, default=200, help="whole number, at most 100000")
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--show-routing", action="store_true")
@@ -482,7 +492,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("modexp").setLevel(logging.INFO)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     with contextlib.ExitStack() as stack:
+        _stop_on_terminate(stack)
         return _run(args, rest, stack)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut short the stopping of the runs the first one started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _stop_on_terminate(stack: contextlib.ExitStack) -> None:
+    """SIGTERM and SIGHUP stop a command as Ctrl-C does (a sweep stops its runs, marked interrupted, and says
+    so in one line) instead of ending it silently with its runs left training; undone on return."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        stack.callback(signal.signal, sig, signal.signal(sig, _terminate))
 
 
 def _restore_env(key: str, value: str | None) -> None:
@@ -512,6 +539,9 @@ def _run(args: argparse.Namespace, rest: list[str], stack: contextlib.ExitStack)
     except ModexpError as exc:
         print(f"modexp: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"modexp: stopped by {exc}: rerun the same command to resume", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("modexp: interrupted", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ from . import launch, variants
 from .data import DataConfig, check_data, prepared_meta
 from .errors import ModexpError
 from .model import ModelConfig
+from .ranges import Range, above, first_violation, whole, within
 
 # The presets ship inside the package (a wheel has them too); the repository's top-level conf/ links here.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -44,6 +45,58 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 SCHEDULES = ("auto", "cosine", "wsd")
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")
 REUSE = ("none", "branches")
+
+
+# Every number of the config outside the model (model/config.py has the model's) and what it may be. The
+# checks in check() below say more for some keys; this table makes sure none is left unchecked.
+RANGES: dict[str, Range] = {
+    "seed": whole(0, 2**32 - 1),
+    "budget": above(0, 1e30, nullable=True),
+    "data.vocab_size": whole(2, 2**24),
+    "data.val_fraction": above(0, 1),
+    "train.batch_size": whole(1, 2**24),
+    "train.lr": above(0, 100),
+    "train.lr_law.*.coefficient": above(0, 1e6),
+    "train.lr_law.*.exponent": within(-10, 10),
+    "train.lr_law.*.params_min": above(0, 1e18, nullable=True),
+    "train.lr_law.*.params_max": above(0, 1e18, nullable=True),
+    "train.min_lr_ratio": within(0, 1),
+    "train.warmup_fraction": within(0, 1),
+    "train.max_warmup_steps": whole(0, 2**40),
+    "train.weight_decay": within(0, 1e3),
+    "train.beta1": within(0, 0.999999),
+    "train.beta2": within(0, 0.999999),
+    "train.grad_clip": above(0, 1e12),
+    "train.eval_every": whole(1, 2**40),
+    "train.eval_tokens": whole(1, 2**50),
+    "train.log_every": whole(1, 2**40),
+    "train.checkpoint_every": whole(1, 2**40),
+    "train.micro_batch_size": whole(1, 2**24),
+    "sweep.budgets": above(0, 1e30),
+    "sweep.sizes_per_budget": whole(1, 1000),
+    "sweep.tokens_per_param": above(0, 1e6),
+    "sweep.mod_size_shift": above(0, 1e3),
+    "sweep.min_steps": whole(1, 2**40),
+    "sweep.min_tokens_per_param": above(0, 1e6),
+    "sweep.max_tokens_per_param": above(0, 1e9),
+    "sweep.flops_per_second": above(0, 1e24),
+    "sweep.max_epochs": above(0, 1e6),
+    "sweep.lr_grid": above(0, 100),
+    "sweep.ladder.widths": whole(1, 2**16),
+    "sweep.ladder.aspect_ratio": above(0, 1e4),
+    "sweep.ladder.min_layers": whole(1, 1024),
+    "sweep.ladder.max_layers": whole(1, 1024),
+    "sweep.ladder.head_dim": whole(2, 2**16),
+    "launcher.workers": whole(0, 4096),  # 0: one per core
+    "launcher.gpus_per_run": whole(0, 4096),
+    "launcher.gpus_per_node": whole(1, 1024),
+    "launcher.gpu_mem_gb": above(0, 1e5, nullable=True),
+    "launcher.cpus_per_run": whole(1, 4096),
+    "launcher.mem_gb": above(0, 1e6),
+    "launcher.time_min": whole(1, 10**7),
+    "launcher.array_parallelism": whole(1, 10**6),
+}
+UNRANGED = ("launcher.extra.*",)  # passed to sbatch as words, checked by _check_sbatch
 
 
 @dataclass
@@ -533,6 +586,9 @@ def check(cfg: Config) -> None:
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are
     _check_step_settings(cfg)
+    problem = first_violation(cfg, RANGES)  # the model's were checked when ModelConfig was built
+    if problem:
+        raise ModexpError(problem)
     launcher.validate(cfg)
 
 

@@ -57,9 +57,10 @@ class DiskFull(ModexpError):
     """No space left (or quota exceeded) while writing a run's file: the run stays resumable."""
 
 
-def _disk_full(path: Path, exc: OSError) -> DiskFull:
+def _disk_full(path: Path, exc: BaseException) -> DiskFull:
+    why = os.strerror(getattr(exc, "errno", None) or errno.ENOSPC)
     return DiskFull(
-        f"no space left on the device writing {path} ({os.strerror(exc.errno or 0)}): free some space and "
+        f"no space left on the device writing {path} ({why}): free some space and "
         "rerun the same command to resume from the last checkpoint"
     )
 
@@ -83,9 +84,35 @@ def atomic_write(path: Path, write: Callable[[Path], None], keep: Path | None = 
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc, path.parent):
             raise _disk_full(path, exc) from None
         raise
+
+
+# torch.save reports a full disk as RuntimeError("PytorchStreamWriter failed writing file ...: file write
+# failed") or with the errno's text: no errno attribute, so its words are all there is to go on.
+DISK_FULL_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "No space left", "errno 28")
+
+
+def is_disk_full(exc: BaseException, folder: Path | None = None) -> bool:
+    """A full disk or quota, as an OSError or as the RuntimeError torch.save raises for one (its bare "file
+    write failed" counts when the folder's filesystem has under 1 MiB left)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    if any(w.lower() in text for w in DISK_FULL_WORDS):
+        return True
+    return "pytorchstreamwriter failed writing" in text and folder is not None and _space_left(folder) < 2**20
+
+
+def _space_left(folder: Path) -> float:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return float("inf")
+    return st.f_bavail * st.f_frsize
 
 
 def fsync_dir(folder: Path) -> None:
@@ -257,12 +284,22 @@ class RunLock:
             self._fd = None
 
     def held_elsewhere(self) -> bool:
+        """Whether a live process holds the lock; only reads (a read-only study folder can be looked at)."""
         if not self.path.exists() or locking() == "none":
             return False
-        if self.acquire():
-            self.release()
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
             return False
-        return True
+        try:  # shared: refused while a trainer holds it exclusively, and needs no write access
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return True
+            return False
+        finally:
+            os.close(fd)
+        return False
 
 
 def run_state(run_dir: Path) -> str:

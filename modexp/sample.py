@@ -12,6 +12,7 @@ docs/mod.md ("Causal routing for sampling").
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -237,6 +238,27 @@ def render_routing(pieces: list[str], masks: list[torch.Tensor], layers: list[in
     return "\n\n".join(chunks) + "\n\n" + ", ".join(shares)
 
 
+MAX_NEW_TOKENS = 100_000  # the KV caches grow with every token: beyond this a typo asks for terabytes
+MAX_TEMPERATURE = 100.0
+
+
+def _check_sampling(max_new_tokens: float, temperature: float, top_k: int | None) -> int:
+    """The flags, before the model is loaded: each refused in one line with what is allowed."""
+    if not (math.isfinite(max_new_tokens) and max_new_tokens == int(max_new_tokens)) or not (
+        0 <= max_new_tokens <= MAX_NEW_TOKENS
+    ):
+        raise ModexpError(
+            f"--max-new-tokens={max_new_tokens:g} is not allowed: give a whole number in [0, {MAX_NEW_TOKENS}]"
+        )
+    if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+        raise ModexpError(
+            f"--temperature={temperature} is not allowed: give a number in [0, {MAX_TEMPERATURE:g}] (0 is greedy)"
+        )
+    if top_k is not None and top_k < 1:
+        raise ModexpError(f"--top-k={top_k} is not allowed: give a positive integer")
+    return int(max_new_tokens)
+
+
 def sample_cli(
     run_dir: str,
     prompt: str,
@@ -248,6 +270,7 @@ def sample_cli(
     device: str,
 ) -> str:
     """`modexp sample`: continue a prompt with the run's model, decoded by its tokenizer; return the text."""
+    max_new_tokens = _check_sampling(max_new_tokens, temperature, top_k)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(Path(run_dir), device=device)
@@ -255,12 +278,10 @@ def sample_cli(
     prompt_ids = tok.encode_batch([prompt])[0]
     if not prompt_ids:
         raise ModexpError("--prompt is empty: give at least one character to continue")
-    if max_new_tokens < 0:
-        raise ModexpError(f"--max-new-tokens={max_new_tokens} is not allowed: it must be >= 0")
-    if temperature < 0:
-        raise ModexpError(f"--temperature={temperature} is not allowed: it must be >= 0 (0 is greedy)")
-    if top_k is not None and top_k < 1:
-        raise ModexpError(f"--top-k={top_k} is not allowed: give a positive integer")
+    if top_k is not None and top_k > model.cfg.vocab_size:
+        raise ModexpError(
+            f"--top-k={top_k} is not allowed: the model has {model.cfg.vocab_size} tokens, give 1 to that"
+        )
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)  # random routing draws its causal decisions from the global generator
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)

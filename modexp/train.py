@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import branches, distributed, flops, integrity, records, variants
+from . import branches, distributed, flops, integrity, lifeline, records, variants
 from .checkpoint import CHECKPOINT, resume, start_from_stem, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
@@ -559,8 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m modexp.train RUN_DIR", file=sys.stderr)
         return 2
-    for signum in (signal.SIGTERM, signal.SIGINT):  # a sweep's Ctrl-C or scancel: stop and mark interrupted
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # Ctrl-C, scancel: stop, mark interrupted
         signal.signal(signum, _raise_interrupt)
+    lifeline.stay_tied()  # a rank (own session under torchrun) must not outlive its launcher, even a kill -9
     run_dir = Path(args[0])
     try:
         train_run(run_dir)

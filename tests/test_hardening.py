@@ -80,3 +80,238 @@ def test_json_written_by_runs_is_strict(tmp_path: Path) -> None:
     back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert back == {"val_loss": None, "step_time": None, "losses": [1.0, None], "ok": 2}
     assert json.loads(strict_json({"x": math.nan})) == {"x": None}
+
+
+# --- every number has a range (issue 25) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    from modexp.config import compose_config, to_typed
+
+    return to_typed(compose_config(["sweep=smoke", "train.lr_law={baseline:{coefficient:1,exponent:0}}"]))
+
+
+def test_every_numeric_setting_has_a_range(smoke_cfg) -> None:
+    """A number added to a schema without a range fails here, so none arrives unchecked."""
+    from modexp.config import RANGES, UNRANGED
+    from modexp.model.config import RANGES as MODEL_RANGES
+    from modexp.ranges import numeric_fields
+
+    known = {**RANGES, **{f"model.{k}": r for k, r in MODEL_RANGES.items()}}
+    missing = {p for _, p, _ in numeric_fields(smoke_cfg) if p not in known and p not in UNRANGED}
+    assert not missing, f"give these a range in RANGES: {sorted(missing)}"
+    for _, pattern, value in numeric_fields(smoke_cfg):  # the defaults lie inside their own ranges
+        assert known[pattern].allows(value), (pattern, value)
+
+
+def _set(obj, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for part in path:
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    if isinstance(getattr(obj, last), list):
+        value = [value]
+    setattr(obj, last, value)
+
+
+BAD = [0, -1, 0.5, math.nan, math.inf, -math.inf, 1e308]  # text and booleans: the typed schema refuses them
+
+
+@pytest.mark.parametrize("bad", BAD, ids=str)
+def test_every_setting_refuses_what_its_range_does_not_hold(smoke_cfg, bad) -> None:
+    """Each key in the tables, given values outside its range: one line naming the key and the value."""
+    import copy
+    from dataclasses import asdict
+
+    from modexp.config import RANGES, check
+    from modexp.errors import ModexpError
+    from modexp.model.config import RANGES as MODEL_RANGES
+    from modexp.model.config import ModelConfig
+
+    for key, rule in RANGES.items():
+        if rule.allows(bad):
+            continue
+        cfg = copy.deepcopy(smoke_cfg)
+        _set(cfg, key.replace("*", "baseline"), bad)
+        with pytest.raises(ModexpError) as caught:
+            check(cfg)
+        assert key.replace("*", "baseline").split(".")[-1] in str(caught.value), (key, str(caught.value))
+    for key, rule in MODEL_RANGES.items():
+        if rule.allows(bad):
+            continue
+        fields = {**asdict(smoke_cfg.model), key: bad}
+        with pytest.raises(ValueError, match=f"{key}=.* is not allowed"):
+            ModelConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("model.init_std=0", "model.init_std=0.0 is not allowed: it must be a number in (0, 1]"),
+        ("model.rope_base=nan", "model.rope_base=nan is not allowed"),
+        ("model.aux_loss_weight=-1", "model.aux_loss_weight=-1.0 is not allowed"),
+        ("sweep.lr_grid=[3e-3,inf]", "sweep.lr_grid"),
+        ("train.lr_law={mod:{coefficient:-1,exponent:0}}", "train.lr_law.mod"),
+        ("launcher.workers=-2", "launcher.workers=-2 is not allowed"),
+        ("sweep.ladder.aspect_ratio=0", "sweep.ladder.aspect_ratio=0.0 is not allowed"),
+        ("sweep.ladder.head_dim=0", "sweep.ladder.head_dim=0 is not allowed"),
+        ("sweep.ladder.widths=[16,0]", "sweep.ladder.widths[1]=0 is not allowed"),
+        ("sweep.tokens_per_param=1e308", "sweep.tokens_per_param=1e+308 is not allowed"),
+        ("model.d_model=1000000000", "model.d_model=1000000000 is not allowed"),
+    ],
+)
+def test_the_reported_gaps_are_one_line(
+    tmp_path: Path, override: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(["plan", "sweep=smoke", override, f"runs_dir={tmp_path / 'runs'}"], capsys)
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+# --- read-only study folders, disk full from torch.save, sample/prepare flags (issue 25) ---------------
+
+
+def test_status_reads_locks_without_write_access(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`modexp status` on a folder it may not write: a free lock reads free, a held one reads held."""
+    import fcntl
+
+    from modexp import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").touch()
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & write_flags:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    holder = real_open(run / ".lock", os.O_RDWR)
+    monkeypatch.setattr(rundir.os, "open", read_only)
+    for state in ("running", "interrupted", "planned"):
+        monkeypatch.setattr(rundir, "read_status", lambda d, s=state: {"state": s})
+        assert rundir.run_state(run) == ("interrupted" if state == "running" else state)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert rundir.run_state(run) == "running"
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    assert not rundir.RunLock(tmp_path / "nolock").held_elsewhere()
+
+
+def test_analyze_with_out_writes_nothing_into_the_sweep(tmp_path: Path) -> None:
+    from fixtures_results import make_sweep
+
+    from modexp.analysis import analyze
+
+    sweep = make_sweep(tmp_path / "runs", budgets=(1e11, 1e12), unbracketed_budget=None)
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*")}
+    out = tmp_path / "elsewhere"
+    analyze(sweep_dir=sweep, out=out, n_boot=20, figures=False)
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*")} == before
+    assert (out / "results.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/3: "
+        "file write failed",
+        "PytorchStreamWriter failed writing file version: No space left on device",
+        "unexpected pos 1600 vs 1536 ... errno 28",
+        "Disk quota exceeded while writing",
+    ],
+)
+def test_torch_save_out_of_space_is_the_disk_full_path(
+    tmp_path: Path, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modexp import rundir
+
+    monkeypatch.setattr(rundir, "_space_left", lambda folder: 4096.0)  # the folder's disk is full
+
+    def save(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError(message)
+
+    with pytest.raises(rundir.DiskFull, match="no space left on the device"):
+        rundir.atomic_write(tmp_path / "last.pt", save)
+    assert list(tmp_path.iterdir()) == []  # the temporary is gone
+
+
+def test_other_torch_save_errors_stay_what_they_are(tmp_path: Path) -> None:
+    from modexp import rundir
+
+    def save(tmp: Path) -> None:
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    with pytest.raises(RuntimeError, match="file write failed"):  # the disk has room: not a full disk
+        rundir.atomic_write(tmp_path / "last.pt", save)
+    assert not rundir.is_disk_full(ValueError("No space left"))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--max-new-tokens", "1e11"],
+            "--max-new-tokens=1e+11 is not allowed: give a whole number in [0, 100000]",
+        ),
+        (["--max-new-tokens", "nan"], "--max-new-tokens=nan is not allowed"),
+        (["--max-new-tokens", "2.5"], "--max-new-tokens=2.5 is not allowed"),
+        (["--temperature", "nan"], "--temperature=nan is not allowed"),
+        (["--temperature", "inf"], "--temperature=inf is not allowed"),
+        (["--temperature", "-1"], "--temperature=-1.0 is not allowed"),
+        (["--top-k", "0"], "--top-k=0 is not allowed"),
+    ],
+)
+def test_sample_flags_are_refused_before_the_model_loads(
+    tmp_path: Path, args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(["sample", str(tmp_path / "no-such-run"), *args], capsys)
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag", ["--limit-tokens", "--shard-tokens"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "1e30", "2.5"])
+def test_prepare_counts_are_refused_in_one_line(
+    tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "out"
+    rc, out, err = run_main(
+        ["prepare", "stdlib", "--tokenizer", "bytes", "--out", str(out_dir), flag, value], capsys
+    )
+    assert rc == 2 and f"{flag} " in err and "is not allowed" in err and len(err.strip().splitlines()) == 1, (
+        err
+    )
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "said",
+    ["sbatch: error: Batch job submission failed: Invalid account or account/partition combination", ""],
+)
+def test_a_refused_sbatch_is_one_line_and_timeouts_keep_requeueing(
+    tmp_path: Path, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from modexp.config import compose_config, to_typed
+    from modexp.errors import ModexpError
+    from modexp.launch import Job, slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho '{said}' >&2\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "check_cluster", lambda cfg: [])
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: {})
+    cfg = to_typed(compose_config(["sweep=smoke", "launcher=slurm", "device=cpu"]))
+    assert slurm.make_executor(tmp_path, cfg)._executor.max_num_timeout == slurm.MAX_TIMEOUTS >= 100
+    job = Job(SimpleNamespace(run_id="r1"), tmp_path / "study" / "r1")
+    with pytest.raises(ModexpError) as caught:
+        slurm.run_slurm([job], cfg, tmp_path / "study", fail_fast=False, detach=True, on_tick=lambda: None)
+    line = str(caught.value)
+    assert line.startswith("sbatch refused the jobs: ") and "\n" not in line
+    assert (said or "FailedJobError") in line
+    assert not (tmp_path / "study" / "slurm" / "jobs.json").exists()

@@ -167,7 +167,7 @@ def analyze(
 ) -> AnalysisResult:
     """Collect (or read a table), reduce, fit, compare, draw and summarise; writes every output.
 
-    Sweep mode: results.csv/.parquet go into the sweep folder; points.csv, fits.csv, verdict.csv,
+    Sweep mode: results.csv/.parquet go into `out`, else the sweep folder; points.csv, fits.csv, verdict.csv,
     power_laws.csv, approach3.csv and summary.txt into `out` (default the sweep folder); figures into `out`
     (default <sweep>/plots). Table mode: everything into `out` (default <table dir>/<table stem>-analysis).
     figure_formats: "pdf", "png,svg" or a sequence of png/svg/pdf (None: PNG + SVG); figure_size: width and
@@ -197,7 +197,7 @@ def analyze(
         fig_dir, source, results_dir = (
             (Path(out) if out else sweep_dir / "plots"),
             f"sweep {sweep_dir}",
-            sweep_dir,
+            Path(out) if out else sweep_dir,  # --out: nothing is written into the sweep (it may be read-only)
         )
 
     available = _losses_available(df)

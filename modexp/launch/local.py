@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import lifeline
 from ..config import Config, processes_per_run
-from ..errors import ModexpError
+from ..errors import ModexpError, Terminated
 from ..plan import RunSpec
 from ..rundir import (
     EXIT_INTERRUPTED,
@@ -200,13 +201,14 @@ class LocalPool:
 
     def _start(self, spec: RunSpec, run_dir: Path, slot: Slot) -> Child:
         out = (run_dir / "stdout.log").open("ab")
-        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **slot.env, **lifeline.launcher_env(), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             train_command(run_dir, self.processes_per_run),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            preexec_fn=lifeline.preexec(),  # a kill -9 of the sweep stops its runs too
         )
         out.close()
         log.debug("started %s on %s (pid %d)", spec.run_id, slot.name, proc.pid)
@@ -264,7 +266,7 @@ class LocalPool:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()
-        self.running.clear()
+        self._reap([])  # each stopped run's status says interrupted (or failed), with its exit code
 
 
 @register("local")
@@ -300,11 +302,10 @@ class Local:
         )
         try:
             pool.run(jobs)
-        except KeyboardInterrupt:
-            print(
-                "[sweep] interrupted: running runs were stopped and resume on the next run", file=sys.stderr
-            )
-            return 130
+        except KeyboardInterrupt as exc:
+            why = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
+            print(f"[sweep] {why}: running runs were stopped and resume on the next run", file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Terminated) else 130
         return None
 
 
@@ -312,4 +313,7 @@ def train_processes(run_dir: Path, cfg: Config) -> int:
     """One run on launcher.gpus_per_run processes (torchrun; gloo on the CPU), as the pool starts it; the
     trainer's exit code."""
     slot = make_slots(cfg.device, 1, processes_per_run(cfg))[0]
-    return subprocess.call(train_command(run_dir, processes_per_run(cfg)), env={**os.environ, **slot.env})
+    env = {**os.environ, **slot.env, **lifeline.launcher_env()}
+    return subprocess.call(
+        train_command(run_dir, processes_per_run(cfg)), env=env, preexec_fn=lifeline.preexec()
+    )

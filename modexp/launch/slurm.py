@@ -95,9 +95,16 @@ def check_cluster(cfg: Config) -> list[str]:
     return partitions
 
 
+MAX_TIMEOUTS = 1000
+
+
 def make_executor(folder: Path, cfg: Config) -> submitit.AutoExecutor:
     launcher = cfg.launcher
-    executor = submitit.AutoExecutor(folder=str(folder / "jobs"), cluster="slurm")
+    # Each requeue after a time limit resumes from the last checkpoint, so timeouts keep requeueing (submitit's
+    # default of 3 failed a run on its fourth); the cap only stops a run that can never reach a checkpoint.
+    executor = submitit.AutoExecutor(
+        folder=str(folder / "jobs"), cluster="slurm", slurm_max_num_timeout=MAX_TIMEOUTS
+    )
     params: dict[str, Any] = {
         "timeout_min": launcher.time_min,
         "cpus_per_task": launcher.cpus_per_run,
@@ -204,7 +211,10 @@ def run_slurm(
     if attached:
         print(f"[slurm] reattached to {len(attached)} queued or running jobs", file=sys.stderr)
     if to_submit:
-        submitted = submit_in_order(to_submit, job_ids, folder, cfg)
+        try:
+            submitted = submit_in_order(to_submit, job_ids, folder, cfg)
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+            raise ModexpError(f"sbatch refused the jobs: {_why(exc)}") from None
         for job, job_id in submitted:
             job_ids[job.run_id] = job_id
             set_status(job.run_dir, "planned", slurm_job=job_id)
@@ -252,6 +262,15 @@ def submit_in_order(
             known[job.run_id] = str(handle.job_id)
             submitted.append((job, str(handle.job_id)))
     return submitted
+
+
+def _why(exc: BaseException) -> str:
+    """sbatch's own message (its stderr or output), on one line."""
+    text = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines)[:300] or type(exc).__name__
 
 
 def watch(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..ranges import Range, above, first_violation, whole, within
+
 # modexp.variants.register adds a plug-in variant's own routing rule to these two.
 ROUTINGS = ["none", "topk", "random", "integrated"]
 SKIPPING_ROUTINGS = {"topk", "random"}  # routings whose routed blocks unselected tokens skip whole
@@ -17,6 +19,27 @@ MLPS = ("swiglu", "gelu")
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+
+
+# Every number of ModelConfig and what it may be (ranges.py). Generous but finite: a width of 1e6 or an
+# init_std of 0 (a model that learns nothing) is refused before anything is built.
+RANGES: dict[str, Range] = {
+    "vocab_size": whole(2, 2**24),
+    "seq_len": whole(1, 2**20),
+    "d_model": whole(1, 2**16),
+    "n_layers": whole(1, 1024),
+    "n_heads": whole(1, 2**16),
+    "d_ff": whole(1, 2**20, nullable=True),
+    "capacity": above(0, 1),
+    "route_every": whole(1, 1024),
+    "experts": whole(1, 1024),
+    "expert_capacity": above(0, 1),
+    "noop_experts": whole(0, 1024),
+    "aux_loss_weight": within(0, 1e3),  # 0 switches the causal loss off (its gradient, for tests)
+    "predictor_hidden": whole(1, 2**16, nullable=True),
+    "rope_base": above(1, 1e12),  # <= 1: no (or inverted) positional frequencies
+    "init_std": above(0, 1),  # 0: every weight zero, nothing is learned
+}
 
 
 @dataclass
@@ -120,6 +143,9 @@ class ModelConfig:
             or self.predictor_hidden < 1
         ):
             raise ValueError(f"predictor_hidden={self.predictor_hidden!r} is not allowed: give >= 1 or null")
+        problem = first_violation(self, RANGES)
+        if problem:
+            raise ValueError(problem)
 
     # Derived quantities, in one place so the model and the FLOP count cannot disagree.
     @property
