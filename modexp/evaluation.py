@@ -83,12 +83,42 @@ def _unwrap(model: nn.Module) -> Transformer:
 
 
 def run_tokenizer(cfg: Any) -> Tokenizer | None:
-    """The tokenizer of the run's data, to show its tokens as text; None when unknown or not loadable."""
+    """The tokenizer of the run's data, to show its tokens as text; the fallback (a warning) when it does not
+    load: a corpus's meta.json is checked at the start, but its tokenizer may have changed since."""
     try:
         return tokenizers.for_data(cfg.data.name, cfg.data.path)
-    except ModexpError as exc:
-        log.warning("routing sample without text: %s", exc)
-        return None
+    except Exception as exc:  # noqa: BLE001 - the sample's text must never cost a trained run its end
+        fallback = _fallback(cfg.data.vocab_size)
+        log.warning(
+            "routing sample %s: the corpus's tokenizer does not load (%s)",
+            "decoded as bytes" if fallback else "without text",
+            exc if isinstance(exc, ModexpError) else f"{type(exc).__name__}: {tokenizers.first_words(exc)}",
+        )
+        return fallback
+
+
+def _fallback(vocab_size: int) -> Tokenizer | None:
+    """Bytes where every id is a byte; otherwise none (ids only: bytes would show a subword corpus wrongly)."""
+    return tokenizers.ByteTokenizer() if vocab_size <= 256 else None
+
+
+def _as_text(
+    tok: Tokenizer | None, tokens: list[int], vocab_size: int
+) -> tuple[str, list[str] | None, str | None]:
+    """(text, pieces, tokenizer spec) of the sample's tokens; a tokenizer that fails to decode is a warning."""
+    for candidate in (tok, _fallback(vocab_size)):
+        if candidate is None:
+            break
+        try:
+            return candidate.decode(tokens), candidate.pieces(tokens), candidate.spec
+        except Exception as exc:  # noqa: BLE001 - as in run_tokenizer
+            log.warning(
+                "routing sample: tokenizer %s does not decode its tokens (%s: %s); falling back",
+                candidate.spec,
+                type(exc).__name__,
+                tokenizers.first_words(exc),
+            )
+    return "", None, None
 
 
 def routing_sample(
@@ -105,11 +135,12 @@ def routing_sample(
     model.train()
     tokens = x[0].tolist()
     gate = torch.sigmoid if model.cfg.router_weight == "sigmoid" else (lambda t: t)
+    text, pieces, spec = _as_text(tok, tokens, model.cfg.vocab_size)
     return {
         "tokens": tokens,
-        "text": tok.decode(tokens) if tok else "",
-        "pieces": tok.pieces(tokens) if tok else None,
-        "tokenizer": tok.spec if tok else None,
+        "text": text,
+        "pieces": pieces,
+        "tokenizer": spec,
         "layers": [r.layer for r in out.routing],
         "selected": [r.mask[0].int().tolist() for r in out.routing],
         "router_weights": [gate(r.router_logits[0].float()).tolist() for r in out.routing],

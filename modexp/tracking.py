@@ -150,6 +150,58 @@ def check_id_suffix(suffix: str) -> str:
     return suffix or ""
 
 
+WANDB_REACH_TIMEOUT = 3.0  # seconds: a reachable server answers a TCP connect well within this
+
+
+def wandb_address() -> tuple[str, int]:
+    """(host, port) of the W&B server this process talks to."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    try:
+        port = url.port
+    except ValueError:  # a malformed port: let wandb.init say what is wrong with the URL
+        port = None
+    return url.hostname or "api.wandb.ai", port or (80 if url.scheme == "http" else 443)
+
+
+_REACHABLE: dict[tuple[str, int], str | None] = {}  # (host, port) -> why not reachable (None: reachable)
+_SAID_OFFLINE: set[tuple[str, int]] = set()  # the one line per process and server
+
+
+def wandb_unreachable() -> str | None:
+    """Why the W&B server cannot be reached (a short TCP connect, once per process), or None when it can."""
+    address = wandb_address()
+    if address not in _REACHABLE:
+        try:
+            socket.create_connection(address, timeout=WANDB_REACH_TIMEOUT).close()
+            _REACHABLE[address] = None
+        except OSError as exc:
+            _REACHABLE[address] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _REACHABLE[address]
+
+
+def resolve_wandb_mode(requested: str) -> str:
+    """wandb_mode, and auto's online only when the server answers: without a network, auto goes offline at
+    once (wandb.init would wait a minute and fail), and says so in one line."""
+    mode = wandb_mode(requested)
+    if requested == "auto" and mode == "online" and not os.environ.get("WANDB_MODE"):
+        why = wandb_unreachable()
+        if why is not None:
+            host, port = wandb_address()
+            if (host, port) not in _SAID_OFFLINE:
+                _SAID_OFFLINE.add((host, port))
+                log.warning(
+                    "W&B: %s:%s is not reachable (%s): tracker.wandb.mode=auto logs offline; upload later with "
+                    "`wandb sync`",
+                    host,
+                    port,
+                    why,
+                )
+            return "offline"
+    return mode
+
+
 def wandb_identity(run_dir: Path, run_id: str, suffix: str = "") -> tuple[str, str]:
     """(W&B run id, group) for a run folder: unique to (study folder, run id), so two studies with the same
     runs never share a W&B run; `suffix` (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B
@@ -197,42 +249,54 @@ class WandbMirror:
     ) -> None:
         self.run = None
         self.skip_through = 0  # W&B already has every step up to this one
-        self.mode = wandb_mode(settings.mode)
+        self.mode = resolve_wandb_mode(settings.mode)
         if self.mode == "disabled":
             return
         wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
-        try:
-            import wandb
+        # auto mode whose online start fails (a server that answers but not as W&B) still keeps a mirror
+        modes = [self.mode]
+        if settings.mode == "auto" and self.mode == "online" and not os.environ.get("WANDB_MODE"):
+            modes.append("offline")
+        for mode in modes:
+            self.mode = mode
+            try:
+                import wandb
 
-            if self.mode == "offline":
-                _supersede_offline(run_dir / "wandb", wandb_id)
-            self.run = wandb.init(
-                project=settings.project,
-                entity=settings.entity,
-                id=wandb_id,
-                name=run_id,
-                group=group,
-                job_type=job_type,
-                tags=[*settings.tags, job_type, sweep],
-                config=config,
-                dir=str(run_dir),
-                mode=self.mode,
-                resume="allow",
-                reinit="finish_previous",
-                settings=wandb.Settings(init_timeout=60, console="off", silent=True),
-            )
-            self.run.define_metric("flops")
-            self.run.define_metric("tokens")
-            self.run.define_metric("val/loss", summary="min")
-            if self.mode == "online" and self.run.resumed:
-                self.skip_through = max(0, int(self.run.step) - 1)
-            elif self.mode == "offline" and history:
-                for record in history:  # the new offline folder carries the whole history
-                    self.log_record(record)
-            self._say_where(run_dir, wandb_id)
-        except Exception as exc:  # noqa: BLE001 - a tracker must never take the run down
-            warnings.warn(f"W&B disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)
-            self.run = None
+                if self.mode == "offline":
+                    _supersede_offline(run_dir / "wandb", wandb_id)
+                self.run = wandb.init(
+                    project=settings.project,
+                    entity=settings.entity,
+                    id=wandb_id,
+                    name=run_id,
+                    group=group,
+                    job_type=job_type,
+                    tags=[*settings.tags, job_type, sweep],
+                    config=config,
+                    dir=str(run_dir),
+                    mode=self.mode,
+                    resume="allow",
+                    reinit="finish_previous",
+                    settings=wandb.Settings(init_timeout=60, console="off", silent=True),
+                )
+                self.run.define_metric("flops")
+                self.run.define_metric("tokens")
+                self.run.define_metric("val/loss", summary="min")
+                if self.mode == "online" and self.run.resumed:
+                    self.skip_through = max(0, int(self.run.step) - 1)
+                elif self.mode == "offline" and history:
+                    for record in history:  # the new offline folder carries the whole history
+                        self.log_record(record)
+                self._say_where(run_dir, wandb_id)
+                return
+            except Exception as exc:  # noqa: BLE001 - a tracker must never take the run down
+                self.run = None
+                if mode != modes[-1]:
+                    log.warning(
+                        "W&B online failed (%s: %s): logging offline instead", type(exc).__name__, exc
+                    )
+                else:
+                    warnings.warn(f"W&B disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)
 
     def _say_where(self, run_dir: Path, wandb_id: str) -> None:
         """Once per run: where to look (online) or the exact command that uploads it (offline)."""
@@ -284,7 +348,7 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
     One W&B run per analysis folder, in the same group as the study's runs; offline, earlier offline folders
     of it move to wandb/superseded/ like a run's. Any W&B error is a warning.
     """
-    mode = wandb_mode(settings.mode)
+    mode = resolve_wandb_mode(settings.mode)
     if mode == "disabled":
         return None
     out = Path(result.out_dir).resolve()

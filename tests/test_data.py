@@ -408,6 +408,15 @@ def _shards(tmp_path: Path, **shards: tuple[np.ndarray, str, int | None]) -> str
     return str(tmp_path / "toks")
 
 
+def _prepared_bytes(tmp_path: Path, tokens: np.ndarray) -> str:
+    """A hand-made `modexp prepare` folder (bytes tokenizer, vocab 256) holding the given ids."""
+    path = _shards(tmp_path, train=(tokens, "uint16", None))
+    tok = {"spec": "bytes", "kind": "bytes", "file": None, "vocab_size": 256, "eot_id": 0}
+    meta = {"format": "modexp-tokens", "vocab_size": 256, "dtype": "uint16", "tokenizer": tok}
+    (Path(path) / "meta.json").write_text(json.dumps({**meta, "shards": {"train.bin": len(tokens)}}))
+    return path
+
+
 def _odd_sized_shard(tmp_path: Path) -> str:
     (tmp_path / "toks").mkdir()
     (tmp_path / "toks" / "train.bin").write_bytes(b"\x01\x00" * 1000 + b"\x01")
@@ -457,7 +466,13 @@ ERROR_CASES = {
         {"name": "tokens", "vocab_size": 150},
         lambda p: _shards(p, train=(TOKS, "uint16", None)),
         SEQ,
-        ["token 199", "data.vocab_size=150"],
+        ["train.bin", "token id 199", "data.vocab_size=150"],
+    ),
+    "prepared token >= vocab": (
+        {"name": "tokens", "vocab_size": 256},
+        lambda p: _prepared_bytes(p, np.arange(2000) % 300),
+        SEQ,
+        ["train.bin", "token id 299", "data.vocab_size=256", "prepare the corpus again"],
     ),
     "only val shards": (
         {"name": "tokens"},

@@ -315,3 +315,87 @@ def test_a_refused_sbatch_is_one_line_and_timeouts_keep_requeueing(
     assert line.startswith("sbatch refused the jobs: ") and "\n" not in line
     assert (said or "FailedJobError") in line
     assert not (tmp_path / "study" / "slurm" / "jobs.json").exists()
+
+
+def _bytes_corpus(folder: Path, **tokenizer: object) -> Path:
+    """A hand-made `modexp prepare` folder (bytes, vocab 256), its tokenizer entry changed by `tokenizer`
+    (a value of None drops the key)."""
+    folder.mkdir()
+    ids = np.frombuffer(b"def f(x):\n    return x + 1\n" * 400, dtype=np.uint8).astype("<u2")
+    ids.tofile(folder / "train.bin")
+    ids[:2000].tofile(folder / "val.bin")
+    tok = {"spec": "bytes", "kind": "bytes", "file": None, "vocab_size": 256, "eot_id": 0} | tokenizer
+    meta = {
+        "format": "modexp-tokens",
+        "vocab_size": 256,
+        "dtype": "uint16",
+        "shards": {"train.bin": len(ids), "val.bin": 2000},
+        "tokenizer": {k: v for k, v in tok.items() if v is not None},
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+TINY_MOD = [
+    "train",
+    "sweep=smoke",
+    "budget=1.5e9",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.routing=topk",
+]
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"kind": None}, "records tokenizer kind None"),
+        ({"kind": "sentencepiece"}, "records tokenizer kind 'sentencepiece'"),
+        ({"spec": 7}, "records tokenizer spec 7"),
+        ({"vocab_size": 50257}, "records a tokenizer of vocab_size=50257 for a corpus of vocab_size=256"),
+        ({"vocab_size": "256"}, "vocab_size='256'"),
+        ({"kind": "tokenizers", "file": "tokenizer.json"}, "'tokenizer.json', which is not in"),
+        ({"eot_id": 999}, "end-of-text id 999"),
+        ("bytes", "has tokenizer='bytes'"),
+    ],
+)
+def test_a_malformed_tokenizer_entry_is_refused_before_training(
+    tmp_path: Path, entry: object, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 25: such an entry crashed the run after its last step (no summary, state "running")."""
+    corpus = _bytes_corpus(tmp_path / "toks")
+    if isinstance(entry, dict):
+        corpus = _bytes_corpus(tmp_path / "toks2", **entry)
+    else:  # the whole entry of the wrong type
+        meta = json.loads((corpus / "meta.json").read_text())
+        (corpus / "meta.json").write_text(json.dumps({**meta, "tokenizer": entry}))
+    runs = tmp_path / "runs"
+    rc, out, err = run_main([*TINY_MOD, "data=tokens", f"data.path={corpus}", f"runs_dir={runs}"], capsys)
+    assert rc == 2, err
+    assert says in err and "meta.json" in err and "prepare the corpus again" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert not list(runs.glob("smoke/*/"))  # nothing trained, no run folder
+
+
+def test_a_tokenizer_that_fails_to_decode_at_the_end_keeps_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The corpus's tokenizer loads but raises when decoding the routing sample: a warning, and the run ends."""
+    from modexp import tokenizer as tokenizers
+
+    def broken(self: object, ids: object) -> str:
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(tokenizers.ByteTokenizer, "decode", broken)
+    corpus = _bytes_corpus(tmp_path / "toks")
+    runs = tmp_path / "runs"
+    rc, _, err = run_main([*TINY_MOD, "data=tokens", f"data.path={corpus}", f"runs_dir={runs}"], capsys)
+    assert rc == 0, err
+    (run_dir,) = runs.glob("smoke/*/")
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+    assert (run_dir / "summary.json").is_file()
+    sample = json.loads((run_dir / "routing_sample.json").read_text())
+    assert sample["tokenizer"] is None and sample["text"] == "" and len(sample["tokens"]) == 64
+    assert (
+        "does not decode its tokens (RuntimeError: decoder exploded)" in (run_dir / "train.log").read_text()
+    )

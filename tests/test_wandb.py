@@ -176,3 +176,23 @@ def test_analyze_with_offline_wandb_leaves_an_analysis_run(tmp_path: Path) -> No
     (wandb_file,) = run.glob("run-*.wandb")
     kinds = {r.WhichOneof("record_type") for r in wandb_records(wandb_file)}
     assert {"history", "artifact"} <= kinds
+
+
+def test_auto_mode_without_network_goes_offline_at_once(tmp_path: Path) -> None:
+    """A key but no reachable server (issue 25): auto mode logs offline after a short connect, says so in one
+    line, and keeps the mirror (wandb.init online waited ~60 s here and then turned the mirror off)."""
+    env = {k: v for k, v in offline_env(tmp_path).items() if k != "WANDB_MODE"}
+    env |= {"WANDB_API_KEY": "f" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # port 9: nothing listens
+    runs = tmp_path / "runs"
+    argv = [str(EXE), "train", *RUN, "budget=2e9", f"runs_dir={runs}", "tracker.wandb.mode=auto"]
+    start = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "127.0.0.1:9 is not reachable" in line]
+    assert len(said) == 1 and "logs offline" in said[0], done.stderr[-3000:]
+    assert "W&B disabled" not in done.stderr
+    (run_dir,) = runs.glob("smoke/*/")
+    assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+    assert elapsed < 50, elapsed  # the online attempt alone took ~60 s

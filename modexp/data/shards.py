@@ -38,7 +38,53 @@ def prepared_meta(path: str | Path | None) -> dict[str, Any] | None:
         raise ModexpError(f"{meta_path} is not readable JSON ({exc}): prepare the corpus again") from exc
     if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
         return None  # someone else's meta.json: the shards are raw
+    problem = _meta_problem(meta, meta_path.parent)
+    if problem:  # refused before any training: a run must not find out at its end that it cannot show text
+        raise ModexpError(f"{meta_path} {problem}: prepare the corpus again with `modexp prepare`")
     return meta
+
+
+TOKENIZER_KINDS = ("bytes", "tokenizers", "tiktoken")  # what tokenizer.load rebuilds
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_problem(meta: dict[str, Any], folder: Path) -> str | None:
+    """What is wrong with a prepared corpus's meta.json (the keys training and decoding read), or None."""
+    vocab, dtype, shards, tok = (
+        meta.get("vocab_size"),
+        meta.get("dtype"),
+        meta.get("shards"),
+        meta.get("tokenizer"),
+    )
+    if not _is_int(vocab) or not 1 <= vocab <= 2**32:
+        return f"has vocab_size={vocab!r}: an integer from 1 to 2**32 is needed"
+    if dtype not in ("uint16", "uint32"):
+        return f"has dtype={dtype!r}: uint16 or uint32 is needed"
+    if not isinstance(shards, dict) or not all(_is_int(n) and n >= 0 for n in shards.values()):
+        return "has no shards entry mapping each shard to its token count"
+    if not isinstance(tok, dict):
+        return f"has tokenizer={tok!r}: a record with kind, spec, file and vocab_size is needed"
+    kind, spec, file, tok_vocab = tok.get("kind"), tok.get("spec"), tok.get("file"), tok.get("vocab_size")
+    if kind not in TOKENIZER_KINDS:
+        return f"records tokenizer kind {kind!r}: one of {', '.join(TOKENIZER_KINDS)} is needed"
+    if not isinstance(spec, str) or not spec:
+        return f"records tokenizer spec {spec!r}: a tokenizer SPEC (text) is needed"
+    if tok_vocab != vocab or not _is_int(tok_vocab):
+        return f"records a tokenizer of vocab_size={tok_vocab!r} for a corpus of vocab_size={vocab}"
+    if kind == "bytes" and vocab != 256:
+        return f"records the bytes tokenizer with vocab_size={vocab}: bytes has 256"
+    if kind == "tokenizers":
+        if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+            return f"records tokenizer file {file!r}: the name of a file beside the shards is needed"
+        if not (folder / file).is_file():
+            return f"records tokenizer file {file!r}, which is not in {folder}"
+    eot = tok.get("eot_id")
+    if eot is not None and (not _is_int(eot) or not 0 <= eot < vocab):
+        return f"records end-of-text id {eot!r}: an id below vocab_size={vocab}, or null, is needed"
+    return None
 
 
 def _open_shard(path: Path, cfg: DataConfig) -> np.ndarray:
@@ -84,11 +130,16 @@ def _shard_split(cfg: DataConfig, shards: list[Path], total: int) -> tuple[list[
     return is_val, None
 
 
+def _largest_id(arr: np.ndarray) -> int:
+    """The shard's largest token id, read in bounded pieces (-1 for an empty shard)."""
+    return max((int(arr[i : i + CHUNK_TOKENS].max()) for i in range(0, len(arr), CHUNK_TOKENS)), default=-1)
+
+
 def _check_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
     """The split and token counts of shards that stay where they are (nothing is copied), checked once.
 
-    Shards written by `modexp prepare` are vouched for by their meta.json (the tokenizer, the vocabulary, each
-    shard's count); any other shards are read once here to check every token id against data.vocab_size.
+    Shards written by `modexp prepare` are checked against their meta.json (each shard's count); every shard is
+    read once here for its largest id, which must be below data.vocab_size (the cache keeps the result).
     """
     shards = [path for _, path in files]
     arrays = [_open_shard(p, cfg) for p in shards]
@@ -106,15 +157,19 @@ def _check_tokens(cfg: DataConfig, root: Path, files: list[tuple[str, Path]], ou
                 f"the shards in data.path={cfg.path} do not match its meta.json (shards added, removed or "
                 "cut short since `modexp prepare` wrote them): prepare the corpus again"
             )
-    else:
-        for path, arr in zip(shards, arrays, strict=True):
-            for i in range(0, len(arr), CHUNK_TOKENS):
-                top = int(arr[i : i + CHUNK_TOKENS].max())
-                if top >= cfg.vocab_size:
-                    raise ModexpError(
-                        f"shard {path} has token {top} >= data.vocab_size={cfg.vocab_size}: "
-                        f"set data.vocab_size to the tokenizer's vocabulary size (more than {top})"
-                    )
+    for path, arr in zip(shards, arrays, strict=True):  # prepared ones too: a meta.json vouches for no id
+        top = _largest_id(arr)
+        if top >= cfg.vocab_size:
+            why = (
+                f"its meta.json's tokenizer ({prepared['tokenizer']['spec']}) has {prepared['vocab_size']} tokens, so "
+                "the shards are not the ones `modexp prepare` wrote: prepare the corpus again"
+                if prepared
+                else f"set data.vocab_size to the tokenizer's vocabulary size (more than {top})"
+            )
+            raise ModexpError(
+                f"shard {path} holds token id {top}, not below data.vocab_size={cfg.vocab_size} (the model's "
+                f"embedding): {why}"
+            )
     is_val, n_train = _shard_split(cfg, shards, sum(len(a) for a in arrays))
     total = sum(len(a) for a in arrays)
     if n_train is None:  # val shards: the train split is the other shards, in name order
