@@ -303,16 +303,52 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
                     f"multiplier/{row['curve']}_vs_{row['reference']}/{row.get('loss', result.loss)}"
                 ] = row["multiplier"]
         artifact = wandb.Artifact(f"analysis-{study}", type="analysis", metadata={"loss": result.loss})
-        for path in sorted(out.rglob("*")):
-            if path.is_file() and "wandb" not in path.relative_to(out).parts:
-                artifact.add_file(str(path), name=str(path.relative_to(out)))
+        files = analysis_files(result)
+        for name, path in files.items():
+            artifact.add_file(str(path), name=name)
         run.log_artifact(artifact)
+        size = sum(path.stat().st_size for path in files.values())
+        print(f"W&B analysis artifact: {len(files)} files, {size / 1024:.0f} KiB", file=sys.stderr)
         where = run.url if mode == "online" else f"wandb sync {Path(run.dir).parent}"
         run.finish()
         return where
     except Exception as exc:  # noqa: BLE001 - the analysis is on disk whatever W&B does
         warnings.warn(f"W&B: the analysis was not logged: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
+
+
+# What an analysis writes (modexp/analysis/study.py, calibration.py): tables and the summary.
+ANALYSIS_TABLES = (
+    "results.csv",
+    "results.parquet",
+    "points.csv",
+    "fits.csv",
+    "verdict.csv",
+    "verdict_overall.csv",
+    "power_laws.csv",
+    "approach3.csv",
+    "lr_laws.csv",
+    "coverage.csv",
+    "coverage.md",
+    "summary.txt",
+)
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def analysis_files(result: Any) -> dict[str, Path]:
+    """{artifact name: file} of an analysis: its tables, summary and figures, named by what they are. Never
+    anything else of the output folder, which by default is the sweep folder with every run's checkpoints."""
+    files: dict[str, Path] = {}
+    for folder in (result.sweep_dir, result.out_dir):  # results.* live in the sweep folder
+        for name in ANALYSIS_TABLES:
+            if folder is not None and (Path(folder) / name).is_file():
+                files[name] = Path(folder) / name
+    for figure in result.figures.values():
+        for suffix in FIGURE_SUFFIXES:
+            path = Path(figure).with_suffix(suffix)
+            if path.is_file():
+                files[f"figures/{path.name}"] = path
+    return files
 
 
 def study_wandb_settings(sweep_dir: Path | None) -> Any:

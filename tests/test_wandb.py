@@ -176,3 +176,43 @@ def test_analyze_with_offline_wandb_leaves_an_analysis_run(tmp_path: Path) -> No
     (wandb_file,) = run.glob("run-*.wandb")
     kinds = {r.WhichOneof("record_type") for r in wandb_records(wandb_file)}
     assert {"history", "artifact"} <= kinds
+
+
+def offline_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """W&B offline for an in-process call, writing only under tmp_path."""
+    for key, value in offline_env(tmp_path).items():
+        if key.startswith("WANDB_") or key == "HOME":
+            monkeypatch.setenv(key, value)
+
+
+def artifact_manifest(run_dir: Path) -> dict[str, int]:
+    """{name: size} of the analysis artifact recorded in an offline W&B run folder."""
+    (wandb_file,) = run_dir.glob("run-*.wandb")
+    for record in wandb_records(wandb_file):
+        if record.WhichOneof("record_type") == "artifact" and record.artifact.type == "analysis":
+            return {entry.path: entry.size for entry in record.artifact.manifest.contents}
+    raise AssertionError("no artifact record")
+
+
+def test_the_analysis_artifact_holds_the_analysis_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fixtures_results import make_sweep
+
+    from modexp.analysis.study import analyze
+    from modexp.tracking import log_study
+
+    sweep = make_sweep(tmp_path / "runs", budgets=(1e11, 3e11), n_sizes=4, unbracketed_budget=None)
+    run = next(p for p in sweep.iterdir() if (p / "summary.json").exists())
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"\\0" * 4096)  # what the old artifact took along
+    result = analyze(sweep, n_boot=20, figure_formats="png")
+    offline_in_process(monkeypatch, tmp_path)
+    log_study(result, sweep, mode="offline")
+    __import__("wandb").teardown()  # the service writes the .wandb file: let it finish
+    assert "W&B analysis artifact:" in capsys.readouterr().err
+    (wandb_run,) = (sweep / "wandb").glob("offline-run-*-analysis-*")
+    names = artifact_manifest(wandb_run)
+    assert {"results.parquet", "fits.csv", "verdict.csv", "summary.txt"} <= set(names)
+    assert any(n.startswith("figures/") and n.endswith(".png") for n in names)
+    assert not [n for n in names if n.endswith(".pt") or "/" in n and not n.startswith("figures/")]
