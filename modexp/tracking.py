@@ -6,11 +6,11 @@ public API reads only synced runs). A W&B failure is a warning, never a lost run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -118,14 +118,36 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
+STUDY_ID_FILE = "study_id"
+
+
+def study_id(folder: Path) -> str:
+    """The study's own id: drawn once, the first time W&B is used in the folder, and kept in it
+    (<folder>/study_id). It moves with the folder (an rsynced or renamed study resumes the same W&B runs) and
+    differs between studies planned alike or kept at the same path on two machines (one online project)."""
+    path = folder / STUDY_ID_FILE
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{STUDY_ID_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp.write_text(secrets.token_hex(4) + "\n")
+        try:
+            os.link(tmp, path)  # atomic: of runs starting together, the first one's id is everyone's
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
 def wandb_identity(run_dir: Path, run_id: str, suffix: str = "") -> tuple[str, str]:
-    """(W&B run id, group) for a run folder: unique to (study folder, run id), so two studies with the same
-    runs never share a W&B run; `suffix` (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B
-    run, whose id W&B never accepts again."""
-    folder = str(run_dir.resolve().parent)
-    study = hashlib.sha256(folder.encode()).hexdigest()[:8]
+    """(W&B run id, group) for a run folder: from the study's id and the run's digest, so two studies with
+    the same runs never share a W&B run and a moved study keeps its ids; `suffix`
+    (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B run, whose id W&B never accepts
+    again."""
+    study_dir = run_dir.resolve().parent
+    study = study_id(study_dir)
     digest = run_id.rsplit("-", 1)[-1]
-    return f"{digest}-{study}{suffix}", f"{run_dir.resolve().parent.name}-{study}"
+    return f"{digest}-{study}{suffix}", f"{study_dir.name}-{study}"
 
 
 def record_to_wandb(record: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +212,10 @@ class WandbMirror:
             )
             self.run.define_metric("flops")
             self.run.define_metric("tokens")
-            self.run.define_metric("val/loss", summary="min")
+            for group in ("train/*", "val/*"):  # charts default to FLOPs on the x-axis
+                self.run.define_metric(group, step_metric="flops")
+            for loss in ("val/loss", "val/loss_causal"):  # the top-k and the causal (headline) loss
+                self.run.define_metric(loss, step_metric="flops", summary="min")
             if self.mode == "online" and self.run.resumed:
                 self.skip_through = max(0, int(self.run.step) - 1)
             elif self.mode == "offline" and history:
@@ -255,7 +280,7 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
     if mode == "disabled":
         return None
     out = Path(result.out_dir).resolve()
-    study = hashlib.sha256(str((sweep_dir or out).resolve()).encode()).hexdigest()[:8]
+    study = study_id((sweep_dir or out).resolve())
     suffix = getattr(settings, "id_suffix", "") or ""
     wandb_id = f"analysis-{study}{suffix}"
     group = f"{(sweep_dir or out).resolve().name}-{study}"

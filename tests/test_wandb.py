@@ -216,3 +216,37 @@ def test_the_analysis_artifact_holds_the_analysis_only(
     assert {"results.parquet", "fits.csv", "verdict.csv", "summary.txt"} <= set(names)
     assert any(n.startswith("figures/") and n.endswith(".png") for n in names)
     assert not [n for n in names if n.endswith(".pt") or "/" in n and not n.startswith("figures/")]
+
+
+def test_wandb_ids_stay_when_the_study_folder_moves(tmp_path: Path) -> None:
+    run_id = "baseline-d64-l4-1e12-0123456789"
+    before = wandb_identity(tmp_path / "runs" / "study" / run_id, run_id)
+    (tmp_path / "elsewhere").mkdir()
+    os.replace(tmp_path / "runs" / "study", tmp_path / "elsewhere" / "study")
+    assert wandb_identity(tmp_path / "elsewhere" / "study" / run_id, run_id) == before
+    other = wandb_identity(tmp_path / "runs" / "study" / run_id, run_id)  # a new study at the old path
+    assert other[0] != before[0]
+
+
+def test_wandb_charts_default_to_flops_and_both_losses_keep_their_minimum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modexp.tracking import WandbMirror, study_wandb_settings
+
+    offline_in_process(monkeypatch, tmp_path)
+    settings = study_wandb_settings(None)  # conf/'s defaults
+    run_dir = tmp_path / "study" / "baseline-d16-l2-1e10-0123456789"
+    run_dir.mkdir(parents=True)
+    mirror = WandbMirror(run_dir, run_dir.name, settings, "smoke", "baseline", {})
+    mirror.log_record({"kind": "val", "step": 1, "flops": 1e9, "val_loss": 2.5, "val_loss_causal": 2.6})
+    mirror.finish(None, 0)
+    __import__("wandb").teardown()
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    metrics = {
+        r.metric.name or r.metric.glob_name: r.metric
+        for r in wandb_records(wandb_file)
+        if r.WhichOneof("record_type") == "metric"
+    }
+    assert metrics["train/*"].step_metric == "flops" and metrics["val/*"].step_metric == "flops"
+    for loss in ("val/loss", "val/loss_causal"):
+        assert metrics[loss].step_metric == "flops" and metrics[loss].summary.min
