@@ -12,38 +12,18 @@ import os
 import platform
 import secrets
 import socket
-import subprocess
 import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .provenance import code_version
 from .rundir import strict_json
 
 log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "wandb", "pandas", "modexp")
-
-
-def code_version() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    return {"git_commit": commit or None, "git_dirty": dirty}
 
 
 def environment() -> dict[str, Any]:
@@ -54,7 +34,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {
-        **code_version(),
+        "code": code_version(),
         "packages": versions,
         "python": platform.python_version(),
         "host": socket.gethostname(),

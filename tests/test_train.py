@@ -126,7 +126,7 @@ def test_status_run_and_meta(mod_run) -> None:
     assert run_state(run_dir) == "done"
     assert run["run_id"] == run_dir.name == meta["run_id"]
     assert run["model"]["routing"] == "topk" and run["model"]["d_model"] == 16
-    assert "git_commit" in meta and "git_dirty" in meta
+    assert meta["code"]["modexp"]["commit"] and "working_tree" in meta["code"]
     for name in ("torch", "numpy", "hydra-core", "omegaconf", "wandb"):
         assert meta["packages"][name], name
     assert meta["device"] == "cpu"
