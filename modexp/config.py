@@ -73,12 +73,16 @@ class TrainConfig:
     eval_tokens: int = MISSING  # held-out tokens per validation pass, the same set for every run
     log_every: int = MISSING
     checkpoint_every: int = MISSING  # steps between checkpoints (the final one always is written)
+    keep: str = MISSING  # what a done run keeps of its checkpoints: last | final-weights | all (retention.py)
     compile: Any = MISSING  # auto (on CUDA) | true | false
     precision: str = MISSING  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     # How a step is computed, never what it computes: none of these changes a run's result or its id.
     micro_batch_size: Any = None  # sequences per forward/backward per process; null: all; auto: what fits
     activation_checkpointing: bool = MISSING  # recompute block activations in the backward pass
     parallel: str = MISSING  # ddp | fsdp, when launcher.gpus_per_run > 1 gives a run several processes
+
+
+KEEP = ("last", "final-weights", "all")  # train.keep (modexp/retention.py)
 
 
 @dataclass
@@ -484,6 +488,8 @@ def check(cfg: Config) -> None:
                 f"{key}={name!r} is not allowed: it names a folder, so use letters, digits and . _ - "
                 "(starting with a letter or digit), e.g. my_study-2"
             )
+    if cfg.train.keep not in KEEP:
+        raise ModexpError(f"train.keep={cfg.train.keep} is not allowed: choose {', '.join(KEEP)}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are

@@ -213,7 +213,9 @@ def test_checkpoint_loads_with_weights_only(mod_run) -> None:
     run = json.loads((run_dir / "run.json").read_text())
     assert state["step"] == run["steps"]
     assert state["run_id"] == run["run_id"]
-    assert {"model", "optimizer_fqn", "rng_cpu", "wall_time"} <= set(state)
+    # train.keep=final-weights (the default): a done run keeps its final weights alone
+    assert {"model", "wall_time", "model_config"} <= set(state) and "optimizer_fqn" not in state
+    assert not (run_dir / "checkpoints" / "previous.pt").exists()
     model = Transformer(ModelConfig(**run["model"]))
     model.load_state_dict(state["model"])  # strict: every key and shape matches
     assert all(torch.isfinite(p).all() for p in model.parameters())
