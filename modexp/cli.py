@@ -235,6 +235,13 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .export import export_run
+
+    print(export_run(args.run_dir, args.out))
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
     from .prepare import prepare, summary
 
@@ -408,6 +415,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser(
+        "export",
+        help="a run's weights as safetensors plus config.json, loadable with modexp.export.load_export",
+    )
+    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id>")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder to write (created)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser(
         "prepare",
