@@ -212,10 +212,46 @@ def _refuse_unknown_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") 
                 _refuse_unknown_keys(sub, sub_schema, f"{full_key}.")
 
 
+def _preset_file(message: str) -> str | None:
+    """The file behind Hydra's "In 'sweep/bad': ..." (the user's config dir first, as Hydra searches)."""
+    match = re.match(r"In '([^']+)'", message)
+    if not match:
+        return None
+    dirs = [os.environ.get("MODEXP_CONFIG_DIR"), str(CONF_DIR)]
+    found = [Path(d) / f"{match.group(1)}.yaml" for d in dirs if d]
+    return str(next((p for p in found if p.is_file()), f"{match.group(1)}.yaml"))
+
+
+def _deletion(message: str, full_key: str | None) -> str | None:
+    """`~key`: a schema setting cannot be deleted (Hydra says "Error merging override" or, for a null one,
+    that it does not exist); an unknown key is a typo."""
+    match = re.search(r"'~?([\w.]+)' does not exist", message)
+    key = full_key if "merging override ~" in message else (match.group(1) if match else None)
+    if key is None:
+        return None
+    if key not in _known_keys(key):
+        return _not_a_setting(key)
+    return (
+        f"~{key}: a modexp setting cannot be deleted; set it instead ({key}=VALUE, or {key}=null if allowed)"
+    )
+
+
 def _explain(exc: BaseException, overrides: list[str]) -> str:
     """Hydra's and OmegaConf's errors, rewritten as one line that names the bad value and what is allowed."""
     message = _one_line(exc)
-    cause = exc.__cause__
+    preset = (
+        None
+        if isinstance(exc, MissingConfigException) or "Could not find" in message
+        else _preset_file(message)
+    )
+    if preset:  # an error inside a preset file: the file, then what is wrong in it
+        cause = exc.__cause__ or exc.__context__
+        return f"in {preset}: {_explain(cause, overrides) if cause is not None else message}"
+    cause = exc.__cause__ or (exc if getattr(exc, "full_key", None) else None)
+    full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
+    deletion = _deletion(message, full_key)
+    if deletion:
+        return deletion
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     if "missing EQUAL" in str(exc) or ("Error parsing override" in message and "=" not in message):
         bad = message.split("'")[1] if "'" in message else message
