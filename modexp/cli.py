@@ -317,6 +317,16 @@ def _hydra_flags(s: argparse.ArgumentParser, sweeps: bool = True) -> None:
     )
 
 
+def version_text() -> str:
+    """`modexp --version`: the package version and the commit it was built from (modexp/provenance.py)."""
+    from . import __version__
+    from .provenance import modexp_version
+
+    code = modexp_version()
+    dirty = " (uncommitted changes)" if code["dirty"] is True else ""
+    return f"modexp {__version__} (commit {code['commit'][:12]}{dirty}, from {code['from']})"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one line like every other modexp error."""
 
@@ -326,6 +336,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers.")
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", required=True)
     hydra_help = "Hydra overrides: key=value, comma lists sweep (model.capacity=0.125,0.5)"
 
@@ -366,7 +377,11 @@ def parser() -> argparse.ArgumentParser:
         help="a study's progress from its folder: done, running, interrupted, failed, pending, ETA",
         description="modexp status [SWEEP_DIR] [runs_dir=...]: without a folder, one line per study under runs_dir",
     )
-    s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
+    s.add_argument(
+        "sweep_dir",
+        nargs="?",
+        help="a sweep folder (runs/demo), or what modexp train made (runs/smoke or a run)",
+    )
     s.add_argument("--format", choices=FORMATS, default="table")
     s.set_defaults(func=cmd_status)
 
@@ -406,14 +421,22 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
-    s.add_argument("run_dir")
-    s.add_argument("--prompt", default="def ")
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--show-routing", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
+    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id> (modexp plan lists the ids)")
+    s.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
+    s.add_argument(
+        "--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)"
+    )
+    s.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default: %(default)s)"
+    )
+    s.add_argument(
+        "--top-k", type=int, default=None, help="sample from the k likeliest tokens only (default: all)"
+    )
+    s.add_argument(
+        "--show-routing", action="store_true", help="under the text, which tokens each routed block processed"
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: %(default)s)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser(
