@@ -170,27 +170,44 @@ def completion_words() -> dict[str, list[str]]:
     return {"commands": commands, "settings": presets + keys(OmegaConf.structured(Config))}
 
 
+# The word under the cursor is read from COMP_LINE, not COMP_WORDS: bash splits words at '=' (COMP_WORDBREAKS),
+# so `sweep=<TAB>` would otherwise complete file names. Bash then replaces only the text after the last '=',
+# so the matches are handed over without the `key=` before it. A setting (`key=`) takes no trailing space.
 BASH_COMPLETION = """# modexp completion for bash: source <(modexp completion bash)
 _modexp() {
-  local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
-  if [ "$COMP_CWORD" -eq 1 ]; then COMPREPLY=($(compgen -W "%(commands)s" -- "$cur")); return; fi
-  case "$cmd" in
+  local line=${COMP_LINE:0:$COMP_POINT}
+  local cur=${line##*[[:space:]]}
+  local -a words=($line)
+  local n=${#words[@]}
+  [ -z "$cur" ] && n=$((n + 1))
+  if [ "$n" -le 2 ]; then COMPREPLY=($(compgen -W "%(commands)s" -- "$cur")); return; fi
+  local flags=""
+  case "${words[1]}" in
 %(cases)s
   esac
-  compopt -o nospace 2>/dev/null
   COMPREPLY=($(compgen -W "$flags %(settings)s" -- "$cur"))
+  if [[ "$cur" == *=* && "${COMP_WORDBREAKS-}" == *=* ]]; then
+    COMPREPLY=("${COMPREPLY[@]#"${cur%%=*}="}")
+  fi
+  if [ "${#COMPREPLY[@]}" -eq 1 ] && [[ "${COMPREPLY[0]}" == *= ]]; then
+    type compopt >/dev/null 2>&1 && compopt -o nospace
+  fi
 }
 complete -o default -F _modexp modexp
 """
+# zsh runs the bash function through its bash-completion emulation (words split at spaces only).
+ZSH_PREAMBLE = "# modexp completion for zsh: source <(modexp completion zsh)\nautoload -U +X bashcompinit && bashcompinit\n"
 
 
 def cmd_completion(args: argparse.Namespace, overrides: list[str]) -> int:
     words = completion_words()
     cases = "\n".join(f'    {c}) flags="{" ".join(f)}" ;;' for c, f in words["commands"].items())
-    print(
-        BASH_COMPLETION
-        % {"commands": " ".join(words["commands"]), "cases": cases, "settings": " ".join(words["settings"])}
-    )
+    script = BASH_COMPLETION % {
+        "commands": " ".join(words["commands"]),
+        "cases": cases,
+        "settings": " ".join(words["settings"]),
+    }
+    print((ZSH_PREAMBLE if args.shell == "zsh" else "") + script)
     return 0
 
 
@@ -386,7 +403,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("completion", help="shell completion: source <(modexp completion bash)")
-    s.add_argument("shell", choices=("bash",))
+    s.add_argument("shell", choices=("bash", "zsh"))
     s.set_defaults(func=cmd_completion)
 
     s = sub.add_parser("analyze", help="results table, isoFLOP fits and figures")
