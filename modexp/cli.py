@@ -344,6 +344,17 @@ def version_text() -> str:
     return f"modexp {__version__} (commit {code['commit'][:12]}{dirty}, from {code['from']})"
 
 
+class _Version(argparse.Action):
+    """--version, read only when asked (it may run git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        print(version_text())
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one line like every other modexp error."""
 
@@ -353,7 +364,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers.")
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=_Version, help="version and the commit modexp was built from")
     sub = p.add_subparsers(dest="command", required=True)
     hydra_help = "Hydra overrides: key=value, comma lists sweep (model.capacity=0.125,0.5)"
 
