@@ -143,6 +143,7 @@ class LauncherConfig:
     array_parallelism: int = MISSING
     account: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # further sbatch options, passed to submitit
+    startup_s: float | None = None  # per-run start-up added to the plan's time estimate (None: not counted)
 
 
 @dataclass

@@ -27,7 +27,7 @@ def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
     for spec in study.plan.runs:
         row = spec.row()
         row["devices"] = devices
-        row["est_time_s"] = round(spec.flops / flops_per_s / devices, 1)
+        row["est_time_s"] = round(spec.flops / flops_per_s / devices + (cfg.launcher.startup_s or 0), 1)
         row["device_hours"] = spec.flops / flops_per_s / 3600
         micro, memory = plan_step(cfg, spec.model, gpus)
         row["micro_batch"] = micro
