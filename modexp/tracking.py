@@ -169,8 +169,8 @@ class WandbMirror:
         self.mode = wandb_mode(settings.mode)
         if self.mode == "disabled":
             return
-        wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
         try:
+            wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
             import wandb
 
             if self.mode == "offline":
@@ -260,11 +260,10 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
     if mode == "disabled":
         return None
     out = Path(result.out_dir).resolve()
-    study = study_id((sweep_dir or out).resolve())
-    suffix = getattr(settings, "id_suffix", "") or ""
-    wandb_id = f"analysis-{study}{suffix}"
-    group = f"{(sweep_dir or out).resolve().name}-{study}"
     try:
+        study = study_id((sweep_dir or out).resolve())  # a read-only study folder: a warning below
+        wandb_id = f"analysis-{study}{getattr(settings, 'id_suffix', '') or ''}"
+        group = f"{(sweep_dir or out).resolve().name}-{study}"
         import wandb
 
         if mode == "offline":
