@@ -253,7 +253,6 @@ def _explain(exc: BaseException, overrides: list[str]) -> str:
     deletion = _deletion(message, full_key)
     if deletion:
         return deletion
-    full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     if "missing EQUAL" in str(exc) or ("Error parsing override" in message and "=" not in message):
         bad = message.split("'")[1] if "'" in message else message
         return f"{bad!r} is not an override: key=value expected, e.g. model.capacity=0.125"
