@@ -173,27 +173,44 @@ def completion_words() -> dict[str, list[str]]:
     return {"commands": commands, "settings": presets + keys(OmegaConf.structured(Config))}
 
 
+# The word under the cursor is read from COMP_LINE, not COMP_WORDS: bash splits words at '=' (COMP_WORDBREAKS),
+# so `sweep=<TAB>` would otherwise complete file names. Bash then replaces only the text after the last '=',
+# so the matches are handed over without the `key=` before it. A setting (`key=`) takes no trailing space.
 BASH_COMPLETION = """# modexp completion for bash: source <(modexp completion bash)
 _modexp() {
-  local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
-  if [ "$COMP_CWORD" -eq 1 ]; then COMPREPLY=($(compgen -W "%(commands)s" -- "$cur")); return; fi
-  case "$cmd" in
+  local line=${COMP_LINE:0:$COMP_POINT}
+  local cur=${line##*[[:space:]]}
+  local -a words=($line)
+  local n=${#words[@]}
+  [ -z "$cur" ] && n=$((n + 1))
+  if [ "$n" -le 2 ]; then COMPREPLY=($(compgen -W "%(commands)s" -- "$cur")); return; fi
+  local flags=""
+  case "${words[1]}" in
 %(cases)s
   esac
-  compopt -o nospace 2>/dev/null
   COMPREPLY=($(compgen -W "$flags %(settings)s" -- "$cur"))
+  if [[ "$cur" == *=* && "${COMP_WORDBREAKS-}" == *=* ]]; then
+    COMPREPLY=("${COMPREPLY[@]#"${cur%%=*}="}")
+  fi
+  if [ "${#COMPREPLY[@]}" -eq 1 ] && [[ "${COMPREPLY[0]}" == *= ]]; then
+    type compopt >/dev/null 2>&1 && compopt -o nospace
+  fi
 }
 complete -o default -F _modexp modexp
 """
+# zsh runs the bash function through its bash-completion emulation (words split at spaces only).
+ZSH_PREAMBLE = "# modexp completion for zsh: source <(modexp completion zsh)\nautoload -U +X bashcompinit && bashcompinit\n"
 
 
 def cmd_completion(args: argparse.Namespace, overrides: list[str]) -> int:
     words = completion_words()
     cases = "\n".join(f'    {c}) flags="{" ".join(f)}" ;;' for c, f in words["commands"].items())
-    print(
-        BASH_COMPLETION
-        % {"commands": " ".join(words["commands"]), "cases": cases, "settings": " ".join(words["settings"])}
-    )
+    script = BASH_COMPLETION % {
+        "commands": " ".join(words["commands"]),
+        "cases": cases,
+        "settings": " ".join(words["settings"]),
+    }
+    print((ZSH_PREAMBLE if args.shell == "zsh" else "") + script)
     return 0
 
 
@@ -235,6 +252,13 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
             args.device,
         )
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .export import export_run
+
+    print(export_run(args.run_dir, args.out))
     return 0
 
 
@@ -320,6 +344,27 @@ def _hydra_flags(s: argparse.ArgumentParser, sweeps: bool = True) -> None:
     )
 
 
+def version_text() -> str:
+    """`modexp --version`: the package version and the commit it was built from (modexp/provenance.py)."""
+    from . import __version__
+    from .provenance import modexp_version
+
+    code = modexp_version()
+    dirty = " (uncommitted changes)" if code["dirty"] is True else ""
+    return f"modexp {__version__} (commit {code['commit'][:12]}{dirty}, from {code['from']})"
+
+
+class _Version(argparse.Action):
+    """--version, read only when asked (it may run git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        print(version_text())
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one line like every other modexp error."""
 
@@ -329,6 +374,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers.")
+    p.add_argument("--version", action=_Version, help="version and the commit modexp was built from")
     sub = p.add_subparsers(dest="command", required=True)
     hydra_help = "Hydra overrides: key=value, comma lists sweep (model.capacity=0.125,0.5)"
 
@@ -369,12 +415,16 @@ def parser() -> argparse.ArgumentParser:
         help="a study's progress from its folder: done, running, interrupted, failed, pending, ETA",
         description="modexp status [SWEEP_DIR] [runs_dir=...]: without a folder, one line per study under runs_dir",
     )
-    s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
+    s.add_argument(
+        "sweep_dir",
+        nargs="?",
+        help="a sweep folder (runs/demo), or what modexp train made (runs/smoke or a run)",
+    )
     s.add_argument("--format", choices=FORMATS, default="table")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("completion", help="shell completion: source <(modexp completion bash)")
-    s.add_argument("shell", choices=("bash",))
+    s.add_argument("shell", choices=("bash", "zsh"))
     s.set_defaults(func=cmd_completion)
 
     s = sub.add_parser("analyze", help="results table, isoFLOP fits and figures")
@@ -409,15 +459,34 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
-    s.add_argument("run_dir")
-    s.add_argument("--prompt", default="def ")
-    s.add_argument("--max-new-tokens", type=float, default=200, help="whole number, at most 100000")
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--show-routing", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
+    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id> (modexp plan lists the ids)")
+    s.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
+    s.add_argument(
+        "--max-new-tokens",
+        type=float,
+        default=200,
+        help="tokens to generate, at most 100000 (default: %(default)s)",
+    )
+    s.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default: %(default)s)"
+    )
+    s.add_argument(
+        "--top-k", type=int, default=None, help="sample from the k likeliest tokens only (default: all)"
+    )
+    s.add_argument(
+        "--show-routing", action="store_true", help="under the text, which tokens each routed block processed"
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: %(default)s)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser(
+        "export",
+        help="a run's weights as safetensors plus config.json, loadable with modexp.export.load_export",
+    )
+    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id>")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder to write (created)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser(
         "prepare",

@@ -132,12 +132,16 @@ class TrainConfig:
     eval_tokens: int = MISSING  # held-out tokens per validation pass, the same set for every run
     log_every: int = MISSING
     checkpoint_every: int = MISSING  # steps between checkpoints (the final one always is written)
+    keep: str = MISSING  # what a done run keeps of its checkpoints: last | final-weights | all (retention.py)
     compile: Any = MISSING  # auto (on CUDA) | true | false
     precision: str = MISSING  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     # How a step is computed, never what it computes: none of these changes a run's result or its id.
     micro_batch_size: Any = None  # sequences per forward/backward per process; null: all; auto: what fits
     activation_checkpointing: bool = MISSING  # recompute block activations in the backward pass
     parallel: str = MISSING  # ddp | fsdp, when launcher.gpus_per_run > 1 gives a run several processes
+
+
+KEEP = ("last", "final-weights", "all")  # train.keep (modexp/retention.py)
 
 
 @dataclass
@@ -203,6 +207,7 @@ class LauncherConfig:
     array_parallelism: int = MISSING
     account: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # further sbatch options, passed to submitit
+    startup_s: float | None = None  # per-run start-up added to the plan's time estimate (None: not counted)
 
 
 @dataclass
@@ -272,11 +277,46 @@ def _refuse_unknown_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") 
                 _refuse_unknown_keys(sub, sub_schema, f"{full_key}.")
 
 
+def _preset_file(message: str) -> str | None:
+    """The file behind Hydra's "In 'sweep/bad': ..." (the user's config dir first, as Hydra searches)."""
+    match = re.match(r"In '([^']+)'", message)
+    if not match:
+        return None
+    dirs = [os.environ.get("MODEXP_CONFIG_DIR"), str(CONF_DIR)]
+    found = [Path(d) / f"{match.group(1)}.yaml" for d in dirs if d]
+    return str(next((p for p in found if p.is_file()), f"{match.group(1)}.yaml"))
+
+
+def _deletion(message: str, full_key: str | None) -> str | None:
+    """`~key`: a schema setting cannot be deleted (Hydra says "Error merging override" or, for a null one,
+    that it does not exist); an unknown key is a typo."""
+    match = re.search(r"'~?([\w.]+)' does not exist", message)
+    key = full_key if "merging override ~" in message else (match.group(1) if match else None)
+    if key is None:
+        return None
+    if key not in _known_keys(key):
+        return _not_a_setting(key)
+    return (
+        f"~{key}: a modexp setting cannot be deleted; set it instead ({key}=VALUE, or {key}=null if allowed)"
+    )
+
+
 def _explain(exc: BaseException, overrides: list[str]) -> str:
     """Hydra's and OmegaConf's errors, rewritten as one line that names the bad value and what is allowed."""
     message = _one_line(exc)
-    cause = exc.__cause__
+    preset = (
+        None
+        if isinstance(exc, MissingConfigException) or "Could not find" in message
+        else _preset_file(message)
+    )
+    if preset:  # an error inside a preset file: the file, then what is wrong in it
+        cause = exc.__cause__ or exc.__context__
+        return f"in {preset}: {_explain(cause, overrides) if cause is not None else message}"
+    cause = exc.__cause__ or (exc if getattr(exc, "full_key", None) else None)
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
+    deletion = _deletion(message, full_key)
+    if deletion:
+        return deletion
     if "missing EQUAL" in str(exc) or ("Error parsing override" in message and "=" not in message):
         bad = message.split("'")[1] if "'" in message else message
         return f"{bad!r} is not an override: key=value expected, e.g. model.capacity=0.125"
@@ -582,6 +622,8 @@ def check(cfg: Config) -> None:
     from .tracking import check_id_suffix
 
     check_id_suffix(cfg.tracker.wandb.id_suffix)  # it reaches folder names
+    if cfg.train.keep not in KEEP:
+        raise ModexpError(f"train.keep={cfg.train.keep} is not allowed: choose {', '.join(KEEP)}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
     launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are

@@ -26,6 +26,7 @@ _NOT_IDENTITY = {
     "eval_every",
     "log_every",
     "checkpoint_every",
+    "keep",
     "compile",
     "lr_from",
     "lr_law",

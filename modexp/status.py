@@ -44,14 +44,20 @@ def last_records(run_dir: Path) -> tuple[dict | None, dict | None]:
 
 
 def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per run the study planned (every sweep into this folder), in plan order."""
+    """One row per run the study planned (every sweep into this folder), in plan order. A folder without a
+    plan.json (what `modexp train` makes: runs/<sweep>/, or the run folder it prints): its runs as found."""
     plan_path = sweep_dir / "plan.json"
-    if not plan_path.exists():
+    if (sweep_dir / "run.json").exists():  # one run's folder
+        sweep_dir, plan = sweep_dir.parent, {"planned_ids": [sweep_dir.name]}
+    elif plan_path.exists():
+        plan = read_json(plan_path)
+    else:
+        plan = {"planned_ids": sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))}
+    if not plan.get("runs") and not plan["planned_ids"]:
         raise ModexpError(
-            f"{sweep_dir} has no plan.json: not a sweep folder (modexp sweep writes one; see modexp status "
-            "without a folder for the studies under runs_dir)"
+            f"{sweep_dir} has no plan.json and no run folders: not a study (modexp sweep or modexp train "
+            "writes one; see modexp status without a folder for the studies under runs_dir)"
         )
-    plan = read_json(plan_path)
     planned = {r["run_id"]: r for r in plan.get("runs", [])}
     ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
     rows = []

@@ -6,45 +6,25 @@ public API reads only synced runs). A W&B failure is a warning, never a lost run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import platform
 import re
+import secrets
 import socket
-import subprocess
 import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .provenance import code_version
 from .rundir import atomic_write, strict_json
 
 log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "wandb", "pandas", "modexp")
-
-
-def code_version() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    return {"git_commit": commit or None, "git_dirty": dirty}
 
 
 def environment() -> dict[str, Any]:
@@ -55,7 +35,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {
-        **code_version(),
+        "code": code_version(),
         "packages": versions,
         "python": platform.python_version(),
         "host": socket.gethostname(),
@@ -202,15 +182,37 @@ def resolve_wandb_mode(requested: str) -> str:
     return mode
 
 
+STUDY_ID_FILE = "study_id"
+
+
+def study_id(folder: Path) -> str:
+    """The study's own id: drawn once, the first time W&B is used in the folder, and kept in it
+    (<folder>/study_id). It moves with the folder (an rsynced or renamed study resumes the same W&B runs) and
+    differs between studies planned alike or kept at the same path on two machines (one online project)."""
+    path = folder / STUDY_ID_FILE
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{STUDY_ID_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp.write_text(secrets.token_hex(4) + "\n")
+        try:
+            os.link(tmp, path)  # atomic: of runs starting together, the first one's id is everyone's
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
 def wandb_identity(run_dir: Path, run_id: str, suffix: str = "") -> tuple[str, str]:
-    """(W&B run id, group) for a run folder: unique to (study folder, run id), so two studies with the same
-    runs never share a W&B run; `suffix` (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B
-    run, whose id W&B never accepts again."""
+    """(W&B run id, group) for a run folder: from the study's id and the run's digest, so two studies with
+    the same runs never share a W&B run and a moved study keeps its ids; `suffix`
+    (tracker.wandb.id_suffix) starts afresh, e.g. after deleting a W&B run, whose id W&B never accepts
+    again."""
     suffix = check_id_suffix(suffix)
-    folder = str(run_dir.resolve().parent)
-    study = hashlib.sha256(folder.encode()).hexdigest()[:8]
+    study_dir = run_dir.resolve().parent
+    study = study_id(study_dir)
     digest = run_id.rsplit("-", 1)[-1]
-    return f"{digest}-{study}{suffix}", f"{run_dir.resolve().parent.name}-{study}"
+    return f"{digest}-{study}{suffix}", f"{study_dir.name}-{study}"
 
 
 def record_to_wandb(record: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +254,6 @@ class WandbMirror:
         self.mode = resolve_wandb_mode(settings.mode)
         if self.mode == "disabled":
             return
-        wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
         # auto mode whose online start fails (a server that answers but not as W&B) still keeps a mirror
         modes = [self.mode]
         if settings.mode == "auto" and self.mode == "online" and not os.environ.get("WANDB_MODE"):
@@ -260,6 +261,7 @@ class WandbMirror:
         for mode in modes:
             self.mode = mode
             try:
+                wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
                 import wandb
 
                 if self.mode == "offline":
@@ -281,7 +283,10 @@ class WandbMirror:
                 )
                 self.run.define_metric("flops")
                 self.run.define_metric("tokens")
-                self.run.define_metric("val/loss", summary="min")
+                for pattern in ("train/*", "val/*"):  # charts default to FLOPs on the x-axis
+                    self.run.define_metric(pattern, step_metric="flops")
+                for loss in ("val/loss", "val/loss_causal"):  # the top-k and the causal (headline) loss
+                    self.run.define_metric(loss, step_metric="flops", summary="min")
                 if self.mode == "online" and self.run.resumed:
                     self.skip_through = max(0, int(self.run.step) - 1)
                 elif self.mode == "offline" and history:
@@ -352,10 +357,10 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
     if mode == "disabled":
         return None
     out = Path(result.out_dir).resolve()
-    study = hashlib.sha256(str((sweep_dir or out).resolve()).encode()).hexdigest()[:8]
-    group = f"{(sweep_dir or out).resolve().name}-{study}"
     try:
+        study = study_id((sweep_dir or out).resolve())  # a read-only study folder: a warning below
         wandb_id = f"analysis-{study}{check_id_suffix(getattr(settings, 'id_suffix', ''))}"
+        group = f"{(sweep_dir or out).resolve().name}-{study}"
         import wandb
 
         if mode == "offline":
@@ -399,16 +404,52 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
                     f"multiplier/{row['curve']}_vs_{row['reference']}/{row.get('loss', result.loss)}"
                 ] = row["multiplier"]
         artifact = wandb.Artifact(f"analysis-{study}", type="analysis", metadata={"loss": result.loss})
-        for path in sorted(out.rglob("*")):
-            if path.is_file() and "wandb" not in path.relative_to(out).parts:
-                artifact.add_file(str(path), name=str(path.relative_to(out)))
+        files = analysis_files(result)
+        for name, path in files.items():
+            artifact.add_file(str(path), name=name)
         run.log_artifact(artifact)
+        size = sum(path.stat().st_size for path in files.values())
+        print(f"W&B analysis artifact: {len(files)} files, {size / 1024:.0f} KiB", file=sys.stderr)
         where = run.url if mode == "online" else f"wandb sync {Path(run.dir).parent}"
         run.finish()
         return where
     except Exception as exc:  # noqa: BLE001 - the analysis is on disk whatever W&B does
         warnings.warn(f"W&B: the analysis was not logged: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
+
+
+# What an analysis writes (modexp/analysis/study.py, calibration.py): tables and the summary.
+ANALYSIS_TABLES = (
+    "results.csv",
+    "results.parquet",
+    "points.csv",
+    "fits.csv",
+    "verdict.csv",
+    "verdict_overall.csv",
+    "power_laws.csv",
+    "approach3.csv",
+    "lr_laws.csv",
+    "coverage.csv",
+    "coverage.md",
+    "summary.txt",
+)
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def analysis_files(result: Any) -> dict[str, Path]:
+    """{artifact name: file} of an analysis: its tables, summary and figures, named by what they are. Never
+    anything else of the output folder, which by default is the sweep folder with every run's checkpoints."""
+    files: dict[str, Path] = {}
+    for folder in (result.sweep_dir, result.out_dir):  # results.* live in the sweep folder
+        for name in ANALYSIS_TABLES:
+            if folder is not None and (Path(folder) / name).is_file():
+                files[name] = Path(folder) / name
+    for figure in result.figures.values():
+        for suffix in FIGURE_SUFFIXES:
+            path = Path(figure).with_suffix(suffix)
+            if path.is_file():
+                files[f"figures/{path.name}"] = path
+    return files
 
 
 def study_wandb_settings(sweep_dir: Path | None) -> Any:

@@ -34,6 +34,7 @@ from .errors import ModexpError
 from .evaluation import evaluate, routing_sample, run_tokenizer
 from .model import Transformer
 from .plan import RunSpec, spec_digest
+from .retention import retain_checkpoints
 from .rundir import (
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
@@ -430,6 +431,7 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     )  # fmt: skip
     write_json(run.run_dir / "summary.json", summary)
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
+    retain_checkpoints(run.run_dir, run.cfg.train.keep)
     run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"]}, exit_code=0)
     log.info("done %s: val_loss %.4f in %.1f s", run.spec.run_id, summary["val_loss"], wall_time)
     if run.spec.stem:

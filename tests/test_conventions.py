@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,13 +232,57 @@ def test_shell_completion_knows_commands_presets_and_settings(tmp_path: Path, ca
     assert rc == 0 and "sweep=paper" in out and "model.capacity=" in out and "launcher=slurm" in out
     script = tmp_path / "modexp.bash"
     script.write_text(out)
+    rc, zsh, _ = run_main(["completion", "zsh"], capsys)
+    assert rc == 0 and "bashcompinit" in zsh and "_modexp" in zsh
 
-    def complete(*words: str) -> list[str]:
-        line = " ".join(f"'{w}'" for w in words)
-        probe = f'source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _modexp; echo "${{COMPREPLY[@]}}"'
-        return subprocess.run(["bash", "-c", probe], capture_output=True, text=True).stdout.split()
+    # Typed into a real interactive bash (a pseudo-terminal): readline splits words at '=' as it does for you.
+    with InteractiveBash(script) as bash:
+        assert bash.complete("modexp st\t").endswith("modexp status ")
+        assert bash.complete("modexp plan sweep=cpu_\t").endswith("sweep=cpu_lr ")  # a preset after '='
+        assert bash.complete("modexp plan model.capa\t").endswith("model.capacity=")  # no space after '='
+        assert bash.complete("modexp sweep --dr\t").endswith("--dry-run ")
+        listed = bash.complete("modexp plan sweep=\t\t", until="smoke")
+        assert "paper" in listed and "demo_lr" in listed and "sweep=paper" not in listed
 
-    assert "status" in complete("modexp", "st")
-    assert complete("modexp", "plan", "model.capa") == ["model.capacity="]
-    assert "sweep=cpu_lr" in complete("modexp", "sweep", "sweep=cpu")
-    assert "--dry-run" in complete("modexp", "sweep", "--dr")
+
+class InteractiveBash:
+    """bash -i on a pseudo-terminal with a completion script sourced; complete() types keys, returns the echo."""
+
+    def __init__(self, script: Path) -> None:
+        self.script = script
+
+    def __enter__(self) -> InteractiveBash:
+        import pty
+
+        env = {"PATH": os.environ["PATH"], "TERM": "dumb", "PS1": "$ ", "HOME": str(self.script.parent)}
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+        os.write(self.fd, f"bind 'set bell-style none'; source {self.script}; echo sourced\n".encode())
+        self._read_until("sourced\r\n$ ")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+    def complete(self, keys: str, until: str = "") -> str:
+        """The line as echoed once bash has answered (`until` in it) and then stayed quiet for 0.3 s."""
+        os.write(self.fd, keys.encode())
+        text = self._read_until(until or keys.rstrip("\t"), settle=0.3)
+        os.write(self.fd, b"\x15\x0c")  # Ctrl-U, Ctrl-L: an empty line for the next one
+        self._read_until("", settle=0.1)
+        return text.rstrip("\x07")
+
+    def _read_until(self, expected: str, settle: float = 0.0, timeout: float = 10.0) -> str:
+        import select
+
+        out, deadline, last = "", time.monotonic() + timeout, time.monotonic()
+        while time.monotonic() < deadline:
+            if select.select([self.fd], [], [], 0.05)[0]:
+                out += os.read(self.fd, 65536).decode(errors="replace")
+                last = time.monotonic()
+            elif expected in out and time.monotonic() - last >= settle:
+                return out
+        raise AssertionError(f"bash did not answer {expected!r}: {out[-500:]!r}")

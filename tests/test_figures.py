@@ -275,3 +275,87 @@ def test_compare_verdicts_labels_each_study_and_pair(sweep_result) -> None:
     assert [t.get_text() for t in right.get_yticklabels()] == ["demo", "cpu"]
     assert "MoD 12.5%, every 2nd block vs baseline" in [t.get_text() for t in right.texts]
     assert "demo vs cpu" in fig._suptitle.get_text()
+
+
+# ------------------------------------------------------------------ layout and style (issue 26)
+
+
+def _drawn_text(fig) -> list:
+    """(text, its box in pixels) of every text the figure draws (ticks outside the view are not drawn)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    drawn, original = [], Text.draw
+
+    def draw(self, renderer):
+        original(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self.get_text(), self.get_window_extent(renderer)))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Text, "draw", draw)
+        FigureCanvasAgg(fig).draw()
+    return drawn
+
+
+def _layout_problems(fig) -> list[str]:
+    boxes = _drawn_text(fig)
+    width, height = fig.bbox.width, fig.bbox.height
+    problems = [
+        f"{text!r} leaves the canvas"
+        for text, b in boxes
+        if b.x0 < -1 or b.y0 < -1 or b.x1 > width + 1 or b.y1 > height + 1
+    ]
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if w > 1 and h > 1:
+                problems.append(f"{a!r} overlaps {b!r}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def figure_data(sweep_result) -> figures.FigureData:
+    from modexp.analysis.lrlaw import grid_points
+    from modexp.analysis.table import load_routing_sample, pick_routing_run
+
+    result = sweep_result
+    routing_run = pick_routing_run(result.results, result.sweep_dir)
+    return figures.FigureData(
+        results=result.results,
+        points=result.points,
+        fits=result.fits,
+        power_laws=result.power_laws,
+        verdict=result.verdict,
+        lr_laws=result.lr_laws,
+        grid=grid_points(result.points),
+        metrics=analysis.load_metrics(result.sweep_dir, result.results["run_id"]),
+        sample=load_routing_sample(result.sweep_dir / routing_run),
+    )
+
+
+@pytest.mark.parametrize("size", [(3.5, 2.6), (7, 4.5)], ids=["column", "page"])
+def test_no_text_overlaps_or_leaves_the_canvas(figure_data, size: tuple[float, float]) -> None:
+    drawn = 0
+    for spec in figures.FIGURES:
+        if spec.skip(figure_data):
+            continue
+        with figures.styled():
+            fig = spec.draw(figure_data)
+            figures.style.resize(fig, size)
+            assert _layout_problems(fig) == [], (spec.name, size)
+        drawn += 1
+    assert drawn >= 6
+
+
+def test_one_style_whatever_the_users_matplotlibrc(sweep_result, tmp_path: Path) -> None:
+    import matplotlib
+
+    with matplotlib.rc_context({"pdf.fonttype": 3, "font.size": 30, "axes.facecolor": "black"}):
+        fig = figures.verdict(sweep_result.verdict)
+        path = figures.save(fig, tmp_path, "verdict", "pdf", (3.5, 2.6))
+        assert matplotlib.rcParams["font.size"] == 30  # the user's settings are theirs again afterwards
+    assert fig.axes[0].get_facecolor()[:3] == (1, 1, 1)
+    pdf = path.read_bytes()
+    assert b"/Type3" not in pdf and b"/CIDFontType2" in pdf  # fonttype 42: TrueType, no Type 3 fonts

@@ -196,3 +196,77 @@ def test_auto_mode_without_network_goes_offline_at_once(tmp_path: Path) -> None:
     assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
     assert elapsed < 50, elapsed  # the online attempt alone took ~60 s
+
+
+def offline_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """W&B offline for an in-process call, writing only under tmp_path."""
+    for key, value in offline_env(tmp_path).items():
+        if key.startswith("WANDB_") or key == "HOME":
+            monkeypatch.setenv(key, value)
+
+
+def artifact_manifest(run_dir: Path) -> dict[str, int]:
+    """{name: size} of the analysis artifact recorded in an offline W&B run folder."""
+    (wandb_file,) = run_dir.glob("run-*.wandb")
+    for record in wandb_records(wandb_file):
+        if record.WhichOneof("record_type") == "artifact" and record.artifact.type == "analysis":
+            return {entry.path: entry.size for entry in record.artifact.manifest.contents}
+    raise AssertionError("no artifact record")
+
+
+def test_the_analysis_artifact_holds_the_analysis_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fixtures_results import make_sweep
+
+    from modexp.analysis.study import analyze
+    from modexp.tracking import log_study
+
+    sweep = make_sweep(tmp_path / "runs", budgets=(1e11, 3e11), n_sizes=4, unbracketed_budget=None)
+    run = next(p for p in sweep.iterdir() if (p / "summary.json").exists())
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"\\0" * 4096)  # what the old artifact took along
+    result = analyze(sweep, n_boot=20, figure_formats="png")
+    offline_in_process(monkeypatch, tmp_path)
+    log_study(result, sweep, mode="offline")
+    __import__("wandb").teardown()  # the service writes the .wandb file: let it finish
+    assert "W&B analysis artifact:" in capsys.readouterr().err
+    (wandb_run,) = (sweep / "wandb").glob("offline-run-*-analysis-*")
+    names = artifact_manifest(wandb_run)
+    assert {"results.parquet", "fits.csv", "verdict.csv", "summary.txt"} <= set(names)
+    assert any(n.startswith("figures/") and n.endswith(".png") for n in names)
+    assert not [n for n in names if n.endswith(".pt") or "/" in n and not n.startswith("figures/")]
+
+
+def test_wandb_ids_stay_when_the_study_folder_moves(tmp_path: Path) -> None:
+    run_id = "baseline-d64-l4-1e12-0123456789"
+    before = wandb_identity(tmp_path / "runs" / "study" / run_id, run_id)
+    (tmp_path / "elsewhere").mkdir()
+    os.replace(tmp_path / "runs" / "study", tmp_path / "elsewhere" / "study")
+    assert wandb_identity(tmp_path / "elsewhere" / "study" / run_id, run_id) == before
+    other = wandb_identity(tmp_path / "runs" / "study" / run_id, run_id)  # a new study at the old path
+    assert other[0] != before[0]
+
+
+def test_wandb_charts_default_to_flops_and_both_losses_keep_their_minimum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modexp.tracking import WandbMirror, study_wandb_settings
+
+    offline_in_process(monkeypatch, tmp_path)
+    settings = study_wandb_settings(None)  # conf/'s defaults
+    run_dir = tmp_path / "study" / "baseline-d16-l2-1e10-0123456789"
+    run_dir.mkdir(parents=True)
+    mirror = WandbMirror(run_dir, run_dir.name, settings, "smoke", "baseline", {})
+    mirror.log_record({"kind": "val", "step": 1, "flops": 1e9, "val_loss": 2.5, "val_loss_causal": 2.6})
+    mirror.finish(None, 0)
+    __import__("wandb").teardown()
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    metrics = {
+        r.metric.name or r.metric.glob_name: r.metric
+        for r in wandb_records(wandb_file)
+        if r.WhichOneof("record_type") == "metric"
+    }
+    assert metrics["train/*"].step_metric == "flops" and metrics["val/*"].step_metric == "flops"
+    for loss in ("val/loss", "val/loss_causal"):
+        assert metrics[loss].step_metric == "flops" and metrics[loss].summary.min

@@ -76,7 +76,12 @@ def _verdict_row(row) -> str:
     if _text(getattr(row, "believe", "")):
         marks.append(row.believe)
     d_op = "?" if bound == "both" else "<=" if bound == "variant" else ">=" if bound == "reference" else "="
-    m_text = "m n/a" if not math.isfinite(row.multiplier) else f"m {m_op} {row.multiplier:.2f}x"
+    if not math.isfinite(row.multiplier):
+        m_text = "m n/a"
+    elif m_op == "?":  # both optima are bounds: the number is only where they put it
+        m_text = f"m unknown (bounds give {row.multiplier:.2f}x)"
+    else:
+        m_text = f"m {m_op} {row.multiplier:.2f}x"
     if m_op == "=" or math.isfinite(row.multiplier_lo):
         m_text += f" {_interval(row.multiplier_lo, row.multiplier_hi)}"
     d_text = (
@@ -243,6 +248,7 @@ def format_summary(
             "runs: "
             + ", ".join(f"{n} {s}" for s, n in sorted(states.items(), key=lambda kv: kv[0] != "done"))
         )
+    lines += [note for note in notes if note.startswith("WARNING")]  # next to the verdict, not at the end
     sections = [_verdict_section(verdicts[loss], loss)]
     sections += [_verdict_section(v, other) for other, v in verdicts.items() if other != loss]
     sections += [_best_points_section(points), _fits_section(fits), _lr_section(lr_laws, lr_rules or [])]

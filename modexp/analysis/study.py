@@ -110,7 +110,23 @@ def _run_notes(df: pd.DataFrame) -> list[str]:
         notes += epoch_spread_notes(zip(df["variant"], df["budget"], epochs))
         if epochs.notna().any():
             notes.append(f"epochs over the training split: {epochs.min():.3g}-{epochs.max():.3g} per run")
+    notes += _idle_causal_notes(df)
     return notes
+
+
+def _idle_causal_notes(df: pd.DataFrame) -> list[str]:
+    """Runs whose causal routing processed no token: their causal loss is that of a model skipping every
+    routed block, so a verdict on it says nothing about routing (typical of the few steps of sweep=smoke)."""
+    if "val_causal_frac" not in df:
+        return []
+    idle = df[pd.to_numeric(df["val_causal_frac"], errors="coerce") == 0]
+    if idle.empty:
+        return []
+    return [
+        f"WARNING: causal routing processed 0% of tokens in {len(idle)} run(s) (e.g. {idle['run_id'].iloc[0]}): "
+        "their routers' causal predictors never fire, so the causal loss skips every routed block; train "
+        "longer or read the verdict on --loss topk"
+    ]
 
 
 def make_figures(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch  # imported where batches are made: planning reads corpora without paying for torch
 
 from modexp.errors import ModexpError
 
@@ -103,6 +105,8 @@ class Corpus:
 def _windows(data: Tokens, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Index only the windows: the memmap itself is never copied.
     buf = np.stack([data[int(s) : int(s) + seq_len + 1] for s in starts]).astype(np.int64)
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(buf[:, :-1]))
     y = torch.from_numpy(np.ascontiguousarray(buf[:, 1:]))
     return x, y

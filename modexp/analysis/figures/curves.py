@@ -19,10 +19,12 @@ from .style import (
     log_ticks,
     loss_name,
     new_axes,
+    styled_figure,
     variant_styles,
 )
 
 
+@styled_figure
 def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Loss against parameters per budget with fitted parabolas and optima (paper Fig. 4, left).
 
@@ -133,6 +135,7 @@ def baseline_reference(points: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["budget", "loss_ref", "fpt_ref"]).set_index("budget")
 
 
+@styled_figure
 def normalised(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """Loss and forward FLOPs per token relative to each budget's isoFLOP-optimal baseline (Fig. 4, right)."""
     given = ax

@@ -12,10 +12,12 @@ from .style import (
     figure_title,
     log_ticks,
     new_axes,
+    styled_figure,
     variant_styles,
 )
 
 
+@styled_figure
 def lr_transfer(grid: pd.DataFrame, laws: pd.DataFrame | None) -> Figure:
     """Best learning rate against model size per variant (hollow: at the edge of the grid), and lr*(N)."""
     fig, ax = new_axes(None, (8, 5))

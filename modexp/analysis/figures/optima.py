@@ -14,10 +14,12 @@ from .style import (
     figure_title,
     log_ticks,
     loss_name,
+    styled_figure,
     variant_styles,
 )
 
 
+@styled_figure
 def optimal_scaling(fits: pd.DataFrame, power_laws: pd.DataFrame) -> Figure:
     """Optimal parameters, tokens and loss against budget, with the fitted power laws.
 

@@ -13,6 +13,7 @@ from .spec import FigureData, FigureSpec
 from .style import (
     PANEL_TITLE_SIZE,
     figure_title,
+    styled_figure,
 )
 
 TOKEN_GLYPHS = {ord(" "): "␣", ord("\n"): "↵", ord("\t"): "→"}
@@ -35,6 +36,7 @@ def _token_labels(sample: dict, window: int) -> list[str]:
     return [TOKEN_GLYPHS.get(ord(ch), ch if ch.isprintable() else "·") for ch in text[:window]]
 
 
+@styled_figure
 def routing(sample: dict, window: int = 80) -> Figure:
     """Which tokens each routed block processes on a held-out sample, and router weights (Fig. 5)."""
     selected = np.asarray(sample["selected"], float)
@@ -74,6 +76,7 @@ def routing(sample: dict, window: int = 80) -> Figure:
     return fig
 
 
+@styled_figure
 def causal_accuracy(
     metrics: pd.DataFrame, df: pd.DataFrame | None = None, run_id: str | None = None
 ) -> Figure:

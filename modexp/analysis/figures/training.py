@@ -13,6 +13,7 @@ from .style import (
     PANEL_TITLE_SIZE,
     figure_title,
     log_ticks,
+    styled_figure,
     variant_styles,
 )
 
@@ -25,6 +26,7 @@ def _steps_per_s(df: pd.DataFrame) -> pd.Series:
     return per_step.fillna(overall)
 
 
+@styled_figure
 def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
     """Val and train loss against FLOPs and wall-clock per run, and training speed per run (Fig. 3, right)."""
     fig = Figure(figsize=(15, 8), layout="constrained")

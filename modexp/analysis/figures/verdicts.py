@@ -15,6 +15,7 @@ from .style import (
     log_ticks,
     loss_name,
     multiplier_ticks,
+    styled_figure,
     variant_styles,
 )
 
@@ -29,6 +30,7 @@ FLAG_LABELS = {
 }
 
 
+@styled_figure
 def verdict(by_budget: pd.DataFrame) -> Figure:
     """The verdict per budget: compute multiplier (left) and loss difference at equal compute (right)."""
     fig = Figure(figsize=(13, 4.5), layout="constrained")
