@@ -61,6 +61,10 @@ def resume_state(
                 raise ValueError(f"it belongs to run {state.get('run_id')}, not {spec.run_id}")
             if state.get("model_config") != vars(spec.model):
                 raise ValueError("its model config differs from the run's")
+            if "optimizer_fqn" not in state and "optimizer" not in state and state.get("step") != spec.steps:
+                raise ValueError(
+                    "it holds weights only (train.keep=final-weights), not a state to train on from"
+                )
             restore_state(model, optimizer, state)
         except Exception as exc:  # truncated (EOFError, zip errors), unpicklable, wrong shapes, another run
             problems.append(f"{path.name}: {first_line(exc)}")
@@ -90,7 +94,8 @@ def resume(
     state = resume_state(run_dir, spec, model, optimizer)
     if state is None:
         return 0, 0.0
-    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cpu" in state:  # a done run's final weights carry none: nothing is left to draw
+        torch.set_rng_state(state["rng_cpu"])
     if device.type == "cuda" and "rng_cuda" in state:
         torch.cuda.set_rng_state(state["rng_cuda"])
     start_step, wall_before = int(state["step"]), float(state["wall_time"])
@@ -145,8 +150,9 @@ def restore_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dic
     set_model_state_dict(model, state["model"], options=options)
     if "optimizer_fqn" in state:
         set_optimizer_state_dict(model, optimizer, state["optimizer_fqn"], options=options)
-    else:  # checkpoints written before parallel training: the optimiser's own format
+    elif "optimizer" in state:  # checkpoints written before parallel training: the optimiser's own format
         optimizer.load_state_dict(state["optimizer"])
+    # else: a done run's final weights (train.keep=final-weights): nothing is left to train, only to score
 
 
 def write_checkpoint(

@@ -62,6 +62,7 @@ RANGES: dict[str, Range] = {
     "train.lr_law.*.params_max": above(0, 1e18, nullable=True),
     "train.min_lr_ratio": within(0, 1),
     "train.warmup_fraction": within(0, 1),
+    "train.cooldown_fraction": above(0, 0.99),  # strictly inside (0, 1): _check_schedule says why
     "train.max_warmup_steps": whole(0, 2**40),
     "train.weight_decay": within(0, 1e3),
     "train.beta1": within(0, 0.999999),
@@ -74,6 +75,8 @@ RANGES: dict[str, Range] = {
     "train.micro_batch_size": whole(1, 2**24),
     "sweep.budgets": above(0, 1e30),
     "sweep.sizes_per_budget": whole(1, 1000),
+    "sweep.seeds": whole(1, 1000),
+    "sweep.seed_sizes": whole(0, 1000),  # 0: every size
     "sweep.tokens_per_param": above(0, 1e6),
     "sweep.mod_size_shift": above(0, 1e3),
     "sweep.min_steps": whole(1, 2**40),
@@ -95,6 +98,7 @@ RANGES: dict[str, Range] = {
     "launcher.mem_gb": above(0, 1e6),
     "launcher.time_min": whole(1, 10**7),
     "launcher.array_parallelism": whole(1, 10**6),
+    "launcher.startup_s": Range(0, 1e5, nullable=True),
 }
 UNRANGED = ("launcher.extra.*",)  # passed to sbatch as words, checked by _check_sbatch
 

@@ -27,7 +27,7 @@ from .rundir import atomic_write
 log = logging.getLogger("modexp.train")
 
 # What a final-weights checkpoint keeps: the model and what it belongs to (checked by sample and export).
-WEIGHTS_KEYS = ("model", "step", "wall_time", "model_config", "run_id")
+WEIGHTS_KEYS = ("model", "step", "steps", "wall_time", "model_config", "run_id")
 
 
 def check_keep(keep: str) -> None:

@@ -212,9 +212,10 @@ def test_analyze_draws_what_the_registry_lists(table: Path, tmp_path: Path, monk
     assert list(result.figures)[-1] == "toy" and (tmp_path / "out" / "toy.png").is_file()
     assert "figure toy_skipped.png skipped: nothing to show" in result.summary
     assert not (tmp_path / "out" / "toy_skipped.png").exists()
-    assert [f.name for f in figures.FIGURES[:8]] == [
+    assert [f.name for f in figures.FIGURES[:9]] == [
         "isoflop",
         "optimal",
+        "envelope",
         "verdict",
         "normalised",
         "lr_transfer",

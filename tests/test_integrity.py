@@ -110,7 +110,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("MODEXP_THREADS", "1")
         rc, out, err = train_in_process(
             ["train", *TINY, "data=text", f"data.path={corpus}", f"data.cache_dir={root / 'cache'}",
-             f"runs_dir={root / 'runs'}", "model.tie_embeddings=true", "model.rope_base=500"]
+             f"runs_dir={root / 'runs'}", "model.tie_embeddings=true", "model.rope_base=500", "train.keep=all"]
         )  # fmt: skip
     assert rc == 0, err
     return Path(out.strip())
