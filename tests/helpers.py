@@ -53,3 +53,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def child_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a modexp child process: no W&B, one thread, a HOME of its own."""
     return {**os.environ, "WANDB_MODE": "disabled", "MODEXP_THREADS": "1", "HOME": str(tmp_path / "home")}
+
+
+def trainer_pids(run_dir: Path, inside: bool = False) -> list[int]:
+    """Pids of live `python -m modexp.train` processes of run_dir (inside: of any run folder under it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        target = str(run_dir).encode()
+        ours = any(target in a for a in argv) if inside else target in argv
+        if b"modexp.train" in argv and ours and state != "Z":
+            pids.append(int(proc.name))
+    return pids

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import child_env, train_in_process
+from helpers import child_env, train_in_process, trainer_pids
 
 from modexp import flops
 from modexp.distributed import World, chunks, share
@@ -167,18 +167,7 @@ def test_two_gloo_processes_train_the_same_run(tmp_path: Path, variant: str, par
 
 def processes_training(run_dir: Path) -> list[int]:
     """Pids of the `python -m modexp.train RUN_DIR` processes alive for run_dir."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if b"modexp.train" in argv and str(run_dir).encode() in argv and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    return trainer_pids(run_dir)
 
 
 def test_kill_9_of_a_two_process_run_resumes_exactly(tmp_path: Path) -> None:

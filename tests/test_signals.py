@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import child_env, run_main
+from helpers import child_env, run_main, trainer_pids
 
 from modexp import lifeline
 from modexp.rundir import RunLock, run_state
@@ -34,18 +34,7 @@ TINY = [
 
 def trainers(run_dir: Path) -> list[int]:
     """Pids of live `python -m modexp.train` processes of runs under run_dir."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if b"modexp.train" in argv and any(str(run_dir).encode() in a for a in argv) and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    return trainer_pids(run_dir, inside=True)
 
 
 def wait_for(check, what: str, proc: subprocess.Popen, log: Path, limit: float = 120) -> None:
