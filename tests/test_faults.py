@@ -209,6 +209,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, reference: Path)
             "model.d_model=32",
             "model.n_heads=2",
             "sweep.min_tokens_per_param=0.05",
+            "train.keep=last",  # a whole training state, not the final weights only
             f"runs_dir={other}",
         ]
     )
