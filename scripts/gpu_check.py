@@ -53,6 +53,9 @@ SWEEP_OVERRIDES = (
     "device=cuda",
     "tracker.wandb.mode=disabled",
     "sweep.max_epochs=64",
+    # One seed, each run from scratch: the check measures throughput per run, not the preset's study design.
+    "sweep.reuse=none",
+    "sweep.seeds=1",
 )
 
 

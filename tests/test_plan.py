@@ -65,10 +65,12 @@ def preset(name: str) -> list[str]:
 
 
 def sizes(runs) -> dict[tuple[float, str], list[str]]:
-    """(budget, variant) -> its shapes, smallest first."""
+    """(budget, variant) -> its shapes, smallest first (a shape trained at several seeds counted once)."""
     out: dict[tuple[float, str], list[str]] = {}
     for r in runs:
-        out.setdefault((r.budget, r.variant), []).append(r.shape)
+        shapes = out.setdefault((r.budget, r.variant), [])
+        if r.shape not in shapes:
+            shapes.append(r.shape)
     return out
 
 
