@@ -225,6 +225,29 @@ def test_analyze_draws_what_the_registry_lists(table: Path, tmp_path: Path, monk
     ]
 
 
+def test_figures_drawn_by_workers_match_one_process_and_a_failure_is_a_note(
+    table: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """analyze draws figures in forked workers where it has two cores: the same files and notes as drawing
+    them one by one, and a figure that raises costs only itself (a note naming it)."""
+    from modexp.analysis.figures import render
+
+    def broken(data: figures.FigureData):
+        raise ValueError("no ink")
+
+    monkeypatch.setattr(
+        figures, "FIGURES", (*figures.FIGURES[:2], figures.FigureSpec("broken", lambda data: None, broken))
+    )
+    outcomes = {}
+    for cores in (2, 1):
+        monkeypatch.setattr(render, "usable_cores", lambda: cores)
+        out = tmp_path / f"cores{cores}"
+        result = analysis.analyze(table=table, out=out, n_boot=20, figure_formats="png")
+        outcomes[cores] = (sorted(p.name for p in out.glob("*.png")), list(result.figures))
+        assert "figure broken.png failed: ValueError: no ink" in result.summary
+    assert outcomes[2] == outcomes[1] == (["isoflop.png", "optimal.png"], ["isoflop", "optimal"])
+
+
 # ------------------------------------------------------------------ what the figures say
 
 

@@ -8,61 +8,53 @@
 - report.py: the text summary. figures/: the figures (matplotlib, imported only when drawing), a registry.
 - notebook.py: what the notebooks share (a folder parameter, the figure comparing two studies).
 - study.py: `analyze`, which runs them in that order and writes every output.
+
+The names below are imported on first use (PEP 562): `modexp plan` reads a preset's LR law from lrlaw.py and
+should not pay for scipy and the fits to do so.
 """
 
-from .fits import (
-    FITS_COLUMNS,
-    N_BOOT,
-    PERCENTILES,
-    fit_approach3,
-    fit_approach3_points,
-    fit_isoflops,
-    fit_parabola,
-    fit_power_laws,
-)
-from .lrlaw import LrLaw, fit_lr_laws, lr_law_from_study
-from .points import DEFAULT_LOSS, LOSSES, reduce_points
-from .study import AnalysisResult, analyze, load_or_analyze
-from .table import (
-    BASELINE,
-    SWEEP_ENV,
-    collect,
-    load_metrics,
-    load_routing_sample,
-    load_table,
-    pick_routing_run,
-    resolve_sweep_dir,
-    scan_sweep,
-)
-from .verdict import compute_multiplier, compute_verdict
+from __future__ import annotations
 
-__all__ = [
-    "BASELINE",
-    "DEFAULT_LOSS",
-    "FITS_COLUMNS",
-    "LOSSES",
-    "N_BOOT",
-    "PERCENTILES",
-    "SWEEP_ENV",
-    "AnalysisResult",
-    "LrLaw",
-    "analyze",
-    "collect",
-    "compute_multiplier",
-    "compute_verdict",
-    "fit_approach3",
-    "fit_approach3_points",
-    "fit_isoflops",
-    "fit_lr_laws",
-    "fit_parabola",
-    "fit_power_laws",
-    "load_metrics",
-    "load_or_analyze",
-    "load_routing_sample",
-    "load_table",
-    "lr_law_from_study",
-    "pick_routing_run",
-    "reduce_points",
-    "resolve_sweep_dir",
-    "scan_sweep",
-]
+import importlib
+
+_EXPORTS = {
+    "fits": [
+        "FITS_COLUMNS",
+        "N_BOOT",
+        "PERCENTILES",
+        "fit_approach3",
+        "fit_approach3_points",
+        "fit_isoflops",
+        "fit_parabola",
+        "fit_power_laws",
+    ],
+    "lrlaw": ["LrLaw", "fit_lr_laws", "lr_law_from_study"],
+    "points": ["DEFAULT_LOSS", "LOSSES", "reduce_points"],
+    "study": ["AnalysisResult", "analyze", "load_or_analyze"],
+    "table": [
+        "BASELINE",
+        "SWEEP_ENV",
+        "collect",
+        "load_metrics",
+        "load_routing_sample",
+        "load_table",
+        "pick_routing_run",
+        "resolve_sweep_dir",
+        "scan_sweep",
+    ],
+    "verdict": ["compute_multiplier", "compute_verdict"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

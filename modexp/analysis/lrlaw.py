@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
 from modexp.errors import ModexpError
 from modexp.units import si
@@ -122,6 +121,8 @@ def grid_points(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _censored_fit(log_n: np.ndarray, log_lr: np.ndarray, side: np.ndarray) -> tuple[float, float, float]:
+    from scipy import optimize, stats  # here, not at the top: planning with a preset's law never fits one
+
     """(intercept, slope, sd) of log lr* = a + b log N by maximum likelihood with censored points (Tobit).
 
     side: 0 for an interior best LR (lr* measured), +1 for one at the grid's top edge (lr* >= that LR),

@@ -152,19 +152,18 @@ def make_figures(
         metrics=metrics,
         sample=sample,
     )
-    notes = []
     # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
-    for figure, reason in [(figure, figure.skip(data)) for figure in figures.FIGURES]:
-        if reason:
-            notes.append(f"figure {figure.name}.png skipped: {reason}")
-            continue
-        try:
-            result.figures[figure.name] = figures.save(
-                figure.draw(data), result.figure_dir, figure.name, formats, size
-            )
-        except Exception as err:  # a figure must never cost the fits and tables already computed
-            logger.warning("figure %s failed", figure.name, exc_info=True)
-            notes.append(f"figure {figure.name}.png failed: {type(err).__name__}: {err}")
+    skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
+    drawn = iter(
+        figures.draw_all([f for f, reason in skips if not reason], data, result.figure_dir, formats, size)
+    )
+    notes = []
+    for figure, reason in skips:
+        path, note = (None, f"figure {figure.name}.png skipped: {reason}") if reason else next(drawn)
+        if path is not None:
+            result.figures[figure.name] = path
+        if note:
+            notes.append(note)
     return notes
 
 

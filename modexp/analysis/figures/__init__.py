@@ -1,7 +1,8 @@
 """Figures of an isoFLOP study of MoD against baseline (figure numbers: Raposo et al. 2024), one module per
 concern:
 
-- labels.py: variant ids as readable labels; style.py: colours, titles, axes, legends, sizes and `save`.
+- labels.py: variant ids as readable labels; style.py: colours, titles, axes, legends, sizes and `save`;
+  render.py: every figure of a study drawn and written, in parallel where the cores allow.
 - spec.py: what a figure is (FigureSpec: name, skip, draw) and what it is drawn from (FigureData).
 - curves.py (isoFLOP curves, normalised), optima.py, envelope.py (Approach 1), verdicts.py, learning_rate.py, training.py, routers.py:
   the figures, each drawing function beside its FigureSpec. Each returns a matplotlib Figure, shown in a
@@ -16,6 +17,7 @@ from .envelope import ENVELOPE, envelope
 from .labels import pair_label, variant_label
 from .learning_rate import LR_TRANSFER, lr_transfer
 from .optima import OPTIMAL, optimal_scaling
+from .render import draw_all
 from .routers import CAUSAL_ACC, ROUTING, TOKEN_GLYPHS, causal_accuracy, routing
 from .spec import FigureData, FigureSpec
 from .style import (
@@ -70,6 +72,7 @@ __all__ = [
     "baseline_reference",
     "budget_colours",
     "causal_accuracy",
+    "draw_all",
     "envelope",
     "figure_options",
     "isoflop_curves",
