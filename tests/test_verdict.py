@@ -351,3 +351,27 @@ def test_an_unknown_numeric_column_that_differs_is_named_in_a_note() -> None:
     assert any(
         "dropout" in note and "--split-by" in note for note in analysis.reduce_points(runs, "topk").notes
     )
+
+
+def test_replicate_cubics_grouped_match_one_cubic_per_replicate() -> None:
+    """_cubic_reps fits replicates that share budgets together; each must read as on its own cubic, including
+    non-monotone replicates, a nan replicate loss and losses outside the curve (straight end segments)."""
+    from types import SimpleNamespace
+
+    from modexp.analysis import verdict as v
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n, b = int(rng.integers(2, 6)), int(rng.integers(1, 40))
+        xs = rng.permutation(np.linspace(11, 12.5, n))
+        reps = np.linspace(2.2, 1.6, n)[np.argsort(np.argsort(xs))][:, None] + rng.normal(0, 0.08, (n, b))
+        reps[rng.integers(n), rng.integers(b)] = np.nan if rng.random() < 0.3 else reps[0, 0]
+        losses = rng.uniform(1.4, 2.4, b)
+        losses[0] = np.nan if rng.random() < 0.2 else losses[0]
+        one_by_one = np.full(b, np.nan)
+        for j, loss in enumerate(losses):
+            x, y = v._monotone(xs, reps[:, j])
+            if x.size >= 2 and math.isfinite(loss) and np.isfinite(y).all():
+                one_by_one[j] = v._cubic_log_c(x, y, loss)
+        grouped = v._cubic_reps(SimpleNamespace(xs=xs, reps=reps), losses)
+        np.testing.assert_array_equal(grouped, one_by_one)

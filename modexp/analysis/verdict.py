@@ -316,12 +316,33 @@ def _model_log_c(ref: Reference, loss: float) -> tuple[float, float, bool, str]:
 
 
 def _cubic_reps(ref: Reference, losses: np.ndarray) -> np.ndarray:
-    """log10 C' per replicate on each replicate's own cubic (straight ends outside it)."""
+    """log10 C' per replicate on each replicate's own cubic (straight ends outside it).
+
+    Replicates whose monotone points fall on the same budgets share one interpolator (one PCHIP over all of
+    them, evaluated once on the grid): the same numbers as one cubic per replicate, in a fraction of the time.
+    """
     out = np.full(losses.size, np.nan)
-    for b, loss in enumerate(losses):
-        xs, ys = _monotone(ref.xs, ref.reps[:, b])
-        if xs.size >= 2 and math.isfinite(loss) and np.isfinite(ys).all():
-            out[b] = _cubic_log_c(xs, ys, loss)
+    order = np.argsort(ref.xs)
+    xs_all = np.asarray(ref.xs, float)[order]
+    ys_all = np.minimum.accumulate(np.asarray(ref.reps, float)[order], axis=0)
+    keep = np.vstack([np.ones((1, ys_all.shape[1]), bool), np.diff(ys_all, axis=0) < 0])  # as in _monotone
+    usable = np.isfinite(losses) & (np.isfinite(ys_all) | ~keep).all(axis=0) & (keep.sum(axis=0) >= 2)
+    masks, group = np.unique(keep[:, usable].T, axis=0, return_inverse=True)
+    columns = np.flatnonzero(usable)
+    for g, mask in enumerate(masks):
+        cols = columns[group.ravel() == g]
+        xs, ys = xs_all[mask], ys_all[mask][:, cols]
+        grid = np.linspace(xs[0], xs[-1], GRID)
+        if xs.size > 2:
+            curves = PchipInterpolator(xs, ys, axis=0)(grid)
+        else:
+            curves = np.column_stack([np.interp(grid, xs, ys[:, j]) for j in range(len(cols))])
+        for j, b in enumerate(cols):
+            loss = losses[b]
+            if ys[-1, j] <= loss <= ys[0, j]:
+                out[b] = float(np.interp(-loss, -curves[:, j], grid))
+            else:
+                out[b] = _line_log_c(xs, ys[:, j], loss)
     return out
 
 
@@ -389,8 +410,9 @@ def _row(
         _model_log_c(ref, loss) if ref.n >= 2 and math.isfinite(loss) else (math.nan, math.nan, False, "")
     )
     cubic_est = _cubic_log_c(ref.xs, ref.ys, loss) if ref.n >= 2 and math.isfinite(loss) else math.nan
-    if m_op == "=":
-        m_lo, m_hi = _interval(_cubic_reps(ref, mine_reps), est - cubic_est, other)
+    cubic_reps = _cubic_reps(ref, mine_reps) if m_op == "=" else None
+    if cubic_reps is not None:
+        m_lo, m_hi = _interval(cubic_reps, est - cubic_est, other)
     else:
         m_lo = m_hi = math.nan  # a bound has no interval
     shared = budget in ref_fits.index
@@ -458,7 +480,7 @@ def _row(
         "reference_budgets": ref.n,
         "model_error": abs(est - other) if math.isfinite(est) and math.isfinite(other) else 0.0,
         "believe": _believe(m, m_op, dl if reach else math.nan, d_op, shared),
-        "_reps": _cubic_reps(ref, mine_reps) + (est - cubic_est) - log_c if m_op == "=" else None,
+        "_reps": cubic_reps + (est - cubic_est) - log_c if cubic_reps is not None else None,
         "_other": other - log_c if math.isfinite(other) else math.nan,
     }
 
