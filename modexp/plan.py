@@ -334,29 +334,41 @@ def plan_branches(
     only), so it keeps that run's id, FLOPs and summary. A run alone in its group trains from scratch.
     """
     groups: dict[str, list[tuple[Config, RunSpec]]] = {}
+    shortest: dict[str, int] = {}  # per family (a group but its seed): the fewest steps of any of its runs
     for cfg, run in planned:
-        key = json.dumps(stem_identity(replace(cfg, train=replace(cfg.train, lr=run.lr)), run.model, 0, []))
-        groups.setdefault(key, []).append((cfg, run))
+        groups.setdefault(json.dumps(stem_identity(_at_lr(cfg, run), run.model, 0, [])), []).append(
+            (cfg, run)
+        )
+        family = _family(cfg, run)
+        shortest[family] = min(shortest.get(family, run.steps), run.steps)
     out, stems = [], []
     for group in groups.values():
-        budgets = {run.budget for _, run in group}
-        if len(budgets) < 2:
-            out += group
-            continue
-        cfg = replace(group[0][0], train=replace(group[0][0].train, lr=group[0][1].lr))
-        warmup = warmup_steps(cfg, min(run.steps for _, run in group))
+        # One warm-up for every seed of a shape: a point's seeds must differ in their seed only, also where
+        # a second seed trains this shape at fewer budgets (sweep.seed_sizes) or at one (from scratch).
+        cfg = _at_lr(*group[0])
+        warmup = warmup_steps(cfg, shortest[_family(*group[0])])
         branches = []
         for run_cfg, run in group:
             branch = make_run(run_cfg, run.model, run.budget, run.variant, run.lr, run.lr_rule, warmup)
             branch.lr_domain = run.lr_domain
             branches.append((run_cfg, branch))
+        out += branches
+        if len({run.budget for _, run in group}) < 2:
+            continue  # alone in its group: trained from scratch
         stem = make_stem(cfg, [b for _, b in branches])
         for _, branch in branches:
             branch.stem = stem.run_id
             branch.stem_flops = branch.cooldown_start * branch.batch_size * stem.flops / stem.num_sequences
         stems.append(stem)
-        out += branches
     return out, stems
+
+
+def _at_lr(cfg: Config, run: RunSpec) -> Config:
+    return replace(cfg, train=replace(cfg.train, lr=run.lr))
+
+
+def _family(cfg: Config, run: RunSpec) -> str:
+    return json.dumps(stem_identity(replace(_at_lr(cfg, run), seed=0), run.model, 0, []))
 
 
 def make_stem(cfg: Config, branches: list[RunSpec]) -> RunSpec:

@@ -223,6 +223,13 @@ def test_extra_seeds_go_to_the_sizes_nearest_each_optimum() -> None:
     for (variant, budget), n in _count(by_point).items():
         assert n == 2, (variant, budget)  # two sizes per ladder have seeds 0, 1, 2; the others seed 0
     assert {s.seed for s in plan.stems} == {0, 1, 2}
+    # A point's seeds differ in their seed only: the same warm-up, though a second seed may train the shape at
+    # fewer budgets than the first (sizes nearest the optimum differ per budget) or at one, from scratch.
+    warmups: dict[tuple, set[int]] = {}
+    for run in plan.runs:
+        warmups.setdefault((run.variant, run.budget, run.shape), set()).add(run.warmup)
+    assert all(len(w) == 1 for w in warmups.values()), {k: w for k, w in warmups.items() if len(w) > 1}
+    assert any(run.stem is None and run.seed > 0 for run in plan.runs)  # the case that once differed
 
 
 def _count(by_point: dict[tuple, set[int]]) -> dict[tuple, int]:
