@@ -37,7 +37,12 @@ class Study:
     dir: Path
     configs: list[tuple[DictConfig, Config]]
     plan: Plan
-    run_configs: dict[str, DictConfig]  # run_id -> the composed config the run belongs to
+    run_sources: dict[str, DictConfig]  # run_id -> the composed config it was planned from
+
+    def run_config(self, spec: RunSpec) -> DictConfig:
+        """The resolved config `spec` trains with; built when its folder is written (a plan does not need it,
+        and resolving the whole tree per run was most of `modexp plan`'s time on a large study)."""
+        return run_config(self.run_sources[spec.run_id], spec)
 
     def run_dir(self, spec: RunSpec) -> Path:
         """A run's folder; stems live apart in stems/, where the analysis never looks."""
@@ -67,7 +72,7 @@ def build_study(overrides: list[str]) -> Study:
             "do not sweep runs_dir or sweep.name"
         )
     _refuse_ignored_lr_sweep([typed for _, typed in configs])
-    runs, notes, run_configs = {}, [], {}
+    runs, notes, run_sources = {}, [], {}
     for dict_cfg, typed in configs:
         plan = plan_sweep([typed])
         for note in plan.notes + _count_epochs(plan, typed):
@@ -76,10 +81,10 @@ def build_study(overrides: list[str]) -> Study:
         for spec in plan.stems + plan.runs:
             if spec.run_id not in runs:
                 runs[spec.run_id] = spec
-                run_configs[spec.run_id] = run_config(dict_cfg, spec)
+                run_sources[spec.run_id] = dict_cfg
     stems = [r for r in runs.values() if r.role == "stem"]
     trained = sort_runs(r for r in runs.values() if r.role != "stem")
-    return Study(dirs.pop(), configs, Plan(trained, notes, stems), run_configs)
+    return Study(dirs.pop(), configs, Plan(trained, notes, stems), run_sources)
 
 
 def _refuse_ignored_lr_sweep(cfgs: list[Config]) -> None:
@@ -293,7 +298,7 @@ def run_sweep(
         file=sys.stderr,
     )
     for spec in todo:
-        write_run(study.run_dir(spec), study.run_configs[spec.run_id], spec)
+        write_run(study.run_dir(spec), study.run_config(spec), spec)
     view = LiveView(study, study.trained)
     options = launch.Options(fail_fast, retry_failed, detach, on_tick=view.tick)
     stopped = launcher.run(study.jobs(todo), cfg0, study.dir, options)

@@ -56,7 +56,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch):
 def planned_study(root: Path):
     study = build_study([*STUDY, f"runs_dir={root}"])
     for spec in study.trained:
-        write_run(study.run_dir(spec), study.run_configs[spec.run_id], spec)
+        write_run(study.run_dir(spec), study.run_config(spec), spec)
     return study
 
 

@@ -240,7 +240,7 @@ def test_figures_drawn_by_workers_match_one_process_and_a_failure_is_a_note(
     )
     outcomes = {}
     for cores in (2, 1):
-        monkeypatch.setattr(render, "usable_cores", lambda: cores)
+        monkeypatch.setattr(render, "usable_cores", lambda cores=cores: cores)
         out = tmp_path / f"cores{cores}"
         result = analysis.analyze(table=table, out=out, n_boot=20, figure_formats="png")
         outcomes[cores] = (sorted(p.name for p in out.glob("*.png")), list(result.figures))

@@ -137,7 +137,8 @@ def test_paper_plan_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert r["est_time_s"] == pytest.approx(r["flops"] / 4e14 + 15, abs=0.1)  # + launcher.startup_s
     s = study(tmp_path, "sweep=paper")
     assert {spec.run_id for spec in s.plan.runs} == {r["run_id"] for r in rows}
-    for run_id, cfg in s.run_configs.items():
+    for spec in s.trained:
+        cfg, run_id = s.run_config(spec), spec.run_id
         assert cfg.train.batch_size == 128, run_id
         assert cfg.model.seq_len == 2048, run_id
         assert cfg.sweep.name == "paper"
