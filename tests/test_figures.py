@@ -383,3 +383,19 @@ def test_one_style_whatever_the_users_matplotlibrc(sweep_result, tmp_path: Path)
     assert fig.axes[0].get_facecolor()[:3] == (1, 1, 1)
     pdf = path.read_bytes()
     assert b"/Type3" not in pdf and b"/CIDFontType2" in pdf  # fonttype 42: TrueType, no Type 3 fonts
+
+
+def test_a_figure_saved_twice_at_two_sizes_is_laid_out_for_each(tmp_path: Path) -> None:
+    """save lays a figure out once for all its formats, then gives its layout engine back: a notebook that
+    saves the same figure at a column's and a page's width gets each laid out for its own size."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([1, 2], [3, 4])
+    ax.set_title("a title long enough to need room " * 2)
+    figures.save(fig, tmp_path, "column", "png", (3.5, 2.6))
+    column = ax.get_position().bounds
+    figures.save(fig, tmp_path, "page", "png", (7, 4.5))
+    assert ax.get_position().bounds != column and fig.get_layout_engine() is not None
+    assert imread(tmp_path / "page.png").shape[:2] == (round(4.5 * 150), 7 * 150)

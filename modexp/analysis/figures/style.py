@@ -256,11 +256,15 @@ def save(
     with styled():
         if size is not None:
             resize(fig, size)
+        engine = fig.get_layout_engine()
         crop = _lay_out_once(fig)
         paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
-        for path, fmt in zip(paths, formats):
-            # Without a size, cropped to what the figure draws; with one, exactly that size.
-            fig.savefig(path, dpi=150, bbox_inches=crop if size is None else None, format=fmt)
+        try:
+            for path, fmt in zip(paths, formats):
+                # Without a size, cropped to what the figure draws; with one, exactly that size.
+                fig.savefig(path, dpi=150, bbox_inches=crop if size is None else None, format=fmt)
+        finally:
+            fig.set_layout_engine(engine)  # laid out again if a notebook shows it or saves it at another size
     return paths[0]
 
 
@@ -269,8 +273,8 @@ def _lay_out_once(fig: Figure) -> Bbox:
 
     savefig(bbox_inches="tight") draws a figure twice (once to measure, once to write) and the constrained
     layout runs at each draw: with two formats that is four layouts of the same figure, most of the time
-    `modexp analyze` spends. Here the layout runs once, is then kept (layout engine off), and the crop box
-    is measured once; each format then draws once.
+    `modexp analyze` spends. Here the layout runs once, is then kept (layout engine off until `save` puts
+    it back), and the crop box is measured once; each format then draws once.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
