@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -53,6 +54,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def child_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a modexp child process: no W&B, one thread, a HOME of its own."""
     return {**os.environ, "WANDB_MODE": "disabled", "MODEXP_THREADS": "1", "HOME": str(tmp_path / "home")}
+
+
+def start_detached(cmd: list[str], log, tmp_path: Path) -> subprocess.Popen:
+    """A modexp command in a session of its own (so a test can kill its whole group), output into `log`."""
+    return subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+        start_new_session=True,
+    )
 
 
 def trainer_pids(run_dir: Path, inside: bool = False) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import child_env, train_in_process, trainer_pids
+from helpers import child_env, start_detached, train_in_process, trainer_pids
 
 from modexp import flops
 from modexp.distributed import World, chunks, share
@@ -178,14 +178,7 @@ def test_kill_9_of_a_two_process_run_resumes_exactly(tmp_path: Path) -> None:
     run_dir = runs / "smoke" / reference.name
     cmd = [str(EXE), "train", *argv, f"runs_dir={runs}", "launcher.gpus_per_run=2", "device=cpu"]
     with open(tmp_path / "child.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=child_env(tmp_path),
-            cwd=tmp_path,
-            start_new_session=True,
-        )
+        proc = start_detached(cmd, log, tmp_path)
         try:
             deadline = time.monotonic() + 300
             while True:

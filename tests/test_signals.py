@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import child_env, run_main, trainer_pids
+from helpers import child_env, run_main, start_detached, trainer_pids
 
 from modexp import lifeline
 from modexp.rundir import RunLock, run_state
@@ -129,14 +129,7 @@ def test_kill_9_of_a_two_process_train_takes_its_ranks_with_it(tmp_path: Path) -
     log = tmp_path / "train.log"
     argv = [*TINY, "budget=3e9", f"runs_dir={runs}", "launcher.gpus_per_run=2", "device=cpu"]
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(EXE), "train", *argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=child_env(tmp_path),
-            cwd=tmp_path,
-            start_new_session=True,
-        )
+        proc = start_detached([str(EXE), "train", *argv], out, tmp_path)
     try:
         wait_for(lambda: (runs / "smoke").is_dir() and training(runs), "ranks training", proc, log)
         ranks = trainers(runs)
