@@ -47,10 +47,11 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per run the study planned (every sweep into this folder), in plan order. A folder without a
     plan.json (what `modexp train` makes: runs/<sweep>/, or the run folder it prints): its runs as found."""
     plan_path = sweep_dir / "plan.json"
+    has_plan = False
     if (sweep_dir / "run.json").exists():  # one run's folder
         sweep_dir, plan = sweep_dir.parent, {"planned_ids": [sweep_dir.name]}
     elif plan_path.exists():
-        plan = read_json(plan_path)
+        plan, has_plan = read_json(plan_path), True
     else:
         plan = {"planned_ids": sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))}
     if not plan.get("runs") and not plan["planned_ids"]:
@@ -60,9 +61,17 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         )
     planned = {r["run_id"]: r for r in plan.get("runs", [])}
     ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
+    # Run folders no sweep planned here (`modexp train` into the study's folder): listed, and said to be left
+    # out of the analysis, which fits only what the study planned (analysis/table.py).
+    known = set(ids)
+    stray = (
+        sorted(p.parent.name for p in sweep_dir.glob("*/run.json") if p.parent.name not in known)
+        if has_plan
+        else []
+    )
     rows = []
     now = time.time()
-    for run_id in ids:
+    for run_id in ids + stray:
         run_dir = sweep_dir / run_id
         info = planned.get(run_id)
         if info is None and (run_dir / "run.json").exists():
@@ -87,7 +96,10 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "wall_time": (train or {}).get("wall_time"),
             "eta_s": None,
             "reason": status.get("reason") if state in ("failed", "interrupted") else None,
+            "planned": run_id not in stray,
         }
+        if run_id in stray:
+            row["reason"] = f"{NOT_PLANNED} (modexp train?)"
         if state == "running" and train and steps:
             pace = train.get("step_time")  # seconds per step, between host syncs
             row["eta_s"] = pace * (steps - train["step"]) if pace else None
@@ -97,7 +109,13 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+NOT_PLANNED = "not planned here: left out of the analysis"
+
+
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, FLOPs and ETA of the runs the study planned; `unplanned` counts the others in its folder."""
+    unplanned = sum(not r.get("planned", True) for r in rows)
+    rows = [r for r in rows if r.get("planned", True)]
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     flops_total = sum(r["flops"] or 0 for r in rows)
     flops_done = sum(
@@ -110,7 +128,14 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     rate = sorted(rates)[len(rates) // 2] if rates else None
     eta = (flops_total - flops_done) / rate if rate and flops_total > flops_done else None
-    return {**counts, "runs": len(rows), "flops_done": flops_done, "flops_total": flops_total, "eta_s": eta}
+    return {
+        **counts,
+        "runs": len(rows),
+        "unplanned": unplanned,
+        "flops_done": flops_done,
+        "flops_total": flops_total,
+        "eta_s": eta,
+    }
 
 
 def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
@@ -128,7 +153,7 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
                 "loss": frame["loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "val_loss": frame["val_loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "eta": frame["eta_s"].map(lambda v: "-" if pd.isna(v) else duration(v)),
-                "note": [(r["reason"] or "")[:30] for r in rows],
+                "note": [(r["reason"] or "")[:44] for r in rows],
             }
         )
         lines.append(shown.to_string(index=False))
@@ -148,13 +173,18 @@ def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
         + ", ".join(f"{t[s]} {s}" for s in STATES if t[s])
         + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
         + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
+        + (f"; {count(t['unplanned'], 'more run folder')} {NOT_PLANNED}" if t.get("unplanned") else "")
     )
 
 
 def studies(runs_dir: Path) -> list[Path]:
-    """Sweep folders under runs_dir (those with a plan.json)."""
+    """Study folders under runs_dir: those a sweep planned (plan.json) and those `modexp train` filled (run
+    folders without a plan)."""
     if not runs_dir.is_dir():
         raise ModexpError(
             f"runs_dir={runs_dir} is not a folder: give a sweep folder, e.g. modexp status runs/demo"
         )
-    return sorted(p.parent for p in runs_dir.glob("*/plan.json"))
+    found = {p.parent for p in runs_dir.glob("*/plan.json")} | {
+        p.parent.parent for p in runs_dir.glob("*/*/run.json")
+    }
+    return sorted(found)

@@ -122,7 +122,7 @@ def assert_trained_once_per_start(run_dir: Path, run_id: str, resumed_from: int 
     """The run is done; its log shows one fresh start (or one resume at `resumed_from`) and one end."""
     assert status(run_dir).get("state") == "done", status(run_dir)
     log = (run_dir / "train.log").read_text()
-    assert len(re.findall(rf" done {re.escape(run_id)}: val_loss \d", log)) == 1, log
+    assert len(re.findall(rf" done {re.escape(run_id)} in [\d.]+ s: (causal )?val loss \d", log)) == 1, log
     meta = read_json(run_dir / "meta.json")
     assert meta["resumed_from_step"] == resumed_from, (meta["resumed_from_step"], resumed_from)
     if resumed_from is not None:

@@ -29,7 +29,8 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
     """Loss against parameters per budget with fitted parabolas and optima (paper Fig. 4, left).
 
     Points are seed means at the best LR (bars: seed spread; hollow: best LR at the edge of the grid).
-    A filled star is a bracketed optimum; a triangle at an end says the optimum lies beyond it.
+    A filled star is a bracketed optimum; a triangle at an end says the optimum lies beyond it; a downward
+    triangle at the best point, that the parabola did not locate the optimum (L* is at most that loss).
     """
     given = ax
     fig, ax = new_axes(ax, (10, 5.5))
@@ -82,6 +83,10 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
                 ls="none",
                 zorder=4,
             )
+        else:  # lowest point interior but the parabola's vertex outside: not located, L* at most that loss
+            shown.add("not_located")
+            best = int(np.argmin(y))
+            ax.plot(x[best], fit.loss_opt, marker="v", ms=11, color=colour, mec="black", ls="none", zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel(f"validation loss (nats/token, {loss_name(fits)})")
@@ -99,6 +104,19 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
         extra.append(
             Line2D(
                 [], [], marker=">", ms=9, color="0.3", mec="black", ls="none", label="optimum beyond this end"
+            )
+        )
+    if "not_located" in shown:
+        extra.append(
+            Line2D(
+                [],
+                [],
+                marker="v",
+                ms=9,
+                color="0.3",
+                mec="black",
+                ls="none",
+                label="optimum not located: L* at most",
             )
         )
     if "lr_edge" in shown:
