@@ -569,7 +569,7 @@ def parser() -> argparse.ArgumentParser:
         "--setting",
         action="append",
         metavar="NAME",
-        help="a setting to simulate (repeatable; default: the three the README reports; 'all' for every one)",
+        help="a setting to simulate (repeatable; default: the three docs/verdict.md reports; 'all' for every one)",
     )
     s.add_argument("--out", default="runs/selfcheck", help="folder for coverage.csv and coverage.md")
     s.set_defaults(func=cmd_selfcheck)

@@ -58,7 +58,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(strict_json(record) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())  # the README's promise: what a run wrote survives a crash
+        os.fsync(self._file.fileno())  # docs/troubleshooting.md's promise: what a run wrote survives a crash
 
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far (after a resume: those up to the checkpoint)."""

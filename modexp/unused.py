@@ -34,7 +34,7 @@ _SWEEP_SETS = {
 }
 # The sweep settings `modexp train` reads: sweep.name (the folder), the limits a run must meet (min_steps,
 # the tokens-per-parameter range, max_epochs) and reuse (branches makes the schedule wsd).
-_TRAIN_READS_SWEEP = (
+TRAIN_READS_SWEEP = (
     "name",
     "min_steps",
     "min_tokens_per_param",
@@ -42,6 +42,26 @@ _TRAIN_READS_SWEEP = (
     "max_epochs",
     "reuse",
 )
+
+
+# When a setting counts, for the configuration reference (docs/configuration.md, modexp/configdoc.py); the
+# rules below enforce it. data.*, launcher.* and the model's variant settings say it through READS, the
+# launchers' `reads` and the variant records.
+ONLY_WITH = {
+    "budget": "modexp train",
+    "variant": "modexp train",
+    "model.d_model": "modexp train (a sweep's shapes: sweep.ladder)",
+    "model.n_layers": "modexp train (a sweep's shapes: sweep.ladder)",
+    "model.n_heads": "modexp train (a sweep's shapes: sweep.ladder)",
+    "model.routing": "modexp train (a sweep's: sweep.variants)",
+    "model.moe": "modexp train (a sweep's: sweep.variants)",
+    "train.cooldown_fraction": "train.schedule=wsd",
+    "train.cooldown_shape": "train.schedule=wsd",
+    "train.lr": "no sweep.lr_grid, train.lr_from or train.lr_law",
+    "train.lr_law": "no sweep.lr_grid or train.lr_from",
+    "train.parallel": "launcher.gpus_per_run > 1",
+    "sweep.seed_sizes": "sweep.seeds > 1",
+}
 
 
 def given_keys(overrides: list[str]) -> list[tuple[str, str]]:
@@ -112,7 +132,7 @@ def _lr_rule(cfg: Config, command: str) -> str | None:
 
 
 def _sweep(leaf: str, key: str, cfg: Config, command: str) -> str | None:
-    if command == "train" and leaf not in _TRAIN_READS_SWEEP:
+    if command == "train" and leaf not in TRAIN_READS_SWEEP:
         return "modexp train trains one run (budget=...); sweep settings act in modexp sweep and modexp plan"
     if leaf == "seed_sizes" and cfg.sweep.seeds == 1:
         return "it picks the sizes that get extra seeds, and sweep.seeds=1 gives none: raise sweep.seeds"

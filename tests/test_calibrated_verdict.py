@@ -53,7 +53,7 @@ def true_multiplier_inside(row) -> bool:
 
 @pytest.mark.parametrize("setting", ["1 seed x 5 sizes", "3 seeds x 7 sizes"])
 def test_intervals_cover_the_truth_at_their_nominal_rate(setting: str) -> None:
-    """A small version of `modexp selfcheck calibration` (the README has the 200-study figures): over 40
+    """A small version of `modexp selfcheck calibration` (docs/verdict.md has the 200-study figures): over 40
     simulated studies the coverage of N*, L* and m is consistent with 90% (a 99% binomial interval of what
     was observed holds 0.9), where the old method gave 68-81% with one seed and 96-99% with three."""
     tally = cal.run_setting(cal.SETTINGS[setting], studies=40, n_boot=100)

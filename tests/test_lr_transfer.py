@@ -1,5 +1,5 @@
 """The learning-rate transfer recipe end to end at smoke scale: an LR-grid study, then a study whose every run
-takes its LR from the grid's fitted lr*(N) per variant (README, "Learning rates")."""
+takes its LR from the grid's fitted lr*(N) per variant (docs/learning-rates.md)."""
 
 from __future__ import annotations
 

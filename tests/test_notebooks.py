@@ -168,7 +168,7 @@ def table_outputs(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_isoflop_executes_on_analyze_table_output(table_outputs: tuple[Path, Path]) -> None:
-    """The README's `modexp analyze --table any.csv --out DIR`: no run_id, no metrics, no FLOPs per token."""
+    """`modexp analyze --table any.csv --out DIR` (docs/getting-started.md): no run_id, no metrics, no FLOPs per token."""
     out = table_outputs[0]
     before = _snapshot(out)
     nb = _run("isoflop.ipynb", sweep_dir=str(out))

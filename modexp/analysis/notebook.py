@@ -49,8 +49,10 @@ def _cell(column: str, value: object) -> str:
         return "–" if value is None or np.isnan(value) else ("∞" if value > 0 else "0")
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)) and column not in _FLOPS:
+    if isinstance(value, (int, np.integer)) and column not in _FLOPS + _SIZES:
         return str(value)
+    if isinstance(value, (int, np.integer)):
+        value = float(value)
     if isinstance(value, (float, np.floating)):
         if column in _FLOPS or column.startswith("flops"):
             return sci(float(value))
@@ -76,6 +78,17 @@ def readable(
     text = pd.DataFrame(
         {c: [_cell(c, v) for v in shown[c]] for c in shown.columns}, index=pd.RangeIndex(len(shown))
     )
+    for column in list(
+        text.columns
+    ):  # x, x_lo, x_hi -> one column "x [5-95%]": the interval beside its value
+        lo, hi = f"{column}_lo", f"{column}_hi"
+        if lo in text and hi in text:
+            both = [
+                f"{v} [{a.rstrip('x')}, {b.rstrip('x')}]" if "–" not in (a, b) else v
+                for v, a, b in zip(text[column], text[lo], text[hi])
+            ]
+            text[column] = both
+            text = text.drop(columns=[lo, hi]).rename(columns={column: f"{column} [5-95%]"})
     for column in ("curve", "variant", "reference"):
         if column in text:
             text[column] = [variant_label(v) if v else v for v in text[column]]
