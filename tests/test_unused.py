@@ -155,9 +155,3 @@ def test_a_setting_that_does_nothing_is_one_line(case: str, tmp_path: Path, caps
 def test_settings_that_count_pass(command: str, overrides: list[str]) -> None:
     """The rules refuse no-ops only: the same keys where they act are accepted (presets included)."""
     refuse_unused(overrides, to_typed(compose_config(overrides, export=False)), command)
-
-
-def test_the_presets_and_a_plain_plan_pass(tmp_path: Path, capsys) -> None:
-    for preset in ("demo", "smoke", "cpu", "cpu_lr", "demo_lr", "mode"):
-        rc, _, err = run_main(["plan", f"sweep={preset}", f"runs_dir={tmp_path}", "--format", "csv"], capsys)
-        assert rc == 0, (preset, err)
