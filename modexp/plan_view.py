@@ -197,8 +197,6 @@ def verdict_warnings(study: Study) -> list[str]:
 
 
 _LR_NOTE = re.compile(r"^(?P<variant>\S+): (?P<n>\d+) run\(s\) take their LR from a law outside the sizes")
-
-
 _LADDER_NOTE = re.compile(
     r"^budget (?P<budget>\S+) (?P<variant>\S+): (?:(?P<short>\d+ of \d+) sizes fit|sizes \S+ sit off-centre)"
 )

@@ -99,7 +99,7 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "planned": run_id not in stray,
         }
         if run_id in stray:
-            row["reason"] = f"{NOT_PLANNED} (modexp train?)"
+            row["reason"] = "not planned: not analysed"  # modexp train into the study's folder
         if state == "running" and train and steps:
             pace = train.get("step_time")  # seconds per step, between host syncs
             row["eta_s"] = pace * (steps - train["step"]) if pace else None
@@ -153,7 +153,7 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
                 "loss": frame["loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "val_loss": frame["val_loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "eta": frame["eta_s"].map(lambda v: "-" if pd.isna(v) else duration(v)),
-                "note": [(r["reason"] or "")[:44] for r in rows],
+                "note": [(r["reason"] or "")[:30] for r in rows],
             }
         )
         lines.append(shown.to_string(index=False))

@@ -20,8 +20,6 @@ from .config import Config, processes_per_run
 from .data.config import unused_key as unused_data_key
 from .errors import ModexpError
 
-COMMANDS = ("sweep", "train")  # `plan` and `sweep` plan a study; `train` trains one run
-
 # What a sweep sets itself, per run: the shape from sweep.ladder, routing and MLP from sweep.variants.
 _SWEEP_SETS = {
     "model.d_model": "a sweep takes its shapes from sweep.ladder (sweep.ladder.widths, aspect_ratio, ...)",
@@ -70,13 +68,14 @@ def given_keys(overrides: list[str]) -> list[tuple[str, str]]:
     for override in overrides:
         key, eq, value = override.partition("=")
         key = key.lstrip("+~")
-        if eq and "." in key or key in ("budget", "variant"):
+        if (eq and "." in key) or key in ("budget", "variant"):
             out.append((key, value))
     return out
 
 
 def refuse_unused(overrides: list[str], cfg: Config, command: str) -> None:
-    """One line for the first override that does nothing for this config and command (see the module doc)."""
+    """One line for the first override that does nothing for this config and command: "sweep" (modexp plan
+    and sweep: a study) or "train" (one run). See the module doc."""
     for key, value in given_keys(overrides):
         why = why_unused(key, cfg, command)
         if why:

@@ -93,7 +93,7 @@ def test_status_lists_every_study_and_the_runs_the_analysis_leaves_out(tmp_path:
     (trained / "run.json").write_text(json.dumps({"run_id": trained.name, "variant": "mod_c0.125_e2"}))
 
     rc, out, _ = run_main(["status", str(runs / "smoke")], capsys)
-    assert rc == 0 and stray.name in out and "not planned here: left out of the analysis" in out
+    assert rc == 0 and stray.name in out and "not planned: not analysed" in out
     assert "8 runs: 8 done" in out and "1 more run folder not planned here: left out of the analysis" in out
     rc, out, _ = run_main(["status", f"runs_dir={runs}"], capsys)
     assert f"{runs / 'smoke'}: 8 runs" in out and f"{runs / 'mine'}: 1 run" in out, out

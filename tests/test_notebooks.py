@@ -4,6 +4,7 @@ read, and are stored without outputs."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,12 +93,32 @@ def _run(name: str, **parameters):
     return nb
 
 
+def _reads_well(nb) -> None:
+    """Tables written for a reader (no 1.000000e+11, no 0.000000), no warning printed by a cell, and no
+    description of the method that the analysis does not do (issue 35)."""
+    tables = [
+        o["data"]["text/html"]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "text/html" in o.get("data", {})
+    ]
+    for html in tables:
+        assert not re.search(r"\de[+-]\d\d", html) and "0.000000" not in html and "NaN" not in html, html[:500]
+    warned = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [w for w in warned if "Warning" in w], warned
+    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "interpolated between its budgets" not in text and "bootstrap over seeds" not in text
+    assert "paired over seeds" not in text.replace("never paired over seeds", "")
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_IMAGES))
 def test_notebook_executes_on_a_sweep_and_writes_nothing_there(name: str, sweep: Path) -> None:
     before = _snapshot(sweep)
     nb = _run(name, sweep_dir=str(sweep))
     assert _images(nb) == EXPECTED_IMAGES[name]
     assert _snapshot(sweep) == before
+    _reads_well(nb)
 
 
 def test_isoflop_takes_its_parameters(tmp_path: Path) -> None:
