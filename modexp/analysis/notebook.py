@@ -3,6 +3,7 @@ notebook draws (two studies' verdicts side by side, notebooks/compare.ipynb)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ _FLOPS = ("budget", "flops", "C")
 _SIZES = ("params", "tokens", "n_opt", "d_opt", "n_opt_lo", "n_opt_hi", "d_opt_lo", "d_opt_hi", "params_min")
 _SIZES += ("params_max", "bound_params", "k", "coefficient")
 _RATIOS = ("multiplier", "multiplier_lo", "multiplier_hi")
+_PY_FLOAT = re.compile(r"\b\d+(?:\.\d+)?e[+-]\d+\b")
 
 
 def _cell(column: str, value: object) -> str:
@@ -54,7 +56,7 @@ def _cell(column: str, value: object) -> str:
     if isinstance(value, (int, np.integer)):
         value = float(value)
     if isinstance(value, (float, np.floating)):
-        if column in _FLOPS or column.startswith("flops"):
+        if column in _FLOPS or "flops" in column:
             return sci(float(value))
         if column in _SIZES:
             return si(float(value))
@@ -62,8 +64,13 @@ def _cell(column: str, value: object) -> str:
             return f"{value:.2f}x"
         if "loss" in column or column in ("E", "A", "B"):
             return f"{value:.4f}"
-        return f"{value:.3g}"
+        if abs(value) >= 1e3:
+            return si(float(value))
+        return sci(float(value)) if value and abs(value) < 1e-3 else f"{value:.3g}"
     text = str(value)
+    # Numbers inside text (a verdict note's "left out: 1e+12") as the rest of the table writes them.
+    if not column.endswith(("id", "ids")):  # a run id is shown as it is named
+        text = _PY_FLOAT.sub(lambda m: sci(float(m.group())), text)
     return "" if text == "nan" else text
 
 
