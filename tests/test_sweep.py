@@ -526,8 +526,8 @@ def test_sigterm_during_the_interrupt_record_still_marks_the_run_interrupted(
     real_update, real_set_status = train_mod._Progress.update, train_mod.set_status
     sent: list[int] = []
 
-    def update(self, step: int, loss: float) -> None:
-        real_update(self, step, loss)
+    def update(self, step: int, loss: float, *pace: float) -> None:  # pace: tokens/s, step time
+        real_update(self, step, loss, *pace)
         if step >= 10 and not sent:
             sent.append(signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
