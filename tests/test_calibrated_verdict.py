@@ -55,7 +55,7 @@ def test_seeds_at_two_sizes_with_noise_growing_with_size_cover_at_the_nominal_ra
     2 largest sizes, where the seeds say nothing about the noise: residuals now always join the seeds' evidence
     (covered 0.60-0.73 before). Over 30 studies the coverage of L*, N*, m and the headline is consistent with 90%
     (a 99% binomial interval of what was observed holds it)."""
-    tally = cal.run_design(cal.DESIGNS["presets + noise 4x at the 2 largest sizes"], studies=30, n_boot=100)
+    tally = cal.run_design(cal.DESIGNS["presets-noisy-ends"], studies=30, n_boot=100)
     for quantity in ("N*", "L*", "m", "headline m"):
         hits, n = tally.hits[quantity], tally.trials[quantity]
         lo, hi = cal.binomial_interval(hits, n)
@@ -109,7 +109,9 @@ def test_an_asymmetric_curve_on_a_wide_ladder_finds_its_minimum(tmp_path: Path) 
     """Kaplan's law (asymmetric isoFLOP curves, outside every family the analysis fits) on 12 sizes over 2.5
     decades: one parabola through every size put its vertex 0.04-0.06 nats from the minimum; the quadratic
     over the sizes around the lowest point lands within 0.01 of the true L* at every budget."""
-    d = design(law="kaplan", budgets=(1e17, 1e18, 1e19, 1e20), sizes=12, wide=2.5, noise=0.002, multiplier=1.0)
+    d = design(
+        law="kaplan", budgets=(1e17, 1e18, 1e19, 1e20), sizes=12, wide=2.5, noise=0.002, multiplier=1.0
+    )
     df = sim.simulate(d, np.random.default_rng(5))
     analyze_cli(tmp_path, df)
     fits = pd.read_csv(tmp_path / "t-out" / "fits.csv").query("loss == 'topk'")
@@ -153,7 +155,9 @@ def test_an_m_that_falls_with_compute_is_reported_as_a_trend(tmp_path: Path) -> 
     by_budget, overall, summary = analyze_cli(tmp_path, sim.simulate(d, np.random.default_rng(7)))
     head = overall[overall["loss"] == "topk"].iloc[0]
     budgets = [float(b) for b in head["budgets"].split(";")]
-    true_slope = np.polyfit(np.log(budgets), [math.log(sim.truth(d, head["curve"], b)["multiplier"]) for b in budgets], 1)[0]
+    true_slope = np.polyfit(
+        np.log(budgets), [math.log(sim.truth(d, head["curve"], b)["multiplier"]) for b in budgets], 1
+    )[0]
     assert head["heterogeneous"] and head["heterogeneity_p"] < 0.05
     assert math.isnan(head["multiplier"]) and "a pooled mean would mislead" in head["note"]
     assert head["m_slope_lo"] <= true_slope <= head["m_slope_hi"] and head["m_slope_hi"] < 0
@@ -217,7 +221,7 @@ def test_an_lr_edge_optimum_is_flagged_and_left_out_of_the_headline(tmp_path: Pa
     head = overall[overall["loss"] == "topk"].iloc[0]
     assert head["n_budgets"] < head["n_budgets_total"] and "lr_edge" in head["note"]
     assert true_multiplier_inside(head), head.to_dict()
-    assert "left out:" in summary and "LR at the grid's edge" in summary
+    assert "left out by design:" in summary and "LR at the grid's edge" in summary
 
 
 def test_a_bound_row_is_printed_with_its_operator_and_never_averaged(tmp_path: Path) -> None:
@@ -241,7 +245,7 @@ def test_no_estimate_anywhere_says_so_instead_of_averaging(tmp_path: Path) -> No
     by_budget, overall, summary = analyze_cli(tmp_path, df)
     head = overall[overall["loss"] == "topk"].iloc[0]
     assert math.isnan(head["multiplier"]) and "no budget gives an estimate" in head["note"]
-    assert "m not estimated" in summary
+    assert "no estimate of m" in summary
 
 
 # ---------------------------------------------------------------------------------------------- interpolation
@@ -433,14 +437,15 @@ def test_plan_notes_variants_repeating_data_differently() -> None:
 def test_selfcheck_refuses_a_bad_setting_in_one_line(tmp_path: Path, capsys) -> None:
     assert main(["selfcheck", "calibration", "--setting", "nope", "--out", str(tmp_path / "sc")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "'nope'" in err[0] and "1 seed x 5 sizes" in err[0]
+    assert len(err) == 1 and "'nope'" in err[0] and "presets-noisy-ends" in err[0]
     assert not (tmp_path / "sc").exists()
 
 
 def test_selfcheck_writes_its_coverage_table(tmp_path: Path, capsys) -> None:
     out = tmp_path / "sc"
     args = ["selfcheck", "calibration", "--studies", "10", "--replicates", "50", "--out", str(out)]
-    assert main(args + ["--setting", "1 seed x 5 sizes"]) == 0
+    assert main(args + ["--setting", "cosine"]) == 0
     table = pd.read_csv(out / "coverage.csv")
-    assert list(table["setting"]) == ["1 seed x 5 sizes"] and table["N* n"].iloc[0] > 0
-    assert "| 1 seed x 5 sizes |" in (out / "coverage.md").read_text()
+    assert list(table["design"]) == ["cosine"] and table["N* n"].iloc[0] > 0
+    text = (out / "coverage.md").read_text()
+    assert "| cosine |" in text and "null: excludes 1" in text

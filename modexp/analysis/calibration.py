@@ -35,68 +35,57 @@ from .verdict import compute_verdict
 
 NOMINAL = 0.90
 D = sim.Design
+PRESETS = {"seeds": 2, "seed_sizes": 2, "stems": True, "stem_share": 0.6}  # what demo, cpu and gpu plan
 DESIGNS = {
     d.name: d
     for d in (
-        # What the demo, cpu and gpu presets plan: branches of shared stems, a second seed at 2 sizes.
-        D("presets: stems, seeds at 2 sizes", seeds=2, seed_sizes=2, stems=True, stem_share=0.6),
+        D("presets", "the presets' design: WSD stems (60% shared), a second seed at 2 sizes", **PRESETS),
         D(
-            "presets + noise 4x at the 2 largest sizes",
-            seeds=2,
-            seed_sizes=2,
-            stems=True,
-            stem_share=0.6,
+            "presets-noisy-ends",
+            "the same, noise 4x at the 2 largest sizes of each ladder",
             large_noise=4.0,
+            **PRESETS,
         ),
         D(
-            "stems sharing 95% of the noise, 4 budgets",
+            "stems-95",
+            "stems sharing 95% of the noise, 1 seed, 4 budgets",
             budgets=(1e18, 3e18, 1e19, 3e19),
             stems=True,
             stem_share=0.95,
         ),
-        D("1 seed from scratch (cosine)", noise=0.01),
-        D("Kaplan law, MoD ladder 2x higher", law="kaplan", shift=0.3, noise=0.005),
+        D("cosine", "1 seed per size, every run from scratch"),
+        D("kaplan-shifted", "Kaplan's law, MoD's ladder 2x higher", law="kaplan", shift=0.3, noise=0.005),
         D(
-            "Kaplan law, no effect, MoD ladder 2x higher",
+            "kaplan-null",
+            "Kaplan's law, no effect (m = 1), MoD's ladder 2x higher",
             law="kaplan",
             shift=0.3,
             noise=0.005,
             multiplier=1.0,
         ),
+        D("presets-null", "the presets' design, no effect (m = 1)", multiplier=1.0, **PRESETS),
         D(
-            "no effect, presets' design",
-            seeds=2,
-            seed_sizes=2,
-            stems=True,
-            stem_share=0.6,
-            multiplier=1.0,
-        ),
-        D(
-            "Chinchilla law, wide ladders (12 sizes over 2.5 decades)",
+            "chinchilla-wide",
+            "Chinchilla's law, 12 sizes over 2.5 decades, 1 seed",
             budgets=(1e18, 1e19, 1e20, 1e21),
             sizes=12,
             wide=2.5,
             noise=0.005,
         ),
         D(
-            "Kaplan law, wide ladders (8 sizes over 2 decades)",
+            "kaplan-wide",
+            "Kaplan's law, 8 sizes over 2 decades, 1 seed",
             law="kaplan",
             budgets=(1e17, 1e18, 1e19, 1e20),
             sizes=8,
             wide=2.0,
             noise=0.005,
         ),
+        D("mistuned", "the presets' design, MoD's LRs mistuned at large sizes", mistune=0.03, **PRESETS),
+        D("two-budgets", "the presets' design on 2 budgets (1e18, 6e18)", budgets=(1e18, 6e18), **PRESETS),
         D(
-            "MoD's LRs mistuned at large sizes",
-            mistune=0.03,
-            seeds=2,
-            seed_sizes=2,
-            stems=True,
-            stem_share=0.6,
-        ),
-        D("2-budget reference", budgets=(1e18, 6e18), seeds=2, seed_sizes=2, stems=True, stem_share=0.6),
-        D(
-            "m falls with C (1.7x to 0.85x)",
+            "m-trend",
+            "m falls with C, 1.7x to 0.85x over 4 budgets, 1 seed",
             budgets=(1e18, 3e18, 1e19, 3e19),
             multiplier=1.2,
             multiplier_slope=-0.2,
@@ -269,6 +258,9 @@ def format_table(table: pd.DataFrame, studies: int, n_boot: int, seconds: float)
     for row in table.to_dict("records"):
         cells = [_cell(row[q], row[f"{q} n"]) for q in QUANTITIES]
         lines.append(f"| {row['design']} | " + " | ".join(cells) + " |")
+    lines += ["", "Designs:"] + [
+        f"- {name}: {DESIGNS[name].about}" for name in table["design"] if name in DESIGNS
+    ]
     lines += [
         "",
         "Bias (mean error of the estimate): L* in nats, N* in decades, m and the headline in ln m, m's slope in "
@@ -306,7 +298,7 @@ def run_check(designs: list[str] | None, studies: int, n_boot: int, out: Path) -
     unknown = [s for s in designs if s not in DESIGNS]
     if unknown:
         raise ModexpError(
-            f"--setting {unknown[0]!r} is not allowed: choose from {', '.join(repr(s) for s in DESIGNS)}, or all"
+            f"--setting {unknown[0]!r} is not allowed: choose from {', '.join(DESIGNS)}, or all"
         )
     if studies < 10 or n_boot < 50:
         raise ModexpError(

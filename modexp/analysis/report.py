@@ -112,7 +112,7 @@ def headline_line(pair, loss: str | None = None) -> str:
         return (
             f"{name}: m changes with compute, {pair.m_first:.2f}x at {sci(pair.budget_first)} to "
             f"{pair.m_last:.2f}x at {sci(pair.budget_last)} (slope of ln m on ln C {pair.m_slope:+.2f} "
-            f"{_interval(pair.m_slope_lo, pair.m_slope_hi, '{:+.2f}')}; the budgets disagree, p = "
+            f"{_interval(pair.m_slope_lo, pair.m_slope_hi, '{:+.2f}')}, heterogeneity p = "
             f"{pair.heterogeneity_p:.2g}): no single m describes it"
         )
     if not math.isfinite(pair.multiplier):

@@ -47,6 +47,7 @@ class Design:
     """One kind of simulated study (see the module docstring)."""
 
     name: str
+    about: str = ""
     law: str = "chinchilla"  # chinchilla | kaplan
     budgets: tuple[float, ...] = (1e18, 2.5e18, 6e18)
     sizes: int = 6
@@ -136,8 +137,10 @@ def ladder(design: Design, curve: str, budget: float) -> tuple[np.ndarray, float
     guess = (
         base + design.drift * math.sin(2.3 * math.log(budget)) + (design.shift if curve != BASELINE else 0)
     )
-    if design.wide:
-        return guess + np.linspace(-design.wide / 2, design.wide / 2, design.sizes), guess
+    if design.wide:  # an even grid of sizes (so that shapes repeat across budgets, as the planner's do)
+        step = design.wide / (design.sizes - 1)
+        first = round((guess - design.wide / 2) / step)
+        return (first + np.arange(design.sizes)) * step, guess
     centre = int(np.argmin(np.abs(GRID - guess)))
     first = centre - (design.sizes - 1) // 2
     return GRID[first : first + design.sizes], guess

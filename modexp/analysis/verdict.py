@@ -20,9 +20,9 @@ reach a variant's optimal loss, and the loss difference at equal compute (docs/v
   budget out: it widens the interval instead). `estimate` marks those rows.
 - The headline per pair: m's geometric mean over those budgets, and its trend with compute, the least-squares
   slope of ln m on ln C with its interval, and a test of heterogeneity (chi^2 of the per-budget ln m against
-  their pooled value, with their covariance from the replicates). Where m differs across budgets
-  (p < HETEROGENEITY_P) the headline is the trend (m at the first and last budget, the slope) and no pooled
-  mean is given: it would hide whether MoD's advantage grows or shrinks with compute.
+  their pooled value, with their covariance from the replicates). Where m differs across budgets (the test at
+  p < HETEROGENEITY_P, or a slope whose interval excludes 0) the headline is the trend (m at the first and last
+  budget, the slope) and no pooled mean is given: it would hide whether MoD's advantage grows or shrinks.
 - Intervals: replicates from fits.py (each curve drawn jointly over its budgets from its own measured noise,
   stems shared; curves are not paired), 5th-95th percentiles centred on the estimate, widened to include the
   other model's value. With several comparisons each interval holds at 90% alone; the family-wise columns
@@ -616,7 +616,8 @@ def _trend(used: list[dict]) -> dict:
         "m_slope_lo": lo,
         "m_slope_hi": hi,
         "heterogeneity_p": p_value,
-        "heterogeneous": bool(math.isfinite(p_value) and p_value < HETEROGENEITY_P),
+        # Either test: the budgets' m disagree beyond their errors, or m's slope with compute excludes 0.
+        "heterogeneous": bool((math.isfinite(p_value) and p_value < HETEROGENEITY_P) or lo > 0 or hi < 0),
         "m_first": float(math.exp(fitted[0])),
         "m_last": float(math.exp(fitted[-1])),
         "budget_first": float(used[0]["budget"]),
@@ -688,8 +689,9 @@ def _summary(curve: str, reference: str, rows: list[dict]) -> dict:
         summary.update(_trend(used))
     if summary["heterogeneous"]:
         notes.append(
-            f"m differs across budgets (heterogeneity p = {summary['heterogeneity_p']:.3g}): the trend is the "
-            "headline, a pooled mean would mislead"
+            f"m differs across budgets (slope {summary['m_slope']:+.2f} [{summary['m_slope_lo']:+.2f}, "
+            f"{summary['m_slope_hi']:+.2f}], heterogeneity p = {summary['heterogeneity_p']:.3g}): the trend is "
+            "the headline, a pooled mean would mislead"
         )
         summary.update(multiplier=math.nan, multiplier_lo=math.nan, multiplier_hi=math.nan, _reps=None)
     summary["note"] = "; ".join(notes)
@@ -719,7 +721,7 @@ def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str, points) ->
 
 def _family_wise(overall: list[dict]) -> None:
     """Bonferroni: with k comparisons, each headline's (1 - 0.10 / k) interval; all hold together at 90%."""
-    k = sum(1 for s in overall if s["_reps"] is not None)
+    k = len(overall)
     for s in overall:
         s["n_comparisons"] = k
         s["multiplier_fw_lo"] = s["multiplier_fw_hi"] = math.nan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -58,7 +60,7 @@ def headline_title(overall: pd.DataFrame | None, loss: str) -> str:
 
     if overall is None or overall.empty:
         return f"Verdict ({loss} loss)"
-    lines = [headline_line(pair) for pair in overall.itertuples()]
+    lines = [textwrap.fill(headline_line(pair), 110) for pair in overall.itertuples()]
     return "\n".join(lines[:3]) + (f"\n(+{len(lines) - 3} more in summary.txt)" if len(lines) > 3 else "")
 
 
