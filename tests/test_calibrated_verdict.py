@@ -224,6 +224,21 @@ def test_an_lr_edge_optimum_is_flagged_and_left_out_of_the_headline(tmp_path: Pa
     assert "left out by design:" in summary and "LR at the grid's edge" in summary
 
 
+def test_an_lr_extrapolated_beyond_its_law_takes_a_budget_out_of_the_headline(tmp_path: Path) -> None:
+    """With per-size LR laws the grid's edge never fires; a run whose LR came from its law outside the sizes
+    the law was fitted on (`lr_domain`) is the flag that can, where it shapes an optimum."""
+    df = study(noise=0.002, rng_seed=11)
+    top = BUDGETS[-1]
+    outside = (df["variant"] != "baseline") & (df["budget"] == top)
+    df["lr_domain"] = np.where(outside, "params above the law's 1e9", "")
+    by_budget, overall, summary = analyze_cli(tmp_path, df)
+    row = by_budget[(by_budget["budget"] == top) & (by_budget["loss"] == "topk")].iloc[0]
+    assert "lr_outside_law" in row["flags"] and not row["estimate"]
+    head = overall[overall["loss"] == "topk"].iloc[0]
+    assert "lr_outside_law" in head["note"] and str(top) not in head["budgets"]
+    assert "extrapolated beyond the sizes its law was fitted on" in summary
+
+
 def test_a_bound_row_is_printed_with_its_operator_and_never_averaged(tmp_path: Path) -> None:
     df = study(tmp_path)
     # At the top budget the variant's ladder stops below its optimum: the lowest loss is the largest size.
@@ -412,9 +427,11 @@ def test_epochs_are_reported_and_a_repetition_gap_is_noted(tmp_path: Path) -> No
     df = study(tmp_path)
     corpus = df["tokens"].max() / 3  # the largest run sees its data 3 times
     df["epochs"] = df["tokens"] / corpus
-    _, _, summary = analyze_cli(tmp_path, replace_epochs(df))
+    by_budget, _, summary = analyze_cli(tmp_path, replace_epochs(df))
     assert "epochs over the training split" in summary
     assert "repeats its training data" in summary
+    flagged = by_budget[by_budget["flags"].fillna("").str.contains("epochs")]
+    assert len(flagged) and not flagged["estimate"].any()  # the estimand leaves those budgets out
 
 
 def replace_epochs(df: pd.DataFrame) -> pd.DataFrame:

@@ -261,9 +261,12 @@ def _lr_flag(group_rows: pd.DataFrame, column: str, y: np.ndarray) -> bool:
     if column not in group_rows:
         return False
     values = group_rows[column]
-    flags = (
-        values.fillna("").astype(str).ne("") if values.dtype == object else values.fillna(False).astype(bool)
-    )
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        flags = values.astype(float).fillna(0.0).astype(bool)
+    else:  # text: an explanation where the flag holds, empty where not
+        flags = values.map(
+            lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else isinstance(v, str) and v.strip() != ""
+        )
     best = int(np.argmin(y))
     return bool(flags.to_numpy()[max(best - 1, 0) : best + 2].any())
 
