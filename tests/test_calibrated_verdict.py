@@ -319,7 +319,7 @@ def test_extrapolation_follows_a_curve_and_stops_after_one_budget_step(tmp_path:
     last = by_budget[(by_budget["budget"] == top) & (by_budget["loss"] == "topk")].iloc[0]
     assert last["multiplier_bound"] == ">=" and "beyond_step" in last["flags"] and last["multiplier"] < TRUE_M
     assert math.isnan(last["multiplier_lo"]) and math.isnan(last["delta_loss"])
-    assert "dL not available" in summary and "m only a bound at" in summary
+    assert "dL not available" in summary and "m is only a bound at" in summary
 
 
 def test_a_budget_the_reference_never_trained_gets_dl_from_its_curve(tmp_path: Path) -> None:

@@ -115,6 +115,9 @@ def headline_line(pair, loss: str | None = None) -> str:
             f"{_interval(pair.m_slope_lo, pair.m_slope_hi, '{:+.2f}')}, heterogeneity p = "
             f"{pair.heterogeneity_p:.2g}): no single m describes it"
         )
+    bound = _text(getattr(pair, "multiplier_bound", ""))
+    if bound and math.isfinite(pair.multiplier):
+        return f"{name}: m {bound} {pair.multiplier:.2f}x {_budgets_text(pair)}, a bound ({_text(pair.note)})"
     if not math.isfinite(pair.multiplier):
         return f"{name}: no estimate of m ({_text(pair.note) or 'no budget where both optima were located'})"
     text = (
@@ -135,7 +138,8 @@ def _family_line(overall: pd.DataFrame) -> list[str]:
     parts = []
     for p in rows:
         word = direction(p.multiplier_fw_lo, p.multiplier_fw_hi)
-        parts.append(f"{variant_label(p.curve)} {_interval(p.multiplier_fw_lo, p.multiplier_fw_hi)} ({word})")
+        fw = _interval(p.multiplier_fw_lo, p.multiplier_fw_hi)
+        parts.append(f"{pair_label(p.curve, p.reference)} {fw} ({word})")
     return [
         f"  {k} comparisons: each interval holds at 90% on its own; read together (Bonferroni, all {k} at once "
         "at 90%): " + "; ".join(parts)
@@ -156,7 +160,7 @@ def _verdict_row(row) -> str:
     if not math.isfinite(row.multiplier):
         m_text = "m not available"
     elif m_op == "?":  # both optima are bounds: the number is only where they put it
-        m_text = "m unknown (both sides are bounds)"
+        m_text = f"m unknown (bounds give {row.multiplier:.2f}x)"
     else:
         m_text = f"m {m_op} {row.multiplier:.2f}x"
     if m_op == "=" or math.isfinite(row.multiplier_lo):

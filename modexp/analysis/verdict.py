@@ -43,6 +43,7 @@ from scipy import optimize, stats
 from scipy.interpolate import PchipInterpolator
 
 from modexp import variants
+from modexp.units import sci
 
 from .fits import PERCENTILES, fit_approach3_points, percentiles
 from .points import reference_curve
@@ -96,6 +97,7 @@ OVERALL_COLUMNS = [
     "loss",
     "n_budgets_total",
     "note",
+    "multiplier_bound",
     "budgets",
     "m_slope",
     "m_slope_lo",
@@ -111,6 +113,7 @@ OVERALL_COLUMNS = [
     "multiplier_fw_hi",
 ]
 GRID = 2001  # points of the cubic per replicate when it is inverted
+NOMINAL = (PERCENTILES[1] - PERCENTILES[0]) / 100
 HETEROGENEITY_P = 0.05
 EPOCH_SPREAD = 1.5  # as the plan's note: one variant repeating its data this many times more often
 # Flags that take a budget out of the headline: properties of the design, never of which variant won.
@@ -640,6 +643,7 @@ def _summary(curve: str, reference: str, rows: list[dict]) -> dict:
         "loss": rows[0]["loss"] if rows else "",
         "n_budgets_total": len(rows),
         "note": "",
+        "multiplier_bound": "",
         "budgets": ";".join(f"{r['budget']:.6g}" for r in used),
         "m_slope": math.nan,
         "m_slope_lo": math.nan,
@@ -659,17 +663,22 @@ def _summary(curve: str, reference: str, rows: list[dict]) -> dict:
             "left out by design: " + ", ".join(f"{r['budget']:.3g} ({_design_reasons(r)})" for r in left_out)
         )
     bounds = [r for r in eligible if not r["estimate"]]
-    if bounds:  # an eligible budget whose m is only a bound: no pooled number would be honest
-        summary["note"] = "; ".join(
-            notes
-            + [
-                "m only a bound at "
-                + ", ".join(
-                    f"{r['budget']:.3g} ({r['multiplier_bound']} {r['multiplier']:.2f}x)" for r in bounds
-                )
-                + ": no pooled estimate"
-            ]
+    if bounds:  # an eligible budget whose m is only a bound: the pooled m is a bound too, or nothing
+        ops = {r["multiplier_bound"] for r in bounds}
+        said = ", ".join(
+            f"{sci(r['budget'])} ({r['multiplier_bound']} {r['multiplier']:.2f}x)" for r in bounds
         )
+        values = [r["multiplier"] for r in eligible]
+        if len(ops) == 1 and ops <= {">=", "<="} and all(math.isfinite(v) and v > 0 for v in values):
+            summary.update(
+                multiplier=float(np.exp(np.mean(np.log(values)))),
+                multiplier_bound=ops.pop(),
+                budgets=";".join(f"{r['budget']:.6g}" for r in eligible),
+            )
+            notes.append(f"m is only a bound at {said}, beyond one budget step of the reference's curve")
+        else:
+            notes.append(f"m is only a bound at {said}, in both directions: no pooled estimate")
+        summary["note"] = "; ".join(notes)
         return summary
     if not used:
         summary["note"] = "; ".join(notes + [_why_no_estimate(rows)])
@@ -720,23 +729,20 @@ def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str, points) ->
 
 
 def _family_wise(overall: list[dict]) -> None:
-    """Bonferroni: with k comparisons, each headline's (1 - 0.10 / k) interval; all hold together at 90%."""
+    """Bonferroni: with k comparisons, each headline's (1 - 0.10 / k) interval; all hold together at 90%.
+
+    Each side of the 90% interval is stretched by z(1 - 0.05/k) / z(0.95) in log m: 200 replicates cannot place
+    a 1% tail (it would rest on two replicates), and the stretch keeps the interval's asymmetry."""
     k = len(overall)
+    stretch = float(stats.norm.ppf(1 - (1 - NOMINAL) / 2 / max(k, 1)) / stats.norm.ppf(1 - (1 - NOMINAL) / 2))
     for s in overall:
         s["n_comparisons"] = k
         s["multiplier_fw_lo"] = s["multiplier_fw_hi"] = math.nan
-        reps = s.pop("_reps")
-        others = s.pop("_others", [])
-        if reps is None or k == 0:
-            continue
-        tail = (100 - (PERCENTILES[1] - PERCENTILES[0])) / 2 / k
-        finite = reps[~np.isnan(reps)]
-        if finite.size:
-            lo, hi = np.percentile(finite, (tail, 100 - tail), method="inverted_cdf")
-            for other in np.atleast_1d(others):
-                if math.isfinite(other):
-                    lo, hi = min(lo, other), max(hi, other)
-            s["multiplier_fw_lo"], s["multiplier_fw_hi"] = 10 ** float(lo), 10 ** float(hi)
+        s.pop("_reps", None), s.pop("_others", None)
+        m, lo, hi = s["multiplier"], s["multiplier_lo"], s["multiplier_hi"]
+        if all(math.isfinite(v) and v > 0 for v in (m, lo, hi)):
+            s["multiplier_fw_lo"] = m * (lo / m) ** stretch
+            s["multiplier_fw_hi"] = m * (hi / m) ** stretch
 
 
 def compute_verdict(
