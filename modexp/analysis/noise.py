@@ -28,6 +28,7 @@ everything the curve has, and draws replicates from it (docs/verdict.md, "Interv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -53,9 +54,10 @@ class NoiseModel:
     rho_grid: tuple[float, ...] = (0.0,)
     rho_weights: tuple[float, ...] = (1.0,)
     stem_pairs: int = 0  # pairs of runs that share a stem (the evidence on rho)
+    z_range: tuple[float, float] = (-math.inf, math.inf)  # where the evidence was: never extrapolated past it
 
     def variance(self, z: np.ndarray) -> np.ndarray:
-        z = np.asarray(z, float)
+        z = np.clip(np.asarray(z, float), *self.z_range)
         return np.exp(sum(c * z**k for k, c in enumerate(self.coef)))
 
     @property
@@ -169,22 +171,39 @@ def _local_residual_evidence(groups: list[Group]) -> tuple[list, list, list, lis
 
 
 def _window_residual_evidence(groups: list[Group], windows: list[slice]) -> tuple[list, list, list, list]:
-    """Residuals of each budget's window quadratic: r = (I - H) y has E[r_i^2] = sum_j (I - H)_ij^2 var_j, so
-    each residual is evidence on the noise at every point of its window, the ends included."""
+    """Residuals of each budget's window quadratic, and the prediction errors of the sizes the window left out
+    for misfit (within the window's reach of the lowest point, `optimum.MAX_REACH`).
+
+    r = R y with R known: a window residual has E[r_i^2] = sum_j (I - H)_ij^2 var_j, a left-out size's error
+    var_i + its prediction's variance. Each is evidence on the noise at its own size with weight 1 on it: a
+    size left out because it is noisier than the model said shows up here, so the model can learn where the
+    noise is, the ladder's ends included, even where no second seed was trained."""
+    from .optimum import MAX_REACH
+
     zs, mixes, s2s, dofs = [], [], [], []
     for g, window in zip(groups, windows):
         y, k = point_values(g)
         ok = np.isfinite(y) & (k > 0)
-        x, z, y, k = np.log10(g.params[ok])[window], z_of(g)[ok][window], y[ok][window], k[ok][window]
-        if np.unique(x).size < 4:  # a quadratic through 3 sizes leaves no residual
+        x, z, y, k = np.log10(g.params[ok]), z_of(g)[ok], y[ok], k[ok]
+        inside = np.zeros(x.size, bool)
+        inside[window] = True
+        if np.unique(x[inside]).size < 4:  # a quadratic through 3 sizes leaves no residual
             continue
+        reach = np.abs(x - x[inside][np.argmin(y[inside])]) <= MAX_REACH + 1e-9
+        used = inside | reach
         X = np.stack([x**2, x, np.ones_like(x)], axis=1)
-        resid_maker = np.eye(x.size) - X @ np.linalg.pinv(X)
-        r = resid_maker @ y
-        zs.append(z)
-        mixes.append(resid_maker**2 / k)
-        s2s.append(r**2)
-        dofs.append(np.clip(np.diag(resid_maker), 1e-6, None))  # n - 3 degrees of freedom in all
+        fit = X[used] @ np.linalg.pinv(X[inside])  # fitted or predicted value of each used size
+        R = -fit
+        cols = np.flatnonzero(inside)
+        R_full = np.zeros((used.sum(), x.size))
+        R_full[:, cols] = R
+        R_full[np.arange(used.sum()), np.flatnonzero(used)] += 1.0
+        R_full = R_full[:, used]
+        dof = np.where(inside[used], np.clip(np.diag(R_full), 1e-6, None), 1.0)
+        zs.append(z[used])
+        mixes.append(R_full**2 / k[used])
+        s2s.append((R_full @ y[used]) ** 2)
+        dofs.append(dof)
     return zs, mixes, s2s, dofs
 
 
@@ -256,9 +275,10 @@ def fit_noise(groups: list[Group], windows: list[slice] | None = None) -> NoiseM
         if stats.chi2.sf(2 * (nll - richer_nll), 1) >= SLOPE_P_VALUE:
             break
         coef, nll = richer, richer_nll
-    model = NoiseModel(coef, float(ev.dof.sum()), source)
+    z_range = (float(ev.z.min()), float(ev.z.max())) if len(coef) > 1 else (-math.inf, math.inf)
+    model = NoiseModel(coef, float(ev.dof.sum()), source, z_range=z_range)
     if "seeds" in ev.kinds:
-        model = NoiseModel(coef, model.dof, source, _prior_dof(groups, model))
+        model = dataclasses.replace(model, prior_dof=_prior_dof(groups, model))
     return model
 
 
@@ -341,14 +361,11 @@ def stem_likelihood(
 def with_stems(model: NoiseModel, weights: np.ndarray, pairs: int) -> NoiseModel:
     if pairs == 0:
         return model
-    return NoiseModel(
-        model.coef,
-        model.dof,
-        model.source,
-        model.prior_dof,
-        tuple(float(r) for r in RHO_GRID),
-        tuple(float(w) for w in weights),
-        pairs,
+    return dataclasses.replace(
+        model,
+        rho_grid=tuple(float(r) for r in RHO_GRID),
+        rho_weights=tuple(float(w) for w in weights),
+        stem_pairs=pairs,
     )
 
 

@@ -54,6 +54,7 @@ class Design:
     wide: float = 0.0  # > 0: an evenly spaced ladder of `sizes` over this many decades instead of the grid
     seeds: int = 1
     seed_sizes: int = 0  # 0: every size has all seeds; k: only the k sizes nearest the guess
+    seed_ends: str = ""  # with seed_sizes: "both" seeds the two ends too, "largest" swaps one for the largest
     noise: float = 0.01
     large_noise: float = 1.0
     stems: bool = False
@@ -154,6 +155,10 @@ def simulate(design: Design, rng: np.random.Generator) -> pd.DataFrame:
         for budget in design.budgets:
             xs, guess = ladder(design, curve, budget)
             seeded = set(np.argsort(np.abs(xs - guess))[: design.seed_sizes]) if design.seed_sizes else None
+            if seeded is not None and design.seed_ends == "both":  # the ladder's two ends seeded too
+                seeded |= {0, len(xs) - 1}
+            elif seeded is not None and design.seed_ends == "largest":  # the nearest and the largest
+                seeded = set(np.argsort(np.abs(xs - guess))[: design.seed_sizes - 1]) | {len(xs) - 1}
             m = float(multiplier(design, curve, budget))
             for i, x in enumerate(xs):
                 params = float(10.0**x)
