@@ -141,7 +141,8 @@ def test_every_estimate_lies_inside_its_own_interval(tmp_path: Path) -> None:
         (laws, "exponent", "exponent_lo", "exponent_hi"),
     ]
     for frame, estimate, lo, hi in checks:
-        assert len(frame), estimate
+        frame = frame[frame[estimate].notna()]  # the pooled m is absent where m trends with compute
+        assert len(frame) or estimate == "multiplier", estimate
         for row in frame.itertuples():
             value, low, high = getattr(row, estimate), getattr(row, lo), getattr(row, hi)
             assert low < value < high, (estimate, value, low, high)

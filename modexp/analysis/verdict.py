@@ -115,6 +115,7 @@ OVERALL_COLUMNS = [
 GRID = 2001  # points of the cubic per replicate when it is inverted
 NOMINAL = (PERCENTILES[1] - PERCENTILES[0]) / 100
 HETEROGENEITY_P = 0.05
+MATERIAL = 1.05  # m must move by more than 5% across the budgets to be called a trend
 EPOCH_SPREAD = 1.5  # as the plan's note: one variant repeating its data this many times more often
 # Flags that take a budget out of the headline: properties of the design, never of which variant won.
 DESIGN_FLAGS = ("lr_edge", "lr_outside_law", "epochs", "bound", "reference_on_bounds")
@@ -619,8 +620,12 @@ def _trend(used: list[dict]) -> dict:
         "m_slope_lo": lo,
         "m_slope_hi": hi,
         "heterogeneity_p": p_value,
-        # Either test: the budgets' m disagree beyond their errors, or m's slope with compute excludes 0.
-        "heterogeneous": bool((math.isfinite(p_value) and p_value < HETEROGENEITY_P) or lo > 0 or hi < 0),
+        # Either test: the budgets' m disagree beyond their errors, or m's slope with compute excludes 0;
+        # and m moves by more than MATERIAL across the budgets (a noise-free table's 0.1% is no trend).
+        "heterogeneous": bool(
+            ((math.isfinite(p_value) and p_value < HETEROGENEITY_P) or lo > 0 or hi < 0)
+            and abs(fitted[-1] - fitted[0]) > math.log(MATERIAL)
+        ),
         "m_first": float(math.exp(fitted[0])),
         "m_last": float(math.exp(fitted[-1])),
         "budget_first": float(used[0]["budget"]),

@@ -54,6 +54,10 @@ def _trend(ax, overall: pd.DataFrame | None, styles: dict) -> None:
             ax.fill_between(cs, np.minimum(lo, hi), np.maximum(lo, hi), color=colour, alpha=0.12, lw=0)
 
 
+def _has_trend(overall: pd.DataFrame | None) -> bool:
+    return overall is not None and "m_slope" in overall and bool(np.isfinite(overall["m_slope"]).any())
+
+
 def headline_title(overall: pd.DataFrame | None, loss: str) -> str:
     """The figure's title: the headline of each comparison in words (report.headline_line)."""
     from ..report import headline_line
@@ -126,18 +130,13 @@ def verdict(by_budget: pd.DataFrame, overall: pd.DataFrame | None = None) -> Fig
         log_ticks(ax.xaxis, flops=True)
         ax.set_xlabel("training budget C (FLOPs)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, title="hollow: not an estimate (see its flags)", title_fontsize=7)
+        ax.legend(
+            fontsize=8,
+            title="hollow: not in the headline (see its flags)"
+            + ("\ndashed: m's trend, band: its slope's 90%" if ax is left and _has_trend(overall) else ""),
+            title_fontsize=7,
+        )
     figure_title(fig, None, headline_title(overall, loss_name(by_budget)))
-    fig.text(
-        0.5,
-        0.0,
-        f"{loss_name(by_budget)} loss; bars: 90% intervals; dashed: m's trend over the headline's budgets "
-        "(band: its slope's interval)",
-        ha="center",
-        va="top",
-        fontsize=7,
-        color="0.35",
-    )
     return fig
 
 
