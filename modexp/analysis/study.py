@@ -151,6 +151,7 @@ def make_figures(
         grid=grid,
         metrics=metrics,
         sample=sample,
+        verdict_overall=result.verdict_overall,
     )
     # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
     skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
