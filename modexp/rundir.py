@@ -255,6 +255,9 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
         cfg = OmegaConf.create(read_text(run_dir / "config.yaml"))
         if not isinstance(cfg, DictConfig):
             raise ValueError("not a mapping")
+        found = _interpolation(OmegaConf.to_container(cfg, resolve=False))
+        if found:  # written resolved: an interpolation here was put in by hand, and is never evaluated
+            raise ValueError(f"it holds the interpolation {found[:60]!r}")
     except FileNotFoundError:
         raise ModexpError(f"{run_dir} has no config.yaml: not a run folder, or not yet written") from None
     except Exception as exc:  # YAML syntax, bad encoding, interpolation errors
@@ -273,6 +276,14 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
             f"{run_dir / 'run.json'} is not a run record ({first_line(exc)}): {remedy}"
         ) from None
     return with_new_keys(cfg), spec
+
+
+def _interpolation(node: Any) -> str | None:
+    """The first `${...}` in a config read back as plain containers, or None."""
+    if isinstance(node, str):
+        return node if "${" in node else None
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return next((found for child in children if (found := _interpolation(child))), None)
 
 
 def _known_routing(run_dir: Path, cfg: DictConfig, routing: Any) -> None:

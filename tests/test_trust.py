@@ -99,6 +99,23 @@ def test_reading_a_study_never_imports_what_it_names(
     assert (tmp / "PWNED").exists()
 
 
+def test_a_trainer_imports_only_what_its_sweep_names_and_evaluates_nothing(crafted: Path) -> None:
+    """`python -m modexp.train RUN` (what a sweep starts) on a folder naming study.payload: nothing imported;
+    an interpolation put into its config.yaml is refused, never resolved."""
+    run = next(p for p in crafted.iterdir() if (p / "run.json").exists())
+    (run / "status.json").write_text(json.dumps({"state": "done"}))
+    (run / "summary.json").write_text(json.dumps({"val_loss": 4.0}))
+    train = [sys.executable, "-m", "modexp.train", str(run)]
+    env = {**os.environ, "PYTHONPATH": ".", "MODEXP_THREADS": "1"}
+    proc = subprocess.run(train, cwd=crafted.parent, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and not (crafted.parent / "PWNED").exists(), proc.stderr[-2000:]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tracker"]["wandb"]["project"] = "${oc.env:HOME}"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(train, cwd=crafted.parent, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "interpolation '${oc.env:HOME}'" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_the_env_var_names_plugins_and_a_bad_name_is_one_line(
     crafted: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
