@@ -470,6 +470,7 @@ def study_wandb_settings(sweep_dir: Path | None) -> Any:
     from omegaconf import OmegaConf
 
     from .config import WandbConfig, compose_config
+    from .rundir import read_text
 
     schema = OmegaConf.merge(
         OmegaConf.structured(WandbConfig), compose_config([], export=False).tracker.wandb
@@ -478,7 +479,7 @@ def study_wandb_settings(sweep_dir: Path | None) -> Any:
         try:
             # Plain YAML, no resolvers: a run folder's `${oc.env:...}` must never be resolved from the
             # analyst's environment (into a W&B file); a value that is an interpolation takes the default.
-            node = yaml.safe_load(config.read_text())["tracker"]["wandb"]
+            node = yaml.safe_load(read_text(config))["tracker"]["wandb"]  # a FIFO is never opened
             node = {k: v for k, v in node.items() if not _interpolated(v)}
             settings = OmegaConf.to_object(OmegaConf.merge(schema, node))
             check_id_suffix(settings.id_suffix)
