@@ -41,7 +41,15 @@ def resolve_folder(path: str | Path) -> Path:
 _FLOPS = ("budget", "flops", "C")
 _SIZES = ("params", "tokens", "n_opt", "d_opt", "n_opt_lo", "n_opt_hi", "d_opt_lo", "d_opt_hi", "params_min")
 _SIZES += ("params_max", "bound_params", "k", "coefficient")
-_RATIOS = ("multiplier", "multiplier_lo", "multiplier_hi")
+_RATIOS = (
+    "multiplier",
+    "multiplier_lo",
+    "multiplier_hi",
+    "m_first",
+    "m_last",
+    "multiplier_fw_lo",
+    "multiplier_fw_hi",
+)
 _PY_FLOAT = re.compile(r"\b\d+(?:\.\d+)?e[+-]\d+\b")
 
 
