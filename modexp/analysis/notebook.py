@@ -111,6 +111,13 @@ def readable(
     return text.set_index(keys) if keys else text
 
 
+def _is_trend(row: pd.Series) -> bool:
+    """Whether a headline row is m's trend with compute (no pooled m), as verdict.py reports it."""
+    return str(row.get("heterogeneous", "")).lower() in ("true", "1") and np.isfinite(
+        float(row.get("m_first", np.nan))
+    )
+
+
 def compare_verdicts(by_budget: dict[str, pd.DataFrame], overall: dict[str, pd.DataFrame]) -> Figure:
     """Two (or more) studies' verdicts side by side: m per budget (left), the headline m per pair (right).
 
@@ -171,6 +178,12 @@ def compare_verdicts(by_budget: dict[str, pd.DataFrame], overall: dict[str, pd.D
                     fontsize=8,
                     va="center",
                 )
+            if not row.empty and _is_trend(row.iloc[0]):  # m changes with compute: its two ends, joined
+                trend = row.iloc[0]
+                right.plot([trend["m_first"], trend["m_last"]], [y, y], color=colours[study], lw=1, ls="--")
+                right.scatter([trend["m_first"], trend["m_last"]], [y, y], marker=markers[pair],
+                              color=["none", colours[study]], edgecolors=colours[study], zorder=3)  # fmt: skip
+                continue
             if row.empty or not np.isfinite(float(row["multiplier"].iloc[0])):
                 right.text(1, y, "  no verdict", va="center", fontsize=8, color="0.4")
                 continue
@@ -194,7 +207,9 @@ def compare_verdicts(by_budget: dict[str, pd.DataFrame], overall: dict[str, pd.D
     right.set_yticks(ticks, labels, fontsize=8)
     right.set_ylim(len(pairs) * (len(studies) + 1) - 0.5, -0.5)
     right.set_xscale("log")
-    right.set_xlabel("compute multiplier m (geometric mean over budgets)")
+    right.set_xlabel(
+        "compute multiplier m (pooled over budgets; dashed: from the first budget's to the last's)"
+    )
     right.set_title("Headline per pair (bars: 5–95% bootstrap)", fontsize=PANEL_TITLE_SIZE)
     left.set_yscale("log")
     left.axhline(1, color="0.4", lw=0.8)
