@@ -140,7 +140,7 @@ def cmd_status(args: argparse.Namespace, overrides: list[str]) -> int:
     if not found:
         print(f"no studies under {runs_dir} (a study is a folder with a plan.json, written by modexp sweep)")
     for folder in found:
-        t = totals(run_rows(folder))
+        t = totals(run_rows(folder), folder)
         print(
             summary_line(folder, t) if args.format == "table" else json.dumps({"sweep_dir": str(folder), **t})
         )

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from . import flops
+from .estimate import pace_of, run_seconds, study_seconds
 from .launch.local import visible_gpus
 from .memory import plan_step
 from .rundir import run_state
@@ -18,9 +19,10 @@ from .units import count, duration, sci, si
 
 
 def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
-    """One row per planned run: its plan, estimated time and memory on the devices it would use, its state."""
+    """One row per planned run: its plan, estimated time (modexp/estimate.py) and memory on the devices it
+    would use, its state."""
     cfg = study.configs[0][1]
-    flops_per_s = cfg.sweep.flops_per_second  # per device
+    pace, _ = pace_of(cfg)
     devices = max(1, cfg.launcher.gpus_per_run)
     gpus = bool(visible_gpus()) if cfg.device == "auto" else cfg.device == "cuda"
     rows = []
@@ -28,10 +30,9 @@ def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
         row = spec.row()
         if spec.role == "stem":
             row["branch_points"] = spec.branch_points
-        spent = spec.flops - spec.stem_flops  # a branch trains only its steps after its stem's
         row["devices"] = devices
-        row["est_time_s"] = round(spent / flops_per_s / devices + (cfg.launcher.startup_s or 0), 1)
-        row["device_hours"] = spent / flops_per_s / 3600
+        row["est_time_s"] = round(run_seconds(spec, cfg, pace), 1)
+        row["device_hours"] = (row["est_time_s"] - pace.startup) * devices / 3600
         micro, memory = plan_step(cfg, spec.model, gpus)
         row["micro_batch"] = micro
         row["est_peak_gb"] = round(memory.peak_gb, 1) if memory else None
@@ -104,11 +105,12 @@ def print_plan(study: Study, fmt: str, convention: str = "exact") -> None:
         )
     hours = sum(r["device_hours"] for r in rows)
     stem_count = f" and {count(len(stems), 'stem')}" if len(stems) else ""
+    pace, slots = pace_of(cfg)
+    wall = study_seconds(study.trained, cfg, pace, slots)
     print(
         f"\n{count(len(frame), 'run')}{stem_count}, "
-        f"{sci(total)} FLOPs in all: {hours:,.1f} "
-        f"{unit}-hours at {sci(cfg.sweep.flops_per_second, 2)} FLOP/s per {unit} (sweep.flops_per_second), "
-        f"about {duration(sum(r['est_time_s'] for r in rows))} one run at a time on {count(devices, unit)} per run "
+        f"{sci(total)} FLOPs in all: {hours:,.1f} {unit}-hours at {pace.describe(unit)}, "
+        f"about {duration(wall)} on {count(slots, 'slot')} of {count(devices, unit)} per run "
         "(launcher.gpus_per_run). micro: sequences per micro-batch; GB: estimated peak memory per device "
         "(modexp/memory.py); full rows with --format csv or json"
     )

@@ -1,8 +1,9 @@
 """`modexp status [DIR]`: a study's progress from its folder alone (plan.json and the run folders).
 
-Per run: done / running / interrupted / failed / pending, the step, the latest loss and, for running runs,
-an ETA from their own pace; in total: counts, the share of FLOPs done, and an ETA for what is left at the
-FLOP rate the study's finished runs achieved.
+Per run (and per stem of a branching study): done / running / interrupted / failed / pending, the step, the
+latest loss, its MFU once done and, for running runs, an ETA from their own pace; in total: counts, the share of
+the FLOPs the study trains that is done (a stem once, each branch its own steps), the study's MFU, and an ETA
+for what is left at the FLOP rate the study's finished runs achieved.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModexpError
-from .rundir import read_json, read_status, run_state
+from .mfu import read_summaries, study_mfu
+from .rundir import STEMS, read_json, read_status, run_state
 from .units import count, duration, sci
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
@@ -58,12 +60,13 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             f"{sweep_dir} has no plan.json and no run folders: not a study (modexp sweep or modexp train "
             "writes one; see modexp status without a folder for the studies under runs_dir)"
         )
-    planned = {r["run_id"]: r for r in plan.get("runs", [])}
+    planned = {r["run_id"]: r for r in plan.get("stems", []) + plan.get("runs", [])}
     ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
     rows = []
     now = time.time()
     for run_id in ids:
-        run_dir = sweep_dir / run_id
+        stem = (planned.get(run_id) or {}).get("role") == "stem"
+        run_dir = sweep_dir / STEMS / run_id if stem else sweep_dir / run_id
         info = planned.get(run_id)
         if info is None and (run_dir / "run.json").exists():
             info = read_json(run_dir / "run.json")
@@ -79,6 +82,12 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "budget": info.get("budget"),
             "shape": info.get("shape"),
             "flops": info.get("flops"),
+            # What the study trains for it: a branch starts from its stem's state (cooldown_start).
+            "flops_trained": (info.get("flops") or 0)
+            - ((info.get("stem_flops") or 0) if info.get("stem") else 0),
+            "first_step": (info.get("cooldown_start") or 0) if info.get("stem") else 0,
+            "role": info.get("role", "run"),
+            "mfu": _summary_mfu(run_dir) if state == "done" else None,
             "state": state if state in STATES else "pending",
             "step": step,
             "steps": steps,
@@ -97,20 +106,48 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
-    flops_total = sum(r["flops"] or 0 for r in rows)
-    flops_done = sum(
-        (r["flops"] or 0) * (1.0 if r["state"] == "done" else (r["step"] or 0) / max(1, r["steps"] or 1))
-        for r in rows
-    )
+def _summary_mfu(run_dir: Path) -> float | None:
+    try:
+        value = read_json(run_dir / "summary.json").get("mfu")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, (int, float)) else None
+
+
+def _share_done(row: dict[str, Any]) -> float:
+    """The share of its own steps a run has trained (a branch's count from its stem's branch point)."""
+    if row["state"] == "done":
+        return 1.0
+    first, steps = row.get("first_step") or 0, row["steps"] or 1
+    return min(1.0, max(0.0, ((row["step"] or 0) - first) / max(1, steps - first)))
+
+
+def totals(rows: list[dict[str, Any]], sweep_dir: Path | None = None) -> dict[str, Any]:
+    """Counts by state (runs, not stems), the FLOPs the study trains and those done (a stem once, a branch
+    its own steps), and the study's MFU (modexp/mfu.py) when sweep_dir is given."""
+    runs = [r for r in rows if r.get("role") != "stem"]
+    counts = {s: sum(r["state"] == s for r in runs) for s in STATES}
+    flops_total = sum(r.get("flops_trained", r["flops"] or 0) for r in rows)
+    flops_done = sum(r.get("flops_trained", r["flops"] or 0) * _share_done(r) for r in rows)
     # The pace of this study's finished runs, for what is left (one run at a time, as the plan assumes).
-    rates = [
+    rates = [  # a branch's wall time counts from step 0, its stem's share included, as its FLOPs do
         r["flops"] / r["wall_time"] for r in rows if r["state"] == "done" and r["flops"] and r["wall_time"]
     ]
     rate = sorted(rates)[len(rates) // 2] if rates else None
     eta = (flops_total - flops_done) / rate if rate and flops_total > flops_done else None
-    return {**counts, "runs": len(rows), "flops_done": flops_done, "flops_total": flops_total, "eta_s": eta}
+    mfu = study_mfu(read_summaries(sweep_dir))["mfu"] if sweep_dir is not None else None
+    return {
+        **counts,
+        "runs": len(runs),
+        "stems": len(rows) - len(runs),
+        "stem_states": {
+            s: n for s in STATES if (n := sum(r["state"] == s for r in rows if r.get("role") == "stem"))
+        },
+        "flops_done": flops_done,
+        "flops_total": flops_total,
+        "eta_s": eta,
+        "mfu": mfu,
+    }
 
 
 def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
@@ -128,11 +165,12 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
                 "loss": frame["loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "val_loss": frame["val_loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "eta": frame["eta_s"].map(lambda v: "-" if pd.isna(v) else duration(v)),
+                "mfu": frame["mfu"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}"),
                 "note": [(r["reason"] or "")[:30] for r in rows],
             }
         )
         lines.append(shown.to_string(index=False))
-    t = totals(rows)
+    t = totals(rows, sweep_dir)
     lines.append(summary_line(sweep_dir, t))
     if t["interrupted"]:
         lines.append("interrupted runs resume when the sweep's command runs again")
@@ -146,7 +184,13 @@ def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
     return (
         f"{sweep_dir}: {count(t['runs'], 'run')}: "
         + ", ".join(f"{t[s]} {s}" for s in STATES if t[s])
-        + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
+        + (
+            f" (and {count(t['stems'], 'stem')}: {', '.join(f'{n} {s}' for s, n in t['stem_states'].items())})"
+            if t.get("stems")
+            else ""
+        )
+        + f"; {share:.0%} of the {sci(t['flops_total'])} FLOPs it trains done"
+        + (f"; study MFU {t['mfu']:.1%}" if t.get("mfu") is not None else "")
         + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
     )
 

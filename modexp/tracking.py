@@ -387,6 +387,7 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
             "power_laws": result.power_laws,
             "verdict": result.verdict,
             "verdict_overall": result.verdict_overall,
+            "verdict_time": getattr(result, "verdict_time", None),  # the iso-time verdict
         }
         logged: dict[str, Any] = {
             f"table/{name}": wandb.Table(dataframe=frame.reset_index(drop=True))
@@ -426,6 +427,7 @@ ANALYSIS_TABLES = (
     "fits.csv",
     "verdict.csv",
     "verdict_overall.csv",
+    "verdict_time.csv",
     "power_laws.csv",
     "approach3.csv",
     "lr_laws.csv",

@@ -142,7 +142,7 @@ def test_plan_table_summary_reads_like_prose(tmp_path: Path, capsys: pytest.Capt
     assert rc == 0
     assert "e+" not in out, out  # FLOPs as 6e18, not 6e+18; times as 2.9 days, not 2.5e+05 s
     summary = next(line for line in out.splitlines() if " FLOPs in all" in line)
-    assert "GPU-hours at 4e14 FLOP/s per GPU" in summary and " days one run at a time" in summary, summary
+    assert "GPU-hours at 4e14 FLOP/s per GPU" in summary and " days on " in summary, summary
     rc, out, _ = run_main(
         [
             "plan",

@@ -20,7 +20,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Figures each notebook must show when every input is present (the fixture sweep has no LR grid):
 # isoflop: verdict, isoFLOP curves, optimal scaling, normalised, learning curves; routing: routing, accuracy;
 # compare: one figure.
-EXPECTED_IMAGES = {"isoflop.ipynb": 5, "routing.ipynb": 2}
+EXPECTED_IMAGES = {"isoflop.ipynb": 6, "routing.ipynb": 2}
 PARAMETERS = {"isoflop.ipynb": ["sweep_dir", "loss"], "routing.ipynb": ["sweep_dir", "run_id"]}
 PARAMETERS["compare.ipynb"] = ["sweep_a", "sweep_b", "names", "loss"]
 ALL_NOTEBOOKS = sorted(PARAMETERS)

@@ -235,6 +235,7 @@ def format_summary(
     notes: list[str],
     lr_laws: pd.DataFrame | None = None,
     lr_rules: list[str] | None = None,
+    speed: list[str] | None = None,
 ) -> str:
     """The whole report; `verdicts` maps each loss analysed to its verdict, `loss` is the one fitted in detail."""
     lines = [f"modexp analysis of {source}"]
@@ -251,6 +252,7 @@ def format_summary(
     lines += [note for note in notes if note.startswith("WARNING")]  # next to the verdict, not at the end
     sections = [_verdict_section(verdicts[loss], loss)]
     sections += [_verdict_section(v, other) for other, v in verdicts.items() if other != loss]
+    sections += [speed or []]  # the wall-clock verdict and the study's MFU (isotime.speed_lines)
     sections += [_best_points_section(points), _fits_section(fits), _lr_section(lr_laws, lr_rules or [])]
     sections += [_power_law_section(laws, fits), _approach3_section(a3)]
     for section in sections:

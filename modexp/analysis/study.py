@@ -23,6 +23,8 @@ from .fits import (
     fit_isoflops,
     fit_power_laws,
 )
+from .isotime import read as read_time_verdict
+from .isotime import speed_lines, time_verdict
 from .lrlaw import fit_lr_laws, grid_points
 from .points import DEFAULT_LOSS, LOSSES, loss_column, reduce_points
 from .report import format_summary
@@ -56,6 +58,7 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     sweep_dir: Path | None = None
     lr_laws: pd.DataFrame | None = None
+    verdict_time: pd.DataFrame | None = None  # the iso-time verdict (isotime.py)
 
 
 def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -239,6 +242,7 @@ def analyze(
             )
 
     notes += _run_notes(df)
+    timed = time_verdict(df, loss, iso.noise, tuple(split_by), n_boot=n_boot, seed=seed)
 
     # Nothing is written until every fit succeeded: a refused analysis leaves the folder as it was.
     _write_results(df, results_dir)
@@ -253,6 +257,7 @@ def analyze(
     a3.to_csv(out_dir / "approach3.csv", index=False)
     if lr_laws is not None:
         lr_laws.to_csv(out_dir / "lr_laws.csv", index=False)
+    timed.table.to_csv(out_dir / "verdict_time.csv", index=False)
 
     result = AnalysisResult(
         summary="",
@@ -269,6 +274,7 @@ def analyze(
         notes=notes,
         sweep_dir=sweep_dir,
         lr_laws=lr_laws,
+        verdict_time=timed.table,
     )
     if sweep_dir is not None:
         metrics, metric_notes = _load_metrics(sweep_dir, df["run_id"])
@@ -285,8 +291,9 @@ def analyze(
 
     verdicts = {name: v for name, (_, _, v) in per_loss.items()}
     result.summary = format_summary(
-        source, df, points.table, iso.table, laws, a3, verdicts, loss, states, notes, lr_laws, _lr_rules(df)
-    )
+        source, df, points.table, iso.table, laws, a3, verdicts, loss, states, notes, lr_laws, _lr_rules(df),
+        speed=speed_lines(timed, loss, df, sweep_dir),
+    )  # fmt: skip
     (out_dir / "summary.txt").write_text(result.summary)
     logger.info("analysis written to %s", out_dir)
     return result
@@ -347,6 +354,7 @@ def load_or_analyze(sweep_dir: Path) -> AnalysisResult:
         figure_dir=sweep_dir / "plots",
         sweep_dir=sweep_dir,
         lr_laws=pd.read_csv(lr_path) if lr_path.is_file() else None,
+        verdict_time=read_time_verdict(sweep_dir / "verdict_time.csv"),
     )
 
 
