@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .rundir import STEMS
-from .units import duration, sci
+from .units import count, duration, sci
 
 
 def _number(value: Any) -> float | None:
@@ -93,7 +93,7 @@ def describe(result: dict[str, Any]) -> str:
     text = (
         f"study MFU {result['mfu']:.1%}: {sci(result['flops_trained'])} FLOPs trained in "
         f"{duration(result['train_time'])} of training at {sci(result['peak_flops'], 2)} FLOP/s peak per run "
-        f"({on}; {result['runs']} runs and stems)"
+        f"({on}; {count(result['runs'], 'run')}, stems included)"
     )
     if result["cpu_share_min"] is not None and result["cpu_share_min"] < LOADED:
         text += f"; the machine was loaded: a run got only {result['cpu_share_min']:.0%} of its cores"
