@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .rundir import STEMS
 from .units import count, duration, sci
+
+STEMS = "stems"  # rundir.STEMS, spelled out: rundir loads the planner (and Hydra), which `analyze` need not
 
 
 def _number(value: Any) -> float | None:

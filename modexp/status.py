@@ -171,7 +171,11 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
         )
         lines.append(shown.to_string(index=False))
     t = totals(rows, sweep_dir)
-    lines.append(summary_line(sweep_dir, t))
+    lines.append(summary_line(sweep_dir, t, mfu=False))
+    if t.get("mfu") is not None:  # its own line: the table's lines stay within 120 columns
+        lines.append(
+            f"study MFU {t['mfu']:.1%}: FLOPs trained / (training seconds x device peak), modexp/mfu.py"
+        )
     if t["interrupted"]:
         lines.append("interrupted runs resume when the sweep's command runs again")
     if t["failed"]:
@@ -179,7 +183,8 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
+def summary_line(sweep_dir: Path, t: dict[str, Any], mfu: bool = True) -> str:
+    """One line of totals; the FLOPs are those the study trains (each stem once, each branch its own steps)."""
     share = t["flops_done"] / t["flops_total"] if t["flops_total"] else 0.0
     return (
         f"{sweep_dir}: {count(t['runs'], 'run')}: "
@@ -189,8 +194,8 @@ def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
             if t.get("stems")
             else ""
         )
-        + f"; {share:.0%} of the {sci(t['flops_total'])} FLOPs it trains done"
-        + (f"; study MFU {t['mfu']:.1%}" if t.get("mfu") is not None else "")
+        + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
+        + (f"; MFU {t['mfu']:.1%}" if t.get("mfu") is not None and mfu else "")
         + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
     )
 

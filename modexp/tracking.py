@@ -481,6 +481,8 @@ def study_wandb_settings(sweep_dir: Path | None) -> Any:
 
 def log_study(result: Any, sweep_dir: Path | None, mode: str | None = None) -> None:
     """`modexp analyze` and the end of a sweep: the analysis as its own W&B run; says where it went."""
+    if wandb_mode(mode or "auto") == "disabled":  # WANDB_MODE or --wandb: no settings to compose (Hydra)
+        return
     settings = study_wandb_settings(sweep_dir)
     if mode:
         settings.mode = mode

@@ -195,3 +195,64 @@ def test_analyze_writes_the_time_verdict_its_figure_and_the_study_mfu(tmp_path: 
     assert "Wall-clock verdict (iso-time" in result.summary and "study MFU" in result.summary
     table = pd.read_csv(sweep / "verdict_time.csv")
     assert list(table.columns) == isotime.COLUMNS and (table["row"] == "overall").sum() == 1
+
+
+# -- `modexp status` of a branching study -------------------------------------------------------------------
+
+
+def test_status_counts_the_flops_a_branching_study_trains(tmp_path: Path) -> None:
+    from modexp.status import run_rows, totals
+
+    stem = {"run_id": "stem-a", "role": "stem", "flops": 6e12, "steps": 600, "variant": "baseline"}
+    runs = [
+        {"run_id": "b1", "flops": 8e12, "stem": "stem-a", "stem_flops": 6e12, "cooldown_start": 600, "steps": 800},
+        {"run_id": "b2", "flops": 7e12, "stem": "stem-a", "stem_flops": 6e12, "cooldown_start": 600, "steps": 700},
+        {"run_id": "r", "flops": 1e12, "steps": 100},
+    ]  # fmt: skip
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": runs, "stems": [stem], "planned_ids": []}))
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b1" / "status.json").write_text(json.dumps({"state": "interrupted", "step": 700}))
+    rows = run_rows(tmp_path)
+    t = totals(rows, tmp_path)
+    assert t["runs"] == 3 and t["stems"] == 1
+    assert t["flops_total"] == pytest.approx(6e12 + 2e12 + 1e12 + 1e12)  # not the budgets' 1.6e13
+    assert t["flops_done"] == pytest.approx(1e12)  # b1: half of its own 200 steps
+
+
+# -- the pool's persistent workers ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_trains_runs_as_their_own_processes_would_and_a_failure_replaces_it(tmp_path: Path) -> None:
+    """Three runs in one worker (a broken one between two good ones) give what each gives alone."""
+    from modexp.launch import Job, local
+    from modexp.rundir import read_json, write_run
+    from modexp.sweep import run_config
+
+    overrides = ["sweep=smoke", "sweep.min_tokens_per_param=0.1", "model.d_model=8", "model.n_heads=2",
+                 "model.n_layers=2", f"runs_dir={tmp_path / 'pool'}", "train.eval_every=1000"]  # fmt: skip
+    study = build_study([*overrides, "sweep.budgets=[1e9]"])
+    specs = study.plan.runs[:2]
+    dirs = []
+    for spec in specs:
+        write_run(study.run_dir(spec), study.run_config(spec), spec)
+        dirs.append(study.run_dir(spec))
+    broken = tmp_path / "pool" / "smoke" / "broken"
+    write_run(broken, run_config(study.run_sources[specs[0].run_id], specs[0]), specs[0])
+    (broken / "run.json").write_text("{not json")
+    # One slot takes the queue in order: a good run, the broken one, another good run.
+    jobs = [Job(specs[0], dirs[0]), Job(SimpleNamespace(run_id="broken"), broken), Job(specs[1], dirs[1])]
+    pool = local.LocalPool(local.make_slots("cpu", 1), persistent=True, folder=tmp_path / "pool")
+    pool.run(jobs)
+    assert pool.failed == ["broken"] and len(pool.worker_starts) == 2  # the failure ended the first worker
+    pooled = [read_json(d / "summary.json") for d in dirs]
+    # Each again in a process of its own (what a pool without workers did): the same losses, bit for bit.
+    alone = tmp_path / "alone"
+    for spec in specs:
+        fresh = alone / spec.run_id
+        write_run(fresh, study.run_config(spec), spec)
+        assert local.train_processes(fresh, to_typed(study.run_config(spec))) == 0
+    for spec, row in zip(specs, pooled):
+        single = read_json(alone / spec.run_id / "summary.json")
+        assert row["val_loss"] == single["val_loss"] and row["val_loss_causal"] == single["val_loss_causal"]
+        assert row["startup_time"] < 30 and row["train_time"] > 0 and row["peak_memory_gb"] > 0

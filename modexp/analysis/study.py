@@ -97,7 +97,7 @@ def _lr_rules(df: pd.DataFrame) -> list[str]:
 
 def _run_notes(df: pd.DataFrame) -> list[str]:
     """What the runs themselves say about the comparison: LRs outside their law's domain, repetition."""
-    from modexp.plan import epoch_spread_notes
+    from modexp.repetition import epoch_spread_notes  # not modexp.plan: that loads Hydra
 
     notes = []
     if "lr_domain" in df:
