@@ -143,13 +143,16 @@ def pace_of(cfg: Config) -> tuple[Pace, int]:
     cache = devices.read_cache().get(kind, {})
     workers = [w for w in cache.get("workers", {}).get(key, []) if _number(w)]
     sweeps = [s for s in cache.get("sweeps", []) if _number(s)]
-    starts = [r["startup_time"] for r in records if _number(r.get("startup_time"))]
+    # A loaded machine only ever makes these longer: the least seen is the idle machine's (a run's own
+    # start-up is scaled by the CPU share it got, as its steps are).
+    starts = [r["startup_time"] * min(1.0, r.get("cpu_share") or 1.0) for r in records
+              if _number(r.get("startup_time"))]  # fmt: skip
     pace = Pace(
         records=records,
         flops_per_second=cfg.sweep.flops_per_second,
         startup=statistics.median(starts) if starts else float(cfg.launcher.startup_s or 0.0),
-        worker_startup=statistics.median(workers) if workers else float(cfg.launcher.worker_startup_s or 0.0),
-        sweep_overhead=statistics.median(sweeps) if sweeps else 0.0,
+        worker_startup=min(workers) if workers else float(cfg.launcher.worker_startup_s or 0.0),
+        sweep_overhead=min(sweeps) if sweeps else 0.0,
         kind=f"{kind} ({key})",
     )
     return pace, slots

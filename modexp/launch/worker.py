@@ -11,7 +11,7 @@ the next run, so nothing a failed run left behind can reach another.
 
 Protocol (pool <-> worker): the pool writes one JSON line per run to the worker's stdin,
 {"run_dir": ..., "dispatched": time.time()}; the worker writes JSON lines to the file descriptor named on its
-command line: {"ready": seconds since the worker started, "pid": ...} once, then {"run_dir": ..., "code": exit code} per run, the codes of
+command line: {"ready": seconds since the worker started, "cpu": its CPU seconds, "pid": ...} once, then {"run_dir": ..., "code": exit code} per run, the codes of
 `python -m modexp.train` (train.run_one). SIGTERM, SIGINT and SIGHUP stop the run in hand as interrupted
 (resumable), and the worker then exits with EXIT_INTERRUPTED; a kill -9 loses what the run did since its last
 checkpoint, as it would for a process of its own.
@@ -50,7 +50,9 @@ def serve(reply: IO[str], requests: IO[str]) -> int:
         signal.signal(signum, train._raise_interrupt)
     lifeline.stay_tied()
     ready_at = time.time()
-    _send(reply, {"ready": ready_at - train.process_started(), "pid": os.getpid()})
+    _send(
+        reply, {"ready": ready_at - train.process_started(), "cpu": time.process_time(), "pid": os.getpid()}
+    )
     try:
         for line in requests:
             if not line.strip():
