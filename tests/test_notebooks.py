@@ -190,7 +190,7 @@ def test_isoflop_executes_on_analyze_out_of_a_sweep(tmp_path: Path) -> None:
     analysis.analyze(sweep_dir, out=tmp_path / "out", figures=False)
     nb = _run("isoflop.ipynb", sweep_dir=str(tmp_path / "out"))
     assert "fitted on the causal loss" in _stdout(nb)
-    assert _images(nb) == 4  # all but the learning curves, whose metrics stay in the sweep's run folders
+    assert _images(nb) == 5  # all but the learning curves, whose metrics stay in the sweep's run folders
 
 
 def test_compare_shows_two_verdicts_side_by_side(table_outputs: tuple[Path, Path]) -> None:

@@ -13,6 +13,8 @@ import yaml
 
 from modexp.errors import ModexpError
 
+from . import figure_pool
+from .figure_options import figure_options
 from .fits import (
     A3_COLUMNS,
     FITS_COLUMNS,
@@ -141,33 +143,37 @@ def make_figures(
     size: str | tuple[float, float] | None = None,
 ) -> list[str]:
     """Write every figure of figures.FIGURES the data allows into result.figure_dir (default PNG + SVG at
-    each figure's own size; see figures.save); return notes on the rest."""
-    from . import figures  # matplotlib is imported only when figures are drawn
-
-    data = figures.FigureData(
-        results=result.results,
-        points=result.points,
-        fits=result.fits,
-        power_laws=result.power_laws,
-        verdict=result.verdict,
-        lr_laws=result.lr_laws,
-        grid=grid,
-        metrics=metrics,
-        sample=sample,
-    )
-    # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
-    skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
-    drawn = iter(
-        figures.draw_all([f for f, reason in skips if not reason], data, result.figure_dir, formats, size)
+    each figure's own size; see figures.save); return notes on the rest. Drawn by the workers forked as the
+    analysis began (figure_pool.py), else here."""
+    fields = dict(
+        results=result.results, points=result.points, fits=result.fits, power_laws=result.power_laws,
+        verdict=result.verdict, lr_laws=result.lr_laws, grid=grid, metrics=metrics, sample=sample,
+    )  # fmt: skip
+    outcomes = figure_pool.draw(fields, result.figure_dir, formats, size) or _draw_here(
+        fields, result.figure_dir, formats, size
     )
     notes = []
-    for figure, reason in skips:
-        path, note = (None, f"figure {figure.name}.png skipped: {reason}") if reason else next(drawn)
+    for name, path, note in outcomes:
         if path is not None:
-            result.figures[figure.name] = path
+            result.figures[name] = path
         if note:
             notes.append(note)
     return notes
+
+
+def _draw_here(fields: dict, out_dir: Path, formats, size) -> list[tuple[str, Path | None, str | None]]:
+    from . import figures  # matplotlib is imported only when figures are drawn
+
+    data = figures.FigureData(**fields)
+    # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
+    skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
+    drawn = iter(figures.draw_all([f for f, reason in skips if not reason], data, out_dir, formats, size))
+    return [
+        (figure.name, None, f"figure {figure.name}.png skipped: {reason}")
+        if reason
+        else (figure.name, *next(drawn))
+        for figure, reason in skips
+    ]
 
 
 def analyze(
@@ -195,9 +201,8 @@ def analyze(
         raise ModexpError("analyze needs exactly one of a sweep folder or --table FILE.csv")
     loss_column(loss)  # a bad --loss fails before anything is read or written
     if figures:  # so do bad figure options
-        from .figures import figure_options
-
         figure_formats, figure_size = figure_options(figure_formats, figure_size)
+        figure_pool.start()  # its workers import matplotlib while this process reads and fits
     notes: list[str] = []
     metrics, sample, states = None, None, None
     if table is not None:
