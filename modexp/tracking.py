@@ -404,6 +404,10 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
                 run.summary[
                     f"multiplier/{row['curve']}_vs_{row['reference']}/{row.get('loss', result.loss)}"
                 ] = row["multiplier"]
+        if sweep_dir is not None:  # how much of its devices the study used (modexp/mfu.py)
+            from .mfu import read_summaries, study_mfu
+
+            run.summary["study_mfu"] = study_mfu(read_summaries(Path(sweep_dir)))["mfu"]
         artifact = wandb.Artifact(f"analysis-{study}", type="analysis", metadata={"loss": result.loss})
         files = analysis_files(result)
         for name, path in files.items():

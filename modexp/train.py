@@ -508,7 +508,8 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     write_json(run.run_dir / "summary.json", summary)
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
     retain_checkpoints(run.run_dir, run.cfg.train.keep)
-    run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"]}, exit_code=0)
+    speed = {k: summary[k] for k in ("mfu", "train_time", "device_kind") if summary.get(k) is not None}
+    run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"], **speed}, exit_code=0)
     log.info("done %s: val_loss %.4f in %.1f s", run.spec.run_id, summary["val_loss"], wall_time)
     if run.spec.stem:
         branches.release_branch_point(run.run_dir, run.spec)
