@@ -76,6 +76,8 @@ def read_summaries(study_dir: Path) -> list[dict[str, Any]]:
     """Every finished run's and stem's summary.json under a study folder."""
     rows = []
     for path in sorted(study_dir.glob("*/summary.json")) + sorted((study_dir / STEMS).glob("*/summary.json")):
+        if not path.is_file():  # a FIFO or device planted there would block the reader
+            continue
         try:
             row = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -10,15 +10,19 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import flops, variants
-from .config import Config, LadderConfig, SweepConfig
 from .errors import ModexpError
 from .model import ModelConfig
 from .repetition import EPOCH_SPREAD, epoch_spread_notes  # noqa: F401 (kept importable from here)
 from .units import sci, si
 from .variants import MOD_ONLY, MOE_ONLY  # noqa: F401 (kept importable from here)
+
+if (
+    TYPE_CHECKING
+):  # annotations only: the planner's arithmetic needs no Hydra (rundir, the analysis import it)
+    from .config import Config, LadderConfig, SweepConfig
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 # lr_from too: the lr it resolves to is in the identity, wherever it came from.

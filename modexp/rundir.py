@@ -18,11 +18,12 @@ import fcntl
 import json
 import math
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -143,8 +144,33 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+class NotRegular(OSError):
+    """A file a reader expected is a FIFO, a device, a socket or a folder: never opened for reading."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a (run folder's) file for reading only if it is a regular file: a FIFO planted there would block
+    the reader, a device would never end. NotRegular (an OSError) otherwise; symbolic links are followed."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO swapped in meanwhile does not block
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text(path: Path) -> str:
+    """A regular file's text (UTF-8): OSError (NotRegular for a FIFO or device), or UnicodeDecodeError."""
+    with open_regular(path) as f:
+        return f.read().decode("utf-8")
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json.loads(read_text(path))
 
 
 def _jsonable(value: Any) -> Any:
@@ -159,10 +185,12 @@ def set_status(run_dir: Path, state: str, **fields: Any) -> None:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json as a dict; {"state": "pending"} when it is missing or unreadable (a FIFO is not opened)."""
     try:
-        return read_json(run_dir / "status.json")
-    except (FileNotFoundError, json.JSONDecodeError):
+        status = read_json(run_dir / "status.json")
+    except (OSError, ValueError):  # missing, not a regular file, not UTF-8, not JSON
         return {"state": "pending"}
+    return status if isinstance(status, dict) else {"state": "pending"}
 
 
 def sweep_dir(cfg: Any) -> Path:
@@ -172,6 +200,18 @@ def sweep_dir(cfg: Any) -> Path:
 STEMS = (
     "stems"  # a study's stems (sweep.reuse=branches): <sweep>/stems/<stem_id>/, where analysis never looks
 )
+
+
+def is_run_id(value: object) -> bool:
+    """A run id read from a file, usable as a folder name: no path separator, not '.' or '..', no control
+    character (a crafted plan.json or summary.json must not point a reader elsewhere)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 255
+        and "/" not in value
+        and value not in (".", "..")
+        and value.isprintable()
+    )
 
 
 def stem_dir(run_dir: Path, stem: str) -> Path:
@@ -207,27 +247,56 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
 
 def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     """The run's config (settings added since it was written take today's defaults) and its RunSpec."""
-    from .config import load_plugins, with_new_keys
+    from . import plugins
+    from .config import with_new_keys
 
     remedy = "rerun the sweep (or modexp train) that planned it to rewrite it"
     try:
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg = OmegaConf.create(read_text(run_dir / "config.yaml"))
         if not isinstance(cfg, DictConfig):
             raise ValueError("not a mapping")
+        found = _interpolation(OmegaConf.to_container(cfg, resolve=False))
+        if found:  # written resolved: an interpolation here was put in by hand, and is never evaluated
+            raise ValueError(f"it holds the interpolation {found[:60]!r}")
     except FileNotFoundError:
         raise ModexpError(f"{run_dir} has no config.yaml: not a run folder, or not yet written") from None
     except Exception as exc:  # YAML syntax, bad encoding, interpolation errors
         raise ModexpError(f"{run_dir / 'config.yaml'} does not parse ({first_line(exc)}): {remedy}") from None
-    load_plugins(cfg)  # a plug-in variant's routing is known before its run.json model is read
+    # Only the plug-ins the user named (its sweep passes them on in MODEXP_PLUGINS), never those the folder names.
+    plugins.load_named(source=plugins.ENV)
     try:
         raw = read_json(run_dir / "run.json")
+        _known_routing(run_dir, cfg, raw["model"].get("routing", "none"))
         raw["model"] = ModelConfig(**raw["model"])
         spec = RunSpec(**raw)
+    except ModexpError:
+        raise
     except Exception as exc:  # missing, truncated, edited into another shape
         raise ModexpError(
             f"{run_dir / 'run.json'} is not a run record ({first_line(exc)}): {remedy}"
         ) from None
     return with_new_keys(cfg), spec
+
+
+def _interpolation(node: Any) -> str | None:
+    """The first `${...}` in a config read back as plain containers, or None."""
+    if isinstance(node, str):
+        return node if "${" in node else None
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return next((found for child in children if (found := _interpolation(child))), None)
+
+
+def _known_routing(run_dir: Path, cfg: DictConfig, routing: Any) -> None:
+    """A run of a plug-in kind whose plug-in this process was not given: one line saying how to name it."""
+    from . import plugins
+    from .model import config as model_config
+
+    if not isinstance(routing, str) or routing in model_config.ROUTINGS:
+        return
+    listed = OmegaConf.to_container(cfg).get("plugins") if isinstance(cfg, DictConfig) else None
+    names = [n for n in listed if plugins.is_module_name(n)] if isinstance(listed, list) else []
+    how = f"name it in your config's plugins (a sweep passes them on to its runs) or in {plugins.ENV}"
+    raise ModexpError(plugins.unknown_kind(routing, names, f"run {run_dir.name}", how))
 
 
 def first_line(exc: BaseException) -> str:
@@ -287,8 +356,8 @@ class RunLock:
         """Whether a live process holds the lock; only reads (a read-only study folder can be looked at)."""
         if not self.path.exists() or locking() == "none":
             return False
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
+        try:  # O_NONBLOCK: a FIFO planted as .lock must not hang a reader (flock on it fails: not held)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return False
         try:  # shared: refused while a trainer holds it exclusively, and needs no write access

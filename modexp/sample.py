@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from modexp import plugins
 from modexp import tokenizer as tokenizers
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig, RoutedBlock, Transformer
@@ -187,6 +188,7 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
         raise ModexpError(f"no checkpoint at {path}: the run has not saved one yet")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+        plugins.require_kind(dict(ckpt["model_config"]).get("routing"), run_dir)  # a plug-in's, not named
         cfg = ModelConfig(**ckpt["model_config"])
         model = Transformer(cfg)
         # A state_dict saved from a torch.compile'd model carries an "_orig_mod." prefix.

@@ -313,7 +313,7 @@ def _prepare(
     start_step, before = resume(run_dir, spec, model, optimizer, device)
     integrity.check_corpus(run_dir, corpus.fingerprint, start_step)
     if start_step == 0 and spec.stem:  # a branch: its stem trained the steps before its cooldown
-        started = start_from_stem(run_dir, spec, model, optimizer, device)
+        started = start_from_stem(run_dir, spec, model, optimizer, device, cfg, corpus.fingerprint)
         if started is not None:
             start_step, before = started
             before["inherited_time"] = before["train_time"]  # the stem's share of this run's training
@@ -392,10 +392,11 @@ def _evaluate_and_save(run: _Run, clock: _Clock, done: int, tokens: int, flops_p
     spec, train, steps = run.spec, run.cfg.train, run.spec.steps
     is_last = done == steps
     start = time.perf_counter()
-    if done in spec.branch_points:
+    if done in spec.branch_points:  # with what trained it, which each branch starting here checks
         point = branch_point(run.run_dir, done)
+        record = branches.stem_record(run.cfg, spec, run.corpus.fingerprint)
         write_checkpoint(point, run.model, run.optimizer, done, clock.wall(), spec, run.device, run.main,
-                         keep_previous=False, timing=clock.timing())  # fmt: skip
+                         keep_previous=False, timing=clock.timing(), record=record)  # fmt: skip
         clock.checkpoints += 1
     middle = time.perf_counter()
     clock.checkpoint_s += middle - start

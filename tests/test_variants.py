@@ -86,9 +86,17 @@ def test_a_plugin_variant_plans_trains_analyses_and_is_labelled(toy, tmp_path: P
     assert variant_label("strided_c0.125_e2") == "MoD 12.5%, every 2nd block, every n-th token"
 
     # A standalone `modexp analyze DIR` in a process that never imported the plug-in: the runs' config.yaml
-    # names it, so the curves are labelled as at the sweep's end.
+    # names it, but a study folder is data: the plug-in is named in a note, its curve analysed by its id ...
     sys.modules.pop("toy_variant", None)
     variants._REGISTRY.pop("strided", None)
+    assert "MODEXP_PLUGINS" not in os.environ  # the sweep named it to its own processes only
     assert variants.label("strided_c0.125_e2") is None
+    capsys.readouterr()
     assert main(["analyze", str(study), "--out", str(tmp_path / "again"), "--wandb", "disabled"]) == 0
+    assert "--plugins toy_variant" in capsys.readouterr().out
+    assert "toy_variant" not in sys.modules and variants.label("strided_c0.125_e2") is None
+    again = pd.read_csv(tmp_path / "again" / "verdict.csv")
+    assert set(zip(again["curve"], again["reference"])) == {("strided_c0.125_e2", "baseline")}
+    # ... and labelled as at the sweep's end once the user names it.
+    assert main(["analyze", str(study), "--out", str(tmp_path / "named"), "--plugins", "toy_variant"]) == 0
     assert variants.label("strided_c0.125_e2") == "MoD 12.5%, every 2nd block, every n-th token"
