@@ -112,6 +112,8 @@ def slot_of(cfg: Config) -> tuple[str, str, int]:
     gpu = bool(slots) and slots[0].name.startswith("cuda")
     if gpu:
         kind = _gpu_name(visible_gpus()[0]) or "cuda"
+    elif cfg.device == "cuda":  # planned for GPUs this machine lacks: nothing measured here applies
+        return "cuda (none visible)", devices.slot_key(1, _precision(cfg, True)), 1
     else:
         kind = f"cpu: {devices.cpu_name()}"
     env = slots[0].env if slots else {}

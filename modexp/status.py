@@ -87,10 +87,11 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per run the study planned (every sweep into this folder), in plan order. A folder without a
     plan.json (what `modexp train` makes: runs/<sweep>/, or the run folder it prints): its runs as found."""
     plan_path = sweep_dir / "plan.json"
+    has_plan = False
     if (sweep_dir / "run.json").exists():  # one run's folder
         sweep_dir, plan = sweep_dir.parent, {"planned_ids": [sweep_dir.name]}
     elif plan_path.exists() or plan_path.is_symlink():
-        plan = read_plan(sweep_dir)
+        plan, has_plan = read_plan(sweep_dir), True
     else:
         found = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
         plan = {"planned_ids": [i for i in found if is_run_id(i)]}
@@ -101,6 +102,11 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         )
     planned = {r["run_id"]: r for r in plan.get("stems", []) + plan.get("runs", [])}
     ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
+    # Run folders no sweep planned here (`modexp train` into the study's folder): listed, and said to be left
+    # out of the analysis, which fits only what the study planned (analysis/table.py).
+    known = set(ids)
+    found = (p.parent.name for p in sweep_dir.glob("*/run.json")) if has_plan else ()
+    stray = sorted(name for name in found if name not in known and is_run_id(name))
     now = time.time()
     rows = []
     for run_id in ids:
@@ -108,6 +114,10 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append(
             _run_row(sweep_dir / STEMS / run_id if stem else sweep_dir / run_id, planned.get(run_id), now)
         )
+    for run_id in stray:
+        row = _run_row(sweep_dir / run_id, None, now)
+        row.update(planned=False, reason="not planned: not analysed")
+        rows.append(row)
     return rows
 
 
@@ -174,6 +184,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+NOT_PLANNED = "not planned here: left out of the analysis"
+
+
 def _summary_mfu(run_dir: Path) -> float | None:
     try:
         value = read_json(run_dir / "summary.json").get("mfu")
@@ -192,7 +205,10 @@ def _share_done(row: dict[str, Any]) -> float:
 
 def totals(rows: list[dict[str, Any]], sweep_dir: Path | None = None) -> dict[str, Any]:
     """Counts by state (runs, not stems), the FLOPs the study trains and those done (a stem once, a branch
-    its own steps), and the study's MFU (modexp/mfu.py) when sweep_dir is given."""
+    its own steps), the ETA, and the study's MFU (modexp/mfu.py) when sweep_dir is given, of the runs the study
+    planned; `unplanned` counts the others in its folder."""
+    unplanned = sum(not r.get("planned", True) for r in rows)
+    rows = [r for r in rows if r.get("planned", True)]
     runs = [r for r in rows if r.get("role") != "stem"]
     counts = {s: sum(r["state"] == s for r in runs) for s in STATES}
     flops_total = sum(r.get("flops_trained", r["flops"] or 0) for r in rows)
@@ -207,6 +223,7 @@ def totals(rows: list[dict[str, Any]], sweep_dir: Path | None = None) -> dict[st
     return {
         **counts,
         "runs": len(runs),
+        "unplanned": unplanned,
         "stems": len(rows) - len(runs),
         "stem_states": {
             s: n for s in STATES if (n := sum(r["state"] == s for r in rows if r.get("role") == "stem"))
@@ -265,16 +282,21 @@ def summary_line(sweep_dir: Path, t: dict[str, Any], mfu: bool = True) -> str:
         + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
         + (f"; MFU {t['mfu']:.1%}" if t.get("mfu") is not None and mfu else "")
         + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
+        + (f"; {count(t['unplanned'], 'more run folder')} {NOT_PLANNED}" if t.get("unplanned") else "")
     )
 
 
 def studies(runs_dir: Path) -> list[Path]:
-    """Sweep folders under runs_dir (those with a plan.json)."""
+    """Study folders under runs_dir: those a sweep planned (plan.json) and those `modexp train` filled (run
+    folders without a plan)."""
     if not runs_dir.is_dir():
         raise ModexpError(
             f"runs_dir={runs_dir} is not a folder: give a sweep folder, e.g. modexp status runs/demo"
         )
-    return sorted(p.parent for p in runs_dir.glob("*/plan.json"))
+    found = {p.parent for p in runs_dir.glob("*/plan.json")} | {
+        p.parent.parent for p in runs_dir.glob("*/*/run.json") if is_run_id(p.parent.name)
+    }
+    return sorted(found)
 
 
 def study_line(folder: Path, as_json: bool = False) -> str:

@@ -56,6 +56,8 @@ def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
         ax.add_collection(LineCollection(segments, colors=colours, linewidths=0.9, alpha=0.7))
         ax.set_xscale("log" if x == "flops" else "linear")
         ax.autoscale_view()
+        if x == "flops":  # matplotlib labels minor ticks over under a decade, and they collide ("2x10^3x10^")
+            log_ticks(ax.xaxis, flops=True)
         ax.set_xlabel("training FLOPs" if x == "flops" else "wall-clock time (s)")
         ax.set_ylabel(f"{'validation' if kind == 'val' else 'training'} loss (nats/token)")
         ax.set_title(title, fontsize=PANEL_TITLE_SIZE)
