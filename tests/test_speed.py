@@ -229,8 +229,8 @@ def test_a_worker_trains_runs_as_their_own_processes_would_and_a_failure_replace
     from modexp.rundir import read_json, write_run
     from modexp.sweep import run_config
 
-    overrides = ["sweep=smoke", "sweep.min_tokens_per_param=0.1", "model.d_model=8", "model.n_heads=2",
-                 "model.n_layers=2", f"runs_dir={tmp_path / 'pool'}", "train.eval_every=1000"]  # fmt: skip
+    overrides = ["sweep=smoke", "sweep.min_tokens_per_param=0.1", f"runs_dir={tmp_path / 'pool'}",
+                 "train.eval_every=1000"]  # fmt: skip
     study = build_study([*overrides, "sweep.budgets=[1e9]"])
     specs = study.plan.runs[:2]
     dirs = []
