@@ -88,21 +88,36 @@ def resume_state(
     return None
 
 
+def timing_of(state: dict[str, Any]) -> dict[str, float | None]:
+    """The seconds a checkpoint's run had spent up to it: wall_time, and (checkpoints written since they were
+    recorded) train_time, eval_time, checkpoint_time and startup_time; None where the checkpoint predates them."""
+    timing: dict[str, float | None] = {"wall_time": float(state["wall_time"])}
+    recorded = state.get("timing") or {}
+    for key in TIMES:
+        timing[key] = float(recorded[key]) if key in recorded else None
+    return timing
+
+
+# train_time: the loop less evaluation and checkpoints; inherited_time: the part of it a branch's stem trained;
+# startup_time: the last process's, from its dispatch to its first step.
+TIMES = ("train_time", "eval_time", "checkpoint_time", "startup_time", "inherited_time")
+
+
 def resume(
     run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> tuple[int, float]:
-    """Restore the run's last checkpoint (weights, optimiser, RNG) if it has one: (its step, the wall time spent
-    up to it); (0, 0.0) for a run that starts from scratch."""
+) -> tuple[int, dict[str, float | None]]:
+    """Restore the run's last checkpoint (weights, optimiser, RNG) if it has one: (its step, the seconds spent
+    up to it, timing_of); (0, zeros) for a run that starts from scratch."""
     state = resume_state(run_dir, spec, model, optimizer)
     if state is None:
-        return 0, 0.0
+        return 0, {"wall_time": 0.0, **dict.fromkeys(TIMES, 0.0)}
     if "rng_cpu" in state:  # a done run's final weights carry none: nothing is left to draw
         torch.set_rng_state(state["rng_cpu"])
     if device.type == "cuda" and "rng_cuda" in state:
         torch.cuda.set_rng_state(state["rng_cuda"])
-    start_step, wall_before = int(state["step"]), float(state["wall_time"])
+    start_step = int(state["step"])
     log.info("resuming %s at step %d of %d", spec.run_id, start_step, spec.steps)
-    return start_step, wall_before
+    return start_step, timing_of(state)
 
 
 def start_from_stem(
@@ -113,11 +128,12 @@ def start_from_stem(
     device: torch.device,
     cfg: Config,
     fingerprint: str,
-) -> tuple[int, float] | None:
+) -> tuple[int, dict[str, float | None]] | None:
     """A branch with no checkpoint of its own starts from its stem's state at its cooldown start: (that step,
-    the stem's wall time up to it). None when that state is gone (its branch finished once and took it): the
-    branch then trains from step 0, which computes the same run. A stem trained with other settings or on
-    another corpus (`fingerprint` is the branch's) is refused, never continued (branches.check_continuation)."""
+    the stem's seconds up to it, timing_of: a branch's times are those of its run trained from scratch). None
+    when that state is gone (its branch finished once and took it): the branch then trains from step 0, which
+    computes the same run. A stem trained with other settings or on another corpus (`fingerprint` is the
+    branch's) is refused, never continued (branches.check_continuation)."""
     path = branch_point(stem_dir(run_dir, spec.stem), spec.cooldown_start)
     if not path.exists():
         log.warning("%s: the state of stem %s at step %d is gone: training from step 0", spec.run_id, spec.stem,
@@ -145,7 +161,7 @@ def start_from_stem(
         torch.cuda.set_rng_state(state["rng_cuda"])
     log.info("branch %s starts from stem %s at step %d of %d", spec.run_id, spec.stem, spec.cooldown_start,
              spec.steps)  # fmt: skip
-    return spec.cooldown_start, float(state["wall_time"])
+    return spec.cooldown_start, timing_of(state)
 
 
 def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -180,11 +196,13 @@ def write_checkpoint(
     device: torch.device,
     main: bool,
     keep_previous: bool = True,
+    timing: dict[str, float | None] | None = None,
     record: dict[str, Any] | None = None,
 ) -> None:
     """Save the run's state after `step`: weights, optimiser, RNG, and what it belongs to (its run and model
-    config, checked on resume; `record`: what else a reader checks, e.g. a stem's settings and corpus). Every
-    process calls it (gathering is a collective under FSDP); rank 0 writes."""
+    config, checked on resume; `record`: what else a reader checks, e.g. a stem's settings and corpus), and the
+    seconds spent so far (timing: train_time, eval_time, ...). Every process calls it (gathering is a collective
+    under FSDP); rank 0 writes."""
     state = gather_state(model, optimizer)
     if not main:
         return
@@ -196,6 +214,7 @@ def write_checkpoint(
             "model_config": vars(spec.model).copy(),
             "run_id": spec.run_id,
             "steps": spec.steps,  # the schedule it belongs to: a resume under another one is refused
+            "timing": {k: v for k, v in (timing or {}).items() if k in TIMES and v is not None},
             **(record or {}),
         }
     )

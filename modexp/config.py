@@ -99,6 +99,7 @@ RANGES: dict[str, Range] = {
     "launcher.time_min": whole(1, 10**7),
     "launcher.array_parallelism": whole(1, 10**6),
     "launcher.startup_s": Range(0, 1e5, nullable=True),
+    "launcher.worker_startup_s": Range(0, 1e5, nullable=True),
 }
 UNRANGED = ("launcher.extra.*",)  # passed to sbatch as words, checked by _check_sbatch
 
@@ -211,7 +212,8 @@ class LauncherConfig:
     array_parallelism: int = MISSING
     account: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # further sbatch options, passed to submitit
-    startup_s: float | None = None  # per-run start-up added to the plan's time estimate (None: not counted)
+    startup_s: float | None = None  # per-run start-up for the plan's estimate where none was measured here
+    worker_startup_s: float | None = None  # a worker's start-up (imports), once per slot, likewise
 
 
 @dataclass

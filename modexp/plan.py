@@ -10,14 +10,19 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import flops, variants
-from .config import Config, LadderConfig, SweepConfig
 from .errors import ModexpError
 from .model import ModelConfig
+from .repetition import EPOCH_SPREAD, epoch_spread_notes  # noqa: F401 (kept importable from here)
 from .units import sci, si
 from .variants import MOD_ONLY, MOE_ONLY  # noqa: F401 (kept importable from here)
+
+if (
+    TYPE_CHECKING
+):  # annotations only: the planner's arithmetic needs no Hydra (rundir, the analysis import it)
+    from .config import Config, LadderConfig, SweepConfig
 
 # Keys that change how a run is watched or stored, never its result: left out of the run's identity.
 # lr_from too: the lr it resolves to is in the identity, wherever it came from.
@@ -588,33 +593,6 @@ def set_epochs(runs: list[RunSpec], train_tokens: int, cfg: Config) -> None:
             f"{sci(train_tokens)} training tokens. Give a corpus of at least {least} training tokens "
             "(data=tokens data.path=DIR), smaller budgets, or raise sweep.max_epochs"
         )
-
-
-EPOCH_SPREAD = 1.5  # variants at one budget repeating their data this differently see different data regimes
-
-
-def epoch_spread_notes(runs: Iterable[tuple[str, float, float]]) -> list[str]:
-    """A note per budget where variants' median epochs differ by more than EPOCH_SPREAD x.
-
-    runs: (variant, budget, epochs). At equal FLOPs MoD trains on more tokens than the baseline, so it repeats
-    a small corpus more often: a difference in loss may then be a difference in repetition.
-    """
-    by_point: dict[float, dict[str, list[float]]] = {}
-    for variant, budget, epochs in runs:
-        if epochs is not None and math.isfinite(epochs) and epochs > 0:
-            by_point.setdefault(float(budget), {}).setdefault(str(variant), []).append(float(epochs))
-    notes = []
-    for budget, by_variant in sorted(by_point.items()):
-        medians = {v: sorted(e)[len(e) // 2] for v, e in by_variant.items()}
-        low, high = min(medians, key=medians.get), max(medians, key=medians.get)
-        # Under one pass nothing repeats: the spread matters only once some variant sees its data again.
-        if medians[high] > 1 and medians[high] > EPOCH_SPREAD * medians[low]:
-            notes.append(
-                f"budget {sci(budget)}: {high} repeats its training data {medians[high] / medians[low]:.1f}x as "
-                f"often as {low} (median epochs {medians[high]:.3g} vs {medians[low]:.3g}): part of a loss "
-                "difference there may be repetition, not the architecture"
-            )
-    return notes
 
 
 def single_run(cfg: Config) -> RunSpec:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from . import flops
 from .config import Config
+from .estimate import pace_of, run_seconds, study_seconds
 from .launch.local import visible_gpus
 from .memory import plan_step
 from .rundir import run_state
@@ -20,9 +21,10 @@ from .units import count, duration, sci, si
 
 
 def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
-    """One row per planned run: its plan, estimated time and memory on the devices it would use, its state."""
+    """One row per planned run: its plan, estimated time (modexp/estimate.py) and memory on the devices it
+    would use, its state."""
     cfg = study.configs[0][1]
-    flops_per_s = cfg.sweep.flops_per_second  # per device
+    pace, _ = pace_of(cfg)
     devices = max(1, cfg.launcher.gpus_per_run)
     gpus = bool(visible_gpus()) if cfg.device == "auto" else cfg.device == "cuda"
     rows = []
@@ -33,8 +35,8 @@ def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
         spent = spec.flops - spec.stem_flops  # a branch trains only its steps after its stem's
         row["flops_spent"] = spent
         row["devices"] = devices
-        row["est_time_s"] = round(spent / flops_per_s / devices + (cfg.launcher.startup_s or 0), 1)
-        row["device_hours"] = spent / flops_per_s / 3600
+        row["est_time_s"] = round(run_seconds(spec, cfg, pace), 1)
+        row["device_hours"] = (row["est_time_s"] - pace.startup) * devices / 3600
         micro, memory = plan_step(cfg, spec.model, gpus)
         row["micro_batch"] = micro
         row["est_peak_gb"] = round(memory.peak_gb, 1) if memory else None
@@ -123,13 +125,14 @@ def _on_gpus(cfg: Config) -> bool:
     return cfg.device == "cuda" or (cfg.device == "auto" and bool(visible_gpus()))
 
 
-def _time_left(rows: list[dict[str, Any]], cfg: Config) -> tuple[float, str]:
-    """(seconds, how they were reckoned) for the runs still to train: the plan's per-run estimates
-    (est_time_s), one run at a time."""
-    seconds = sum(r["est_time_s"] for r in rows)
-    startup = f", {cfg.launcher.startup_s:g} s start-up per run" if cfg.launcher.startup_s else ""
-    rate = f"sweep.flops_per_second={sci(cfg.sweep.flops_per_second, 2)} FLOP/s per device"
-    return seconds, f"one run at a time at {rate}{startup}"
+def _time_left(rows: list[dict[str, Any]], cfg: Config, study: Study) -> tuple[float, str]:
+    """(seconds, how they were reckoned) for the runs still to train: laid out over the launcher's slots as
+    the pool starts them, at this machine's measured pace or the preset's (modexp/estimate.py)."""
+    pace, slots = pace_of(cfg)
+    left = {r["run_id"] for r in rows}
+    seconds = study_seconds([s for s in study.trained if s.run_id in left], cfg, pace, slots)
+    unit = "GPU" if _on_gpus(cfg) else "device"
+    return seconds, f"on {count(slots, 'slot')} at {pace.describe(unit)}"
 
 
 def what_remains(study: Study, rows: list[dict[str, Any]]) -> str:
@@ -154,7 +157,7 @@ def what_remains(study: Study, rows: list[dict[str, Any]]) -> str:
         f" and {part(stems_left, len(stems), 'stem')}" if stems else ""
     )
     flops_left = sum(r["flops_spent"] for r in left)
-    seconds, how = _time_left(left, cfg)
+    seconds, how = _time_left(left, cfg, study)
     line = f"{what} to train, {sci(flops_left)} FLOPs, about {duration(seconds)} ({how}), into {study.dir}"
     if _on_gpus(cfg):
         devices = max(1, cfg.launcher.gpus_per_run)

@@ -3,11 +3,14 @@ shared with the analysis, is modexp/summary.py)."""
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import torch
 
-from . import flops
+from . import device as devices
+from . import flops, variants
 from .config import Config
 from .data import Corpus
 from .distributed import World
@@ -16,7 +19,7 @@ from .model.routing import RoutingRecord
 from .model.transformer import ModelOutput
 from .plan import RunSpec
 from .step import StepPlan
-from .summary import OUTCOMES, recorded_settings
+from .summary import OUTCOMES, SPEED, recorded_settings
 from .tracking import environment
 
 
@@ -143,12 +146,30 @@ def val_record(
 
 
 def peak_memory_gb(device: torch.device) -> tuple[float, str]:
-    """(peak memory of this process in GB, what was measured)."""
+    """(peak memory of this process in GB since reset_peak_memory, what was measured)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9, "cuda_max_allocated"
+    try:  # Linux: the resident set's high-water mark, which reset_peak_memory resets for each run
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9, "cpu_max_rss"
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, "cpu_max_rss"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's peak memory afresh: a worker trains many runs, and each reports its own."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
 
 
 def run_summary(
@@ -163,8 +184,10 @@ def run_summary(
     corpus_fingerprint: str,
     world: World,
     warmup: int,
+    speed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json: the run's plan (spec.row()), its settings, outcomes and measurements (summary.py's roles)."""
+    """summary.json: the run's plan (spec.row()), its settings, outcomes and measurements (summary.py's roles);
+    speed: speed_record's (its seconds by kind, device kind, peak and MFU)."""
     model = spec.model
     seq_len = model.seq_len
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
@@ -220,8 +243,79 @@ def run_summary(
         "peak_memory_gb": peak[0],
         "peak_memory_kind": peak[1],
         "estimated_peak_gb": meta["estimated_peak_gb"],
+        **{key: None for key in SPEED},
+        **(speed or {}),
     }
     # Every other model and data setting (tie_embeddings, rope_base, init_std, data_path...): the analysis
     # splits a variant's curve by any that differ among its runs.
     settings = recorded_settings(model, cfg.data)
     return {**summary, **{k: v for k, v in settings.items() if k not in summary}}
+
+
+def speed_record(
+    spec: RunSpec,
+    device: torch.device,
+    world: World,
+    timing: dict[str, float | None],
+    bf16: bool,
+    cpu_share: float,
+    load_max: float,
+) -> dict[str, Any]:
+    """A run's seconds by kind (train_time: its steps only, a branch's stem's share included, as its FLOPs
+    are), the device kind it trained on, that device's peak FLOP/s (all of the run's processes) and MFU =
+    FLOPs / (train_time x peak); cpu_share and load_max say whether other work took the cores meanwhile."""
+    threads = torch.get_num_threads()
+    precision = "bf16" if bf16 else "fp32"
+    try:
+        peak, source = devices.peak_flops(device, threads, precision)
+    except Exception as exc:  # noqa: BLE001 - a probe that fails must never cost a trained run its summary
+        peak, source = None, f"unknown ({type(exc).__name__})"
+    peak = peak * world.size if peak else None
+    train_time = timing.get("train_time")
+    mfu = spec.flops / (train_time * peak) if peak and train_time else None
+    return {
+        **{key: timing.get(key) for key in TIMINGS},
+        "device_kind": devices.device_kind(device),
+        "threads": threads,
+        "cores": os.cpu_count(),
+        "peak_flops": peak,
+        "peak_source": source,
+        "precision_used": precision,
+        "mfu": mfu,
+        "cpu_share": round(cpu_share, 3) if device.type == "cpu" else None,
+        "load_max": round(load_max, 2),
+    }
+
+
+def pace_record(
+    spec: RunSpec,
+    cfg: Config,
+    speed: dict[str, Any],
+    step_times: list[float],
+    counts: dict[str, float],
+    world: World,
+) -> dict[str, Any] | None:
+    """What one process of a run measured, for the planner's estimates on this machine (modexp/estimate.py):
+    the median step's seconds against its FLOPs, an evaluation's seconds against its forward FLOPs, a
+    checkpoint's seconds and the start-up. None for a run of several processes (another kind of slot)."""
+    if world.size > 1 or not step_times:
+        return None
+    count = flops.count(spec.model)
+    modes = 2 if variants.has_causal_mode(spec.model) else 1
+    evals = counts["evals"]
+    return {
+        "run_id": spec.run_id,
+        "time": time.time(),
+        "kind": variants.of_model(spec.model).kind,
+        "step_flops": count.train_per_token * spec.batch_size * spec.model.seq_len,
+        "step_time": sorted(step_times)[len(step_times) // 2],
+        "cpu_share": speed.get("cpu_share"),
+        "eval_flops": count.forward_per_token * counts["eval_tokens"] * modes,
+        "eval_time": counts["eval_s"] / evals if evals else None,
+        "checkpoint_time": counts["checkpoint_s"] / counts["checkpoints"] if counts["checkpoints"] else None,
+        "startup_time": counts["startup_s"],
+        "eval_every": cfg.train.eval_every,
+    }
+
+
+TIMINGS = ("train_time", "eval_time", "checkpoint_time", "startup_time", "inherited_time")

@@ -1,8 +1,9 @@
 """`modexp status [DIR]`: a study's progress from its folder alone (plan.json and the run folders).
 
-Per run: done / running / interrupted / failed / pending, the step, the latest loss and, for running runs,
-an ETA from their own pace; in total: counts, the share of FLOPs done, and an ETA for what is left at the
-FLOP rate the study's finished runs achieved.
+Per run (and per stem of a branching study): done / running / interrupted / failed / pending, the step, the
+latest loss, its MFU once done and, for running runs, an ETA from their own pace; in total: counts, the share of
+the FLOPs the study trains that is done (a stem once, each branch its own steps), the study's MFU, and an ETA
+for what is left at the FLOP rate the study's finished runs achieved.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModexpError
-from .rundir import NotRegular, is_run_id, open_regular, read_json, read_status, run_state
+from .mfu import read_summaries, study_mfu
+from .rundir import STEMS, NotRegular, is_run_id, open_regular, read_json, read_status, run_state
 from .units import count, duration, escaped, sci
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
@@ -98,7 +100,7 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             f"{sweep_dir} has no plan.json and no run folders: not a study (modexp sweep or modexp train "
             "writes one; see modexp status without a folder for the studies under runs_dir)"
         )
-    planned = {r["run_id"]: r for r in plan.get("runs", [])}
+    planned = {r["run_id"]: r for r in plan.get("stems", []) + plan.get("runs", [])}
     ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
     # Run folders no sweep planned here (`modexp train` into the study's folder): listed, and said to be left
     # out of the analysis, which fits only what the study planned (analysis/table.py).
@@ -106,7 +108,12 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     found = (p.parent.name for p in sweep_dir.glob("*/run.json")) if has_plan else ()
     stray = sorted(name for name in found if name not in known and is_run_id(name))
     now = time.time()
-    rows = [_run_row(sweep_dir / run_id, planned.get(run_id), now) for run_id in ids]
+    rows = []
+    for run_id in ids:
+        stem = (planned.get(run_id) or {}).get("role") == "stem"  # a stem's folder is stems/<id>
+        rows.append(
+            _run_row(sweep_dir / STEMS / run_id if stem else sweep_dir / run_id, planned.get(run_id), now)
+        )
     for run_id in stray:
         row = _run_row(sweep_dir / run_id, None, now)
         row.update(planned=False, reason="not planned: not analysed")
@@ -133,6 +140,12 @@ def _run_row(run_dir: Path, info: dict | None, now: float) -> dict[str, Any]:
         "budget": _number(info.get("budget")),
         "shape": _text(info.get("shape")),
         "flops": _number(info.get("flops")),
+        # What the study trains for it: a branch starts from its stem's state (cooldown_start).
+        "flops_trained": (_number(info.get("flops")) or 0)
+        - ((_number(info.get("stem_flops")) or 0) if info.get("stem") else 0),
+        "first_step": (_whole(info.get("cooldown_start")) or 0) if info.get("stem") else 0,
+        "role": "stem" if info.get("role") == "stem" else "run",
+        "mfu": _summary_mfu(run_dir) if state == "done" else None,
         "state": state if state in STATES else "pending",
         "step": step,
         "steps": steps,
@@ -174,29 +187,51 @@ def _short(value: Any) -> str:
 NOT_PLANNED = "not planned here: left out of the analysis"
 
 
-def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts, FLOPs and ETA of the runs the study planned; `unplanned` counts the others in its folder."""
+def _summary_mfu(run_dir: Path) -> float | None:
+    try:
+        value = read_json(run_dir / "summary.json").get("mfu")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, (int, float)) else None
+
+
+def _share_done(row: dict[str, Any]) -> float:
+    """The share of its own steps a run has trained (a branch's count from its stem's branch point)."""
+    if row["state"] == "done":
+        return 1.0
+    first, steps = row.get("first_step") or 0, row["steps"] or 1
+    return min(1.0, max(0.0, ((row["step"] or 0) - first) / max(1, steps - first)))
+
+
+def totals(rows: list[dict[str, Any]], sweep_dir: Path | None = None) -> dict[str, Any]:
+    """Counts by state (runs, not stems), the FLOPs the study trains and those done (a stem once, a branch
+    its own steps), the ETA, and the study's MFU (modexp/mfu.py) when sweep_dir is given, of the runs the study
+    planned; `unplanned` counts the others in its folder."""
     unplanned = sum(not r.get("planned", True) for r in rows)
     rows = [r for r in rows if r.get("planned", True)]
-    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
-    flops_total = sum(r["flops"] or 0 for r in rows)
-    flops_done = sum(
-        (r["flops"] or 0) * (1.0 if r["state"] == "done" else (r["step"] or 0) / max(1, r["steps"] or 1))
-        for r in rows
-    )
+    runs = [r for r in rows if r.get("role") != "stem"]
+    counts = {s: sum(r["state"] == s for r in runs) for s in STATES}
+    flops_total = sum(r.get("flops_trained", r["flops"] or 0) for r in rows)
+    flops_done = sum(r.get("flops_trained", r["flops"] or 0) * _share_done(r) for r in rows)
     # The pace of this study's finished runs, for what is left (one run at a time, as the plan assumes).
-    rates = [
+    rates = [  # a branch's wall time counts from step 0, its stem's share included, as its FLOPs do
         r["flops"] / r["wall_time"] for r in rows if r["state"] == "done" and r["flops"] and r["wall_time"]
     ]
     rate = sorted(rates)[len(rates) // 2] if rates else None
     eta = (flops_total - flops_done) / rate if rate and flops_total > flops_done else None
+    mfu = study_mfu(read_summaries(sweep_dir))["mfu"] if sweep_dir is not None else None
     return {
         **counts,
-        "runs": len(rows),
+        "runs": len(runs),
         "unplanned": unplanned,
+        "stems": len(rows) - len(runs),
+        "stem_states": {
+            s: n for s in STATES if (n := sum(r["state"] == s for r in rows if r.get("role") == "stem"))
+        },
         "flops_done": flops_done,
         "flops_total": flops_total,
         "eta_s": eta,
+        "mfu": mfu,
     }
 
 
@@ -215,12 +250,17 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
                 "loss": frame["loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "val_loss": frame["val_loss"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
                 "eta": frame["eta_s"].map(lambda v: "-" if pd.isna(v) else duration(v)),
+                "mfu": frame["mfu"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}"),
                 "note": [(r["reason"] or "")[:30] for r in rows],
             }
         )
         lines.append(shown.to_string(index=False))
-    t = totals(rows)
-    lines.append(summary_line(sweep_dir, t))
+    t = totals(rows, sweep_dir)
+    lines.append(summary_line(sweep_dir, t, mfu=False))
+    if t.get("mfu") is not None:  # its own line: the table's lines stay within 120 columns
+        lines.append(
+            f"study MFU {t['mfu']:.1%}: FLOPs trained / (training seconds x device peak), modexp/mfu.py"
+        )
     if t["interrupted"]:
         lines.append("interrupted runs resume when the sweep's command runs again")
     if t["failed"]:
@@ -228,12 +268,19 @@ def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
+def summary_line(sweep_dir: Path, t: dict[str, Any], mfu: bool = True) -> str:
+    """One line of totals; the FLOPs are those the study trains (each stem once, each branch its own steps)."""
     share = t["flops_done"] / t["flops_total"] if t["flops_total"] else 0.0
     return (
         f"{escaped(str(sweep_dir))}: {count(t['runs'], 'run')}: "
         + ", ".join(f"{t[s]} {s}" for s in STATES if t[s])
+        + (
+            f" (and {count(t['stems'], 'stem')}: {', '.join(f'{n} {s}' for s, n in t['stem_states'].items())})"
+            if t.get("stems")
+            else ""
+        )
         + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
+        + (f"; MFU {t['mfu']:.1%}" if t.get("mfu") is not None and mfu else "")
         + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
         + (f"; {count(t['unplanned'], 'more run folder')} {NOT_PLANNED}" if t.get("unplanned") else "")
     )
@@ -256,7 +303,7 @@ def study_line(folder: Path, as_json: bool = False) -> str:
     """One study's line in `modexp status` (no folder): its totals, or, for a study that cannot be read,
     "broken" and why. Each study is read on its own: one broken study never hides the others."""
     try:
-        t = totals(run_rows(folder))
+        t = totals(run_rows(folder), folder)
     except Exception as exc:  # noqa: BLE001 (garbage of any shape in one study's files)
         reason = str(exc) if isinstance(exc, ModexpError) else f"{type(exc).__name__}: {exc}"
         reason = escaped(reason.removeprefix(f"{folder}: ").splitlines()[0] if reason else type(exc).__name__)

@@ -57,7 +57,12 @@ IDENTITY: tuple[str, ...] = (
     "run_id", "sweep", "variant", "budget", "params", "flops", "flops_error", "lr", "seed", "lr_rule",
     "epochs", "lr_domain", "warmup", "cooldown_start", "stem", "stem_flops", "role",
 )  # fmt: skip
-MEASURED: tuple[str, ...] = ("wall_time", "step_time", "tokens_per_s", "device")
+# How fast it went where (records.speed_record): seconds by kind, the device kind and its peak, MFU, load.
+SPEED: tuple[str, ...] = (
+    "train_time", "eval_time", "checkpoint_time", "startup_time", "inherited_time", "device_kind", "threads",
+    "cores", "peak_flops", "peak_source", "precision_used", "mfu", "cpu_share", "load_max",
+)  # fmt: skip
+MEASURED: tuple[str, ...] = ("wall_time", "step_time", "tokens_per_s", "device", *SPEED)
 NOT_SETTINGS: frozenset[str] = frozenset(IDENTITY + MEASURED)
 
 

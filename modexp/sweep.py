@@ -300,11 +300,17 @@ def run_sweep(
         write_run(study.run_dir(spec), study.run_config(spec), spec)
     view = LiveView(study, study.trained)
     options = launch.Options(fail_fast, retry_failed, detach, on_tick=view.tick)
+    started = time.time()
     stopped = launcher.run(study.jobs(todo), cfg0, study.dir, options)
     if stopped is not None:  # detached or interrupted: the next call collects
         return stopped
     view.tick(force=True)
-    return finish(study)
+    training = time.time() - started
+    code = finish(study)
+    from .pace import sweep_done
+
+    print(sweep_done(study.dir, cfg0, {s.run_id for s in todo}, training), file=sys.stderr)
+    return code
 
 
 def finish(study: Study) -> int:

@@ -405,6 +405,7 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
             "power_laws": result.power_laws,
             "verdict": result.verdict,
             "verdict_overall": result.verdict_overall,
+            "verdict_time": getattr(result, "verdict_time", None),  # the iso-time verdict
         }
         logged: dict[str, Any] = {
             f"table/{name}": wandb.Table(dataframe=frame.reset_index(drop=True))
@@ -432,6 +433,10 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
                 if hasattr(pair, column):
                     run.summary[f"{column}/{key}"] = getattr(pair, column)
             run.summary[f"verdict/{key}"] = headline_line(pair)
+        if sweep_dir is not None:  # how much of its devices the study used (modexp/mfu.py)
+            from .mfu import read_summaries, study_mfu
+
+            run.summary["study_mfu"] = study_mfu(read_summaries(Path(sweep_dir)))["mfu"]
         artifact = wandb.Artifact(f"analysis-{study}", type="analysis", metadata={"loss": result.loss})
         files = analysis_files(result)
         for name, path in files.items():
@@ -455,6 +460,7 @@ ANALYSIS_TABLES = (
     "fits.csv",
     "verdict.csv",
     "verdict_overall.csv",
+    "verdict_time.csv",
     "power_laws.csv",
     "approach3.csv",
     "lr_laws.csv",
@@ -509,6 +515,8 @@ def study_wandb_settings(sweep_dir: Path | None) -> Any:
 
 def log_study(result: Any, sweep_dir: Path | None, mode: str | None = None) -> None:
     """`modexp analyze` and the end of a sweep: the analysis as its own W&B run; says where it went."""
+    if wandb_mode(mode or "auto") == "disabled":  # WANDB_MODE or --wandb: no settings to compose (Hydra)
+        return
     settings = study_wandb_settings(sweep_dir)
     if mode:
         settings.mode = mode

@@ -26,9 +26,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import branches, distributed, flops, integrity, lifeline, records, variants
+from . import device as devices
 from .checkpoint import CHECKPOINT, resume, start_from_stem, write_checkpoint
 from .config import Config, to_typed
 from .data import Corpus, load_corpus
+from .device import process_started
 from .distributed import SINGLE, World, world_from_env
 from .errors import ModexpError
 from .evaluation import evaluate, routing_sample, run_tokenizer
@@ -97,12 +99,14 @@ def _setup_logging(run_dir: Path, world: World = SINGLE) -> logging.Handler:
     return handler
 
 
-def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
+def train_run(run_dir: Path, corpus: Corpus | None = None, started: float | None = None) -> dict[str, Any]:
     """Train (or resume) the run in run_dir. Returns its summary. Raises on failure, after recording it.
 
     With several processes per run (torchrun-style environment) every process calls this; rank 0 alone takes
-    the run's lock and writes the run folder, metrics and W&B.
+    the run's lock and writes the run folder, metrics and W&B. started: when the run was handed to this
+    process (time.time(); default: when the process started), the start of its start-up time.
     """
+    started = started if started is not None else process_started()
     dict_cfg, spec = load_run(run_dir)
     cfg = to_typed(dict_cfg)
     check_identity(run_dir, cfg, spec)
@@ -127,7 +131,7 @@ def train_run(run_dir: Path, corpus: Corpus | None = None) -> dict[str, Any]:
             return read_json(run_dir / "summary.json")
         handler = _setup_logging(run_dir, world)
         try:
-            return _train(run_dir, dict_cfg, cfg, spec, corpus, device, world)
+            return _train(run_dir, dict_cfg, cfg, spec, corpus, device, world, started)
         except KeyboardInterrupt:  # a signal before or after the training loop's own handler
             if world.is_main and read_status(run_dir).get("state") in ("running", "planned"):
                 set_status(run_dir, "interrupted", reason="interrupted by signal; rerun to resume")
@@ -178,7 +182,7 @@ class _Run:
     train_step: TrainStep
     plan: StepPlan
     start_step: int
-    wall_before: float  # wall time of the run's earlier processes (a resumed run)
+    before: dict[str, float | None]  # seconds of the run's earlier processes (a resumed run) or of its stem
     meta: dict[str, Any]
     val_batches: list = field(default_factory=list)
     metrics: MetricsLog | None = None  # rank 0 only, as mirror and progress
@@ -203,20 +207,67 @@ class _Run:
 
 @dataclass
 class _Clock:
-    """Where the loop is, and its timings: the wall clock of this process and the steps' pace."""
+    """Where the loop is, and its timings: the wall clock of this process, the steps' pace, and the seconds
+    spent training apart from evaluation, checkpoints and start-up (what the iso-time verdict compares)."""
 
     step: int
+    before: dict[str, float | None]  # the run's earlier processes, or its stem's (checkpoint.timing_of)
+    startup: float = 0.0  # this process: from the run's dispatch to its first step
     t_start: float = field(default_factory=time.perf_counter)
+    cpu_start: float = field(default_factory=time.process_time)
     t_mark: float = 0.0  # the last point the host waited for the device ...
     step_mark: int = 0  # ... and the step it was at
     step_times: list[float] = field(default_factory=list)
     last_eval: dict[str, float] = field(default_factory=dict)
+    eval_s: float = 0.0  # this process's seconds in evaluation ...
+    checkpoint_s: float = 0.0  # ... and writing checkpoints (and branch points)
+    load_max: float = 0.0  # the highest 1-minute load average seen while training
+    evals: int = 0  # evaluations and checkpoints (branch points too) this process made
+    checkpoints: int = 0
 
     def __post_init__(self) -> None:
         self.t_mark, self.step_mark = self.t_start, self.step
 
-    def wall(self, before: float) -> float:
-        return before + time.perf_counter() - self.t_start
+    def wall(self) -> float:
+        return float(self.before["wall_time"] or 0.0) + time.perf_counter() - self.t_start
+
+    def timing(self) -> dict[str, float | None]:
+        """The run's seconds so far, its earlier processes' included: wall, training (the loop less evaluation
+        and checkpoints), evaluation, checkpoints, start-up; None where an earlier process did not record it."""
+        elapsed = time.perf_counter() - self.t_start
+        mine = {
+            "train_time": elapsed - self.eval_s - self.checkpoint_s,
+            "eval_time": self.eval_s,
+            "checkpoint_time": self.checkpoint_s,
+            "startup_time": self.startup,
+            "inherited_time": 0.0,
+        }
+        out: dict[str, float | None] = {"wall_time": self.wall()}
+        for key, value in mine.items():
+            earlier = self.before.get(key)
+            out[key] = None if earlier is None else earlier + value
+        out["startup_time"] = (
+            self.startup
+        )  # this process's: a resumed run's earlier start-ups are not its pace
+        return out
+
+    def run_counts(self, run: _Run) -> dict[str, float]:
+        """What this process did: its steps, evaluations (and the tokens each scored), checkpoints, seconds."""
+        return {
+            "steps": run.spec.steps - run.start_step,
+            "evals": self.evals,
+            "eval_tokens": sum(y.numel() for _, y in run.val_batches),
+            "eval_s": self.eval_s,
+            "checkpoints": self.checkpoints,
+            "checkpoint_s": self.checkpoint_s,
+            "startup_s": self.startup,
+        }
+
+    def cpu_share(self, threads: int) -> float:
+        """CPU seconds this process got per wall second and thread since the loop began: about 1 alone on its
+        cores, well under 1 where other work took them (a loaded machine)."""
+        elapsed = time.perf_counter() - self.t_start
+        return (time.process_time() - self.cpu_start) / max(elapsed * max(1, threads), 1e-9)
 
 
 def _train(
@@ -227,9 +278,10 @@ def _train(
     corpus: Corpus | None,
     device: torch.device,
     world: World,
+    started: float,
 ) -> dict[str, Any]:
     run = _prepare(run_dir, dict_cfg, cfg, spec, corpus, device, world)
-    clock = _Clock(run.start_step)
+    clock = _Clock(run.start_step, run.before, startup=max(0.0, time.time() - started))
     _guarded_loop(run, clock)
     return _finish(run, clock)
 
@@ -246,6 +298,7 @@ def _prepare(
     """Build the model, optimiser and step; resume from the last checkpoint; open the run's records."""
     if os.environ.get("MODEXP_THREADS"):
         torch.set_num_threads(int(os.environ["MODEXP_THREADS"]))
+    records.reset_peak_memory(device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: the fp32 parts of a bf16 step
     corpus = corpus or load_corpus(cfg.data, spec.model.seq_len)
@@ -258,17 +311,18 @@ def _prepare(
     optimizer = make_optimizer(model, cfg, fsdp)
     train_step = TrainStep(model, wrapped, corpus, spec, plan, cfg.seed, device, world, fsdp)
 
-    start_step, wall_before = resume(run_dir, spec, model, optimizer, device)
+    start_step, before = resume(run_dir, spec, model, optimizer, device)
     integrity.check_corpus(run_dir, corpus.fingerprint, start_step)
     if start_step == 0 and spec.stem:  # a branch: its stem trained the steps before its cooldown
         started = start_from_stem(run_dir, spec, model, optimizer, device, cfg, corpus.fingerprint)
         if started is not None:
-            start_step, wall_before = started
+            start_step, before = started
+            before["inherited_time"] = before["train_time"]  # the stem's share of this run's training
             if world.is_main:
                 branches.copy_stem_history(run_dir, spec)
     meta = records.run_meta(cfg, spec, device, plan, world, corpus, start_step)
     run = _Run(
-        run_dir, cfg, spec, device, world, corpus, model, optimizer, train_step, plan, start_step, wall_before, meta
+        run_dir, cfg, spec, device, world, corpus, model, optimizer, train_step, plan, start_step, before, meta
     )  # fmt: skip
     if run.main:
         write_json(run_dir / "meta.json", meta)
@@ -295,7 +349,6 @@ def _loop(run: _Run, clock: _Clock) -> None:
     cfg, spec, train = run.cfg, run.spec, run.cfg.train
     steps, seq_len = spec.steps, spec.model.seq_len
     schedule = schedule_of(cfg, spec)
-    stem = spec.role == "stem"  # trained for its branches: no validation, a state kept at each branch point
     flops_per_token = flops.count(spec.model).train_per_token
     trunk_params, predictor_params = split_predictor_params(run.model)
     for step in range(run.start_step, steps):
@@ -323,35 +376,55 @@ def _loop(run: _Run, clock: _Clock) -> None:
             clock.step_times.append(dt)
             record = records.train_record(
                 done, tokens, flops_per_token, (lm_loss, aux_loss), lr, norm, dt, spec.batch_size * seq_len,
-                run.wall_before + now - clock.t_start, out, spec.model.router_weight,
+                clock.wall(), out, spec.model.router_weight,
             )  # fmt: skip
             if run.main:
                 _write_record(run, record)
                 run.progress.update(done, lm_loss, record["tokens_per_s"], dt)
+            clock.load_max = max(clock.load_max, _load_average())
         del out
-        if done in spec.branch_points:  # with what trained it, which each branch starting here checks
-            point = branch_point(run.run_dir, done)
-            record = branches.stem_record(cfg, spec, run.corpus.fingerprint)
-            write_checkpoint(point, run.model, run.optimizer, done, clock.wall(run.wall_before), spec, run.device,
-                             run.main, keep_previous=False, record=record)  # fmt: skip
-        if not stem and (done % train.eval_every == 0 or is_last):
-            clock.last_eval = run.evaluate()
-            if run.main:
-                wall = clock.wall(run.wall_before)
-                _write_record(run, records.val_record(done, tokens, flops_per_token, wall, clock.last_eval))
-                run.progress.note(f"step {done}/{steps} val_loss {clock.last_eval['val_loss']:.4f}")
-        if done % train.checkpoint_every == 0 or is_last:
-            wall = clock.wall(run.wall_before)
-            write_checkpoint(
-                run.run_dir / CHECKPOINT, run.model, run.optimizer, done, wall, spec, run.device, run.main
-            )
-            if run.main:
-                set_status(run.run_dir, "running", pid=os.getpid(), step=done, steps=steps)
-        if will_save or is_last:
-            clock.t_mark, clock.step_mark = (
-                time.perf_counter(),
-                done,
-            )  # evaluation and checkpoints are not steps
+        if done in spec.branch_points or will_save or is_last:
+            _evaluate_and_save(run, clock, done, tokens, flops_per_token)
+
+
+def _evaluate_and_save(run: _Run, clock: _Clock, done: int, tokens: int, flops_per_token: float) -> None:
+    """After step `done`: the branch point, evaluation and checkpoint due there, each timed apart from the
+    training steps (the iso-time verdict compares training seconds only)."""
+    spec, train, steps = run.spec, run.cfg.train, run.spec.steps
+    is_last = done == steps
+    start = time.perf_counter()
+    if done in spec.branch_points:  # with what trained it, which each branch starting here checks
+        point = branch_point(run.run_dir, done)
+        record = branches.stem_record(run.cfg, spec, run.corpus.fingerprint)
+        write_checkpoint(point, run.model, run.optimizer, done, clock.wall(), spec, run.device, run.main,
+                         keep_previous=False, timing=clock.timing(), record=record)  # fmt: skip
+        clock.checkpoints += 1
+    middle = time.perf_counter()
+    clock.checkpoint_s += middle - start
+    if spec.role != "stem" and (done % train.eval_every == 0 or is_last):  # a stem is never scored
+        clock.last_eval = run.evaluate()
+        clock.evals += 1
+        if run.main:
+            record = records.val_record(done, tokens, flops_per_token, clock.wall(), clock.last_eval)
+            _write_record(run, record)
+            run.progress.note(f"step {done}/{steps} val_loss {clock.last_eval['val_loss']:.4f}")
+    end = time.perf_counter()
+    clock.eval_s += end - middle
+    if done % train.checkpoint_every == 0 or is_last:
+        write_checkpoint(run.run_dir / CHECKPOINT, run.model, run.optimizer, done, clock.wall(), spec,
+                         run.device, run.main, timing=clock.timing())  # fmt: skip
+        if run.main:
+            set_status(run.run_dir, "running", pid=os.getpid(), step=done, steps=steps)
+        clock.checkpoints += 1
+    clock.checkpoint_s += time.perf_counter() - end
+    clock.t_mark, clock.step_mark = time.perf_counter(), done  # evaluation and checkpoints are not steps
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
 
 
 def _synced(
@@ -413,9 +486,12 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     if (
         not clock.last_eval
     ):  # killed after the final checkpoint but before the summary: score the final weights
+        start = time.perf_counter()
         clock.last_eval = run.evaluate()
-
-    wall_time = clock.wall(run.wall_before)
+        clock.eval_s += time.perf_counter() - start
+        clock.evals += 1
+    timing = clock.timing()
+    wall_time = timing["wall_time"]
     peak, peak_kind = records.peak_memory_gb(run.device)
     peak = distributed.all_max(peak, run.world)
     # Under FSDP every process must run the forward (it gathers the parameters); rank 0 keeps the result.
@@ -429,12 +505,13 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     warmup = schedule_of(run.cfg, run.spec).warmup
     summary = records.run_summary(
         run.cfg, run.spec, run.plan, run.meta, clock.last_eval, wall_time, clock.step_times, (peak, peak_kind),
-        run.corpus.fingerprint, run.world, warmup,
+        run.corpus.fingerprint, run.world, warmup, speed=_speed(run, clock, timing),
     )  # fmt: skip
     write_json(run.run_dir / "summary.json", summary)
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
     retain_checkpoints(run.run_dir, run.cfg.train.keep)
-    run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"]}, exit_code=0)
+    speed = {k: summary[k] for k in ("mfu", "train_time", "device_kind") if summary.get(k) is not None}
+    run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"], **speed}, exit_code=0)
     log.info("done %s in %.1f s: %s", run.spec.run_id, wall_time, result_words(summary))
     if run.spec.stem:
         branches.release_branch_point(run.run_dir, run.spec)
@@ -444,10 +521,16 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
 def _finish_stem(run: _Run, clock: _Clock) -> dict[str, Any]:
     """A stem is done once every branch point's state is written: its own resume state is dropped (the last
     branch point holds the same), and it is never scored (its LR never decayed)."""
-    wall_time = clock.wall(run.wall_before)
+    timing = clock.timing()
+    wall_time = timing["wall_time"]
     if not run.main:
         return {}
-    summary = {**run.spec.row(), "branch_points": run.spec.branch_points, "wall_time": wall_time}
+    summary = {
+        **run.spec.row(),
+        "branch_points": run.spec.branch_points,
+        "wall_time": wall_time,
+        **_speed(run, clock, timing),
+    }
     write_json(run.run_dir / "summary.json", summary)
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
     for name in ("last.pt", "previous.pt"):
@@ -457,6 +540,23 @@ def _finish_stem(run: _Run, clock: _Clock) -> dict[str, Any]:
         "done stem %s: %d branch points in %.1f s", run.spec.run_id, len(run.spec.branch_points), wall_time
     )
     return summary
+
+
+def _speed(run: _Run, clock: _Clock, timing: dict[str, float | None]) -> dict[str, Any]:
+    """What the run's time says about the machine: its seconds by kind, device kind, peak, MFU, load. Its pace
+    is kept in this machine's cache too (modexp.device), for the planner's estimates."""
+    speed = records.speed_record(
+        run.spec, run.device, run.world, timing, run.plan.bf16, clock.cpu_share(torch.get_num_threads()),
+        clock.load_max,
+    )  # fmt: skip
+    with contextlib.suppress(Exception):  # a cache that cannot be written costs the planner, never the run
+        pace = records.pace_record(
+            run.spec, run.cfg, speed, clock.step_times, clock.run_counts(run), run.world
+        )
+        if pace is not None:
+            devices.record_runs(speed["device_kind"], devices.slot_key(speed["threads"], speed["precision_used"]),
+                                [pace])  # fmt: skip
+    return speed
 
 
 def _fail(
@@ -573,17 +673,29 @@ def _record_unlocked(run_dir: Path, state: str, reason: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of a sweep's child process: `python -m modexp.train RUN_DIR`."""
+    """Entry point of a run's own process: `python -m modexp.train RUN_DIR` (several processes per run, or a
+    launcher without workers; the local pool trains runs in its workers, modexp.launch.worker)."""
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--worker"]:  # the local pool's persistent worker (modexp/launch/worker.py)
+        from .launch import worker
+
+        return worker.main(args[1:])
     if len(args) != 1:
         print("usage: python -m modexp.train RUN_DIR", file=sys.stderr)
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # Ctrl-C, scancel: stop, mark interrupted
         signal.signal(signum, _raise_interrupt)
     lifeline.stay_tied()  # a rank (own session under torchrun) must not outlive its launcher, even a kill -9
-    run_dir = Path(args[0])
+    return run_one(Path(args[0]))
+
+
+def run_one(run_dir: Path, started: float | None = None) -> int:
+    """Train one run in this process; the exit code its launcher reads (0 done, 1 diverged, 2 refused,
+    EXIT_LOCKED, EXIT_RESUMABLE, EXIT_INTERRUPTED). Signal handlers are the caller's (main, a worker)."""
+    global _stopping
+    _stopping = False  # a worker's earlier run may have been stopped; this one has not
     try:
-        train_run(run_dir)
+        train_run(run_dir, started=started)
     except RunLocked as exc:
         print(exc, file=sys.stderr)
         return EXIT_LOCKED

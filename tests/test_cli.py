@@ -146,9 +146,10 @@ def test_plan_table_summary_reads_like_prose(tmp_path: Path, capsys: pytest.Capt
     summary = next(line for line in out.splitlines() if " to train, " in line)
     assert (
         summary.startswith("31 runs to train, 1.19e21 FLOPs, about ")
-        and " days (one run at a time" in summary
+        and " days (on 1 slot at 4e14 FLOP/s per GPU (sweep.flops_per_second))" in summary
     )
-    assert summary.endswith(f"into {tmp_path}/paper; 823.6 GPU-hours, 1 GPU per run (launcher.gpus_per_run)")
+    # The preset's rate for the steps, and the evaluations' forward passes at it too (modexp/estimate.py).
+    assert summary.endswith(f"into {tmp_path}/paper; 830.5 GPU-hours, 1 GPU per run (launcher.gpus_per_run)")
     rc, out, _ = run_main(
         [
             "plan",

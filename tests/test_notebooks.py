@@ -21,7 +21,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Figures each notebook must show when every input is present (the fixture sweep has no LR grid):
 # isoflop: verdict, isoFLOP curves, optimal scaling, normalised, learning curves; routing: routing, accuracy;
 # compare: one figure.
-EXPECTED_IMAGES = {"isoflop.ipynb": 5, "routing.ipynb": 2}
+EXPECTED_IMAGES = {"isoflop.ipynb": 6, "routing.ipynb": 2}
 PARAMETERS = {"isoflop.ipynb": ["sweep_dir", "loss"], "routing.ipynb": ["sweep_dir", "run_id"]}
 PARAMETERS["compare.ipynb"] = ["sweep_a", "sweep_b", "names", "loss"]
 ALL_NOTEBOOKS = sorted(PARAMETERS)
@@ -213,7 +213,7 @@ def test_isoflop_executes_on_analyze_out_of_a_sweep(tmp_path: Path) -> None:
     analysis.analyze(sweep_dir, out=tmp_path / "out", figures=False)
     nb = _run("isoflop.ipynb", sweep_dir=str(tmp_path / "out"))
     assert "fitted on the causal loss" in _stdout(nb)
-    assert _images(nb) == 4  # all but the learning curves, whose metrics stay in the sweep's run folders
+    assert _images(nb) == 5  # all but the learning curves, whose metrics stay in the sweep's run folders
 
 
 def test_compare_shows_two_verdicts_side_by_side(table_outputs: tuple[Path, Path]) -> None:

@@ -346,7 +346,7 @@ def test_plan_shows_micro_batch_memory_and_gpu_hours(tmp_path: Path) -> None:
     rows = json.loads(out)
     for row in rows:
         assert row["devices"] == 8
-        assert row["est_time_s"] == pytest.approx(row["device_hours"] * 3600 / 8 + 15, rel=1e-3)  # + start-up
+        assert row["est_time_s"] == pytest.approx(row["device_hours"] * 3600 / 8 + 1, rel=1e-3)  # + startup_s
         assert 1 <= int(row["micro_batch"]) <= 16  # 128 sequences over 8 GPUs, what fits 80 GB of each
         assert row["est_peak_gb"] <= 0.9 * 80
     # Unknown device memory: auto is decided at run time, and the whole share's estimate is shown.

@@ -134,7 +134,9 @@ def test_paper_plan_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert abs(r["flops"] / r["budget"] - 1) < 0.01
         assert r["status"] == "pending"
         assert r["tokens"] % 2048 == 0
-        assert r["est_time_s"] == pytest.approx(r["flops"] / 4e14 + 15, abs=0.1)  # + launcher.startup_s
+        # Nothing measured here: training at the preset's 4e14 FLOP/s, launcher.startup_s (1 s), and the
+        # evaluations' forward passes at the same rate (a few per cent of a run).
+        assert r["flops"] / 4e14 + 1 < r["est_time_s"] < 1.05 * r["flops"] / 4e14 + 1.1
     s = study(tmp_path, "sweep=paper")
     assert {spec.run_id for spec in s.plan.runs} == {r["run_id"] for r in rows}
     for spec in s.trained:

@@ -73,16 +73,25 @@ def _pgid(pid: int) -> int | None:
 
 
 def train_children(sweep_dir: Path) -> dict[str, int]:
-    """run_id -> pid of each live `python -m modexp.train <sweep_dir>/<run_id>` (zombies have no cmdline)."""
-    found = {}
+    """run_id -> pid of each live process training a run of sweep_dir: `python -m modexp.train
+    <sweep_dir>/<run_id>`, or a pool worker (`python -m modexp.train --worker FD <sweep_dir>`) whose run's
+    status.json names it as running (zombies have no cmdline)."""
+    found, workers = {}, set()
     prefix = f"{sweep_dir}/"
     for pid in _pids():
         argv = _cmdline(pid)
         if "modexp.train" not in argv:
             continue
+        if "--worker" in argv and str(sweep_dir) in argv:
+            workers.add(pid)
+            continue
         for arg in argv:
             if arg.startswith(prefix):
                 found[Path(arg).name] = pid
+    for run_dir in sweep_dir.glob("*/"):
+        st = status(run_dir)
+        if st.get("state") == "running" and st.get("pid") in workers:
+            found[run_dir.name] = st["pid"]
     return found
 
 

@@ -353,6 +353,7 @@ def format_summary(
     notes: list[str],
     lr_laws: pd.DataFrame | None = None,
     lr_rules: list[str] | None = None,
+    speed: list[str] | None = None,
 ) -> str:
     """The whole report: the verdict in plain words first, then the details, definitions and notes last.
     `verdicts` maps each loss analysed to its verdict, `loss` is the one fitted in detail."""
@@ -371,6 +372,7 @@ def format_summary(
         )
     sections = [_verdict_section(verdicts[loss], loss)]
     sections += [_verdict_section(v, other) for other, v in verdicts.items() if other != loss]
+    sections += [speed or []]  # the wall-clock verdict and the study's MFU (isotime.speed_lines)
     sections += [_best_points_section(points), _fits_section(fits), _lr_section(lr_laws, lr_rules or [])]
     sections += [_power_law_section(laws, fits), _approach3_section(a3, laws), DEFINITIONS]
     for section in sections:

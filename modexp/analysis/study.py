@@ -12,6 +12,8 @@ import pandas as pd
 
 from modexp.errors import ModexpError
 
+from . import figure_pool
+from .figure_options import figure_options
 from .fits import (
     A3_COLUMNS,
     FITS_COLUMNS,
@@ -22,6 +24,8 @@ from .fits import (
     fit_isoflops,
     fit_power_laws,
 )
+from .isotime import read as read_time_verdict
+from .isotime import speed_lines, time_verdict
 from .lrlaw import fit_lr_laws, grid_points
 from .points import DEFAULT_LOSS, LOSSES, loss_column, reduce_points
 from .report import format_summary
@@ -56,6 +60,7 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     sweep_dir: Path | None = None
     lr_laws: pd.DataFrame | None = None
+    verdict_time: pd.DataFrame | None = None  # the iso-time verdict (isotime.py)
 
 
 def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +99,7 @@ def _lr_rules(df: pd.DataFrame) -> list[str]:
 
 def _run_notes(df: pd.DataFrame) -> list[str]:
     """What the runs themselves say about the comparison: LRs outside their law's domain, repetition."""
-    from modexp.plan import epoch_spread_notes
+    from modexp.repetition import epoch_spread_notes  # not modexp.plan: that loads Hydra
 
     notes = []
     if "lr_domain" in df:
@@ -138,34 +143,38 @@ def make_figures(
     size: str | tuple[float, float] | None = None,
 ) -> list[str]:
     """Write every figure of figures.FIGURES the data allows into result.figure_dir (default PNG + SVG at
-    each figure's own size; see figures.save); return notes on the rest."""
-    from . import figures  # matplotlib is imported only when figures are drawn
-
-    data = figures.FigureData(
-        results=result.results,
-        points=result.points,
-        fits=result.fits,
-        power_laws=result.power_laws,
-        verdict=result.verdict,
-        lr_laws=result.lr_laws,
-        grid=grid,
-        metrics=metrics,
-        sample=sample,
+    each figure's own size; see figures.save); return notes on the rest. Drawn by the workers forked as the
+    analysis began (figure_pool.py), else here."""
+    fields = dict(
+        results=result.results, points=result.points, fits=result.fits, power_laws=result.power_laws,
+        verdict=result.verdict, lr_laws=result.lr_laws, grid=grid, metrics=metrics, sample=sample,
         verdict_overall=result.verdict_overall,
-    )
-    # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
-    skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
-    drawn = iter(
-        figures.draw_all([f for f, reason in skips if not reason], data, result.figure_dir, formats, size)
+    )  # fmt: skip
+    outcomes = figure_pool.draw(fields, result.figure_dir, formats, size) or _draw_here(
+        fields, result.figure_dir, formats, size
     )
     notes = []
-    for figure, reason in skips:
-        path, note = (None, f"figure {figure.name}.png skipped: {reason}") if reason else next(drawn)
+    for name, path, note in outcomes:
         if path is not None:
-            result.figures[figure.name] = path
+            result.figures[name] = path
         if note:
             notes.append(note)
     return notes
+
+
+def _draw_here(fields: dict, out_dir: Path, formats, size) -> list[tuple[str, Path | None, str | None]]:
+    from . import figures  # matplotlib is imported only when figures are drawn
+
+    data = figures.FigureData(**fields)
+    # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
+    skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
+    drawn = iter(figures.draw_all([f for f, reason in skips if not reason], data, out_dir, formats, size))
+    return [
+        (figure.name, None, f"figure {figure.name}.png skipped: {reason}")
+        if reason
+        else (figure.name, *next(drawn))
+        for figure, reason in skips
+    ]
 
 
 def analyze(
@@ -196,9 +205,8 @@ def analyze(
         raise ModexpError("analyze needs exactly one of a sweep folder or --table FILE.csv")
     loss_column(loss)  # a bad --loss fails before anything is read or written
     if figures:  # so do bad figure options
-        from .figures import figure_options
-
         figure_formats, figure_size = figure_options(figure_formats, figure_size)
+        figure_pool.start()  # its workers import matplotlib while this process reads and fits
     notes: list[str] = []
     metrics, sample, states = None, None, None
     if table is not None:
@@ -245,6 +253,7 @@ def analyze(
             )
 
     notes += _run_notes(df)
+    timed = time_verdict(df, loss, iso.noise, tuple(split_by), n_boot=n_boot, seed=seed)
 
     # Nothing is written until every fit succeeded: a refused analysis leaves the folder as it was.
     _write_results(df, results_dir)
@@ -259,6 +268,7 @@ def analyze(
     a3.to_csv(out_dir / "approach3.csv", index=False)
     if lr_laws is not None:
         lr_laws.to_csv(out_dir / "lr_laws.csv", index=False)
+    timed.table.to_csv(out_dir / "verdict_time.csv", index=False)
 
     result = AnalysisResult(
         summary="",
@@ -275,6 +285,7 @@ def analyze(
         notes=notes,
         sweep_dir=sweep_dir,
         lr_laws=lr_laws,
+        verdict_time=timed.table,
     )
     if sweep_dir is not None:
         metrics, metric_notes = _load_metrics(sweep_dir, df["run_id"])
@@ -291,8 +302,9 @@ def analyze(
 
     verdicts = {name: v for name, (_, _, v) in per_loss.items()}
     result.summary = format_summary(
-        source, df, points.table, iso.table, laws, a3, verdicts, loss, states, notes, lr_laws, _lr_rules(df)
-    )
+        source, df, points.table, iso.table, laws, a3, verdicts, loss, states, notes, lr_laws, _lr_rules(df),
+        speed=speed_lines(timed, loss, df, sweep_dir),
+    )  # fmt: skip
     (out_dir / "summary.txt").write_text(result.summary)
     logger.info("analysis written to %s", out_dir)
     return result
@@ -343,6 +355,7 @@ def load_or_analyze(sweep_dir: Path) -> AnalysisResult:
         figure_dir=sweep_dir / "plots",
         sweep_dir=sweep_dir,
         lr_laws=pd.read_csv(lr_path) if lr_path.is_file() else None,
+        verdict_time=read_time_verdict(sweep_dir / "verdict_time.csv"),
     )
 
 

@@ -422,13 +422,12 @@ def _load_metrics(sweep_dir: Path, run_ids: Iterable[str] | None = None) -> tupl
     sweep_dir = Path(sweep_dir)
     if run_ids is None:
         run_ids = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.jsonl").is_file())
-    frames, notes, bad_lines = [], [], 0
+    records, notes, bad_lines = [], [], 0  # one table built once: a frame per run cost more than the reading
     for run_id in run_ids:
         path = sweep_dir / run_id / "metrics.jsonl"
         if not path.is_file():
             notes.append(f"{run_id}: no metrics.jsonl")
             continue
-        records = []
         try:
             with open_regular(path) as f:
                 text = f.read().decode("utf-8", errors="replace")
@@ -442,14 +441,12 @@ def _load_metrics(sweep_dir: Path, run_ids: Iterable[str] | None = None) -> tupl
                 bad_lines += line.strip() != ""  # a run killed mid-write leaves a torn last line
                 continue
             if isinstance(record, dict) and "kind" in record:
-                records.append(record)
-        if records:
-            frames.append(pd.DataFrame(records).assign(run_id=run_id))
+                records.append({**record, "run_id": run_id})
     if bad_lines:
         notes.append(f"{bad_lines} unreadable line(s) in metrics.jsonl files were skipped")
-    if not frames:
+    if not records:
         return pd.DataFrame(columns=["run_id", "kind"]), notes
-    return pd.concat(frames, ignore_index=True), notes
+    return pd.DataFrame(records), notes
 
 
 def load_metrics(sweep_dir: Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from modexp import variants
+from modexp import device, variants
 from modexp.errors import ModexpError
 from modexp.model import ModelConfig
 
 REFERENCE_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_gpt.py"
 
 
-TRAIN_TOLERANCE = 0.15  # |train_step_ratio / train_flop_ratio - 1|
+TRAIN_TOLERANCE = 0.10  # |train_step_ratio / train_flop_ratio - 1|: the FLOPs MoD saves are time saved
 
 
 TRAIN_TARGET_MIN_D = 512  # below this width per-op overheads dominate on CPU; the target is not applied
@@ -28,51 +27,9 @@ DECODE_TARGET = 1.5
 REFERENCE_TARGET = 0.95
 
 
-# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s per GPU, for MFU on CUDA. A key matches a device name
-# (torch.cuda.get_device_name) when every word of the key is a word of the name, so "L4" does not match
-# "NVIDIA L40S" and "H100" alone does not decide an "H100 NVL"; the first match wins, most specific first.
-# Vendors mostly quote TFLOPS "with sparsity"; the dense figure is half. Sources (TFLOPS, BF16 tensor core):
-#   H100 SXM / PCIe / NVL 1979 / 1513 / 1671 sparse: NVIDIA H100 datasheet,
-#     https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
-#   H200 SXM / NVL 1979 / 1671 sparse: https://www.nvidia.com/en-us/data-center/h200/
-#   GH200 1979 sparse: NVIDIA GH200 Grace Hopper Superchip datasheet
-#   H800 SXM / PCIe 1979 / 1513 sparse: NVIDIA H800 datasheet (the H100's tensor cores and clocks)
-#   B200 36 PF sparse per 8-GPU HGX B200: https://www.nvidia.com/en-us/data-center/hgx/
-#   GB200 360 PF sparse per 72 GPUs: https://www.nvidia.com/en-us/data-center/gb200-nvl72/
-#   A100 312 dense; L40S 362 dense; L40 181 dense; L4 242 sparse; A10 125 dense: their NVIDIA datasheets
-#   A10G (AWS's variant of the A10, no NVIDIA datasheet) 70 dense:
-#     https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/
-PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("GB200", 2500e12),
-    ("B200", 2250e12),
-    ("GH200", 989.5e12),
-    ("H200 NVL", 835.5e12),
-    ("H200", 989.5e12),
-    ("H100 NVL", 835.5e12),
-    ("H100 PCIe", 756.5e12),
-    ("H100", 989.5e12),  # SXM, e.g. "NVIDIA H100 80GB HBM3"
-    ("H800 PCIe", 756.5e12),
-    ("H800", 989.5e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-)
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
-
-
-def peak_flops_for(device_name: str) -> float | None:
-    """The dense bf16 peak FLOP/s of a CUDA device by its name (PEAK_FLOPS), or None for one not listed."""
-    words = set(_words(device_name))
-    for key, peak in PEAK_FLOPS:
-        if all(w in words for w in _words(key)):
-            return peak
-    return None
+# The GPUs' dense bf16 peaks live with the device's kind and probe (modexp/device.py), which runs read too.
+PEAK_FLOPS = device.PEAK_FLOPS
+peak_flops_for = device.vendor_peak
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,20 @@
-"""The local device pool: one child process per run, one run per GPU, or `workers` CPU runs sharing the cores.
+"""The local device pool: one run per GPU, or `workers` CPU runs sharing the cores.
 
-Each run is its own process (`python -m modexp.train RUN_DIR`), so a crash, OOM or kill of one never takes the
-sweep down. The run's own lock (rundir.RunLock) guarantees no run is trained by two processes at once.
+Each slot keeps a persistent worker (modexp/launch/worker.py) that imports torch and modexp once and trains the
+slot's runs one after another, each isolated as if in a process of its own; a run that fails, crashes or is
+killed ends its worker, and the slot gets a fresh one. A run of several processes (launcher.gpus_per_run > 1)
+gets processes of its own (`python -m modexp.train RUN_DIR`, through torchrun). Either way a crash, OOM or kill
+never takes the sweep down, and the run's own lock (rundir.RunLock) guarantees no run is trained by two
+processes at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -42,6 +48,88 @@ class Slot:
     env: dict[str, str]
 
 
+class Worker:
+    """The pool's side of a slot's persistent worker: `python -m modexp.train --worker FD STUDY_DIR`, runs
+    handed over on its stdin, results read from a pipe (launch/worker.py has the protocol)."""
+
+    def __init__(self, slot: Slot, folder: Path | None) -> None:
+        read, write = os.pipe()
+        env = {**os.environ, **slot.env, **lifeline.launcher_env(), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modexp.train", "--worker", str(write), str(folder or ".")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,  # a run's output goes to its stdout.log; the worker's own errors to ours
+            env=env,
+            pass_fds=(write,),
+            text=True,
+            preexec_fn=lifeline.preexec(),  # a kill -9 of the sweep stops its workers too
+        )
+        os.close(write)
+        os.set_blocking(read, False)
+        self.replies, self.pending = read, b""
+        self.ready_s: float | None = None  # its start-up: interpreter, torch and modexp imported
+        self.codes: dict[str, int] = {}
+
+    def submit(self, run_dir: Path) -> bool:
+        """Hand over one run; False when the worker is gone (its end is read like a killed run's)."""
+        try:
+            self.proc.stdin.write(json.dumps({"run_dir": str(run_dir), "dispatched": time.time()}) + "\n")
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.replies, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.pending += chunk
+            *lines, self.pending = self.pending.split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if "ready" in message:
+                        # On a loaded machine a start-up's wall clock is mostly waiting for a core: its CPU
+                        # time, with a margin for reading files, is what an idle machine takes.
+                        cpu = float(message.get("cpu", math.inf))
+                        self.ready_s = min(float(message["ready"]), 1.2 * cpu + 0.3)
+                    elif "run_dir" in message:
+                        self.codes[message["run_dir"]] = int(message["code"])
+
+    def result(self, run_dir: Path) -> int | None:
+        """The run's exit code: what the worker said, or, where it died without saying, its own."""
+        self._read()
+        if str(run_dir) in self.codes:
+            return self.codes.pop(str(run_dir))
+        code = self.proc.poll()
+        if code is None:
+            return None
+        self._read()  # it may have said it just before ending
+        return self.codes.pop(str(run_dir), code if code != 0 else 1)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self, timeout: float = 30) -> None:
+        """Let an idle worker end (end of its input), or make sure it has."""
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            os.close(self.replies)
+
+
 @dataclass
 class Child:
     spec: RunSpec
@@ -49,6 +137,11 @@ class Child:
     slot: Slot
     proc: subprocess.Popen
     started: float = field(default_factory=time.monotonic)
+    worker: Worker | None = None  # the slot's worker training it (None: a process of its own)
+
+    def poll(self) -> int | None:
+        """The run's exit code once it has ended."""
+        return self.worker.result(self.run_dir) if self.worker is not None else self.proc.poll()
 
 
 def visible_gpus() -> list[str]:
@@ -134,9 +227,16 @@ class LocalPool:
         on_tick: Callable[[LocalPool], None] | None = None,
         retry_failed: bool = False,
         processes_per_run: int = 1,
+        persistent: bool = False,
+        folder: Path | None = None,
     ) -> None:
         self.slots = slots
         self.processes_per_run = processes_per_run
+        # One persistent worker per slot (one process per run: a run of several gets processes of its own).
+        self.persistent = persistent and processes_per_run <= 1
+        self.folder = folder
+        self.workers: dict[str, Worker] = {}
+        self.worker_starts: list[float] = []  # each worker's start-up (s), for the planner's estimate
         self.fail_fast = fail_fast
         self.retry_failed = retry_failed
         self.on_tick = on_tick or (lambda pool: None)
@@ -170,10 +270,12 @@ class LocalPool:
                 self._check_elsewhere(queue)
                 self._drop_blocked(queue)
                 self.on_tick(self)
-                time.sleep(0.2)
+                time.sleep(0.05 if self.persistent else 0.2)
         except KeyboardInterrupt:
             self.stop()
             raise
+        finally:
+            self._close_workers()
 
     def _waiting_on(self, job: Job, queue: list[Job]) -> list[str]:
         """The runs job comes after that are not done yet (queued, running here or elsewhere)."""
@@ -200,6 +302,13 @@ class LocalPool:
                 self.failed.append(job.run_id)
 
     def _start(self, spec: RunSpec, run_dir: Path, slot: Slot) -> Child:
+        if self.persistent:
+            worker = self.workers.get(slot.name)
+            if worker is None or not worker.alive:
+                worker = self.workers[slot.name] = Worker(slot, self.folder)
+            worker.submit(run_dir)  # a worker gone meanwhile: its end is read as this run's
+            log.debug("handed %s to the worker of %s (pid %d)", spec.run_id, slot.name, worker.proc.pid)
+            return Child(spec, run_dir, slot, worker.proc, worker=worker)
         out = (run_dir / "stdout.log").open("ab")
         env = {**os.environ, **slot.env, **lifeline.launcher_env(), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -216,11 +325,16 @@ class LocalPool:
 
     def _reap(self, queue: list[Job]) -> None:
         for child in list(self.running):
-            code = child.proc.poll()
+            code = child.poll()
             if code is None:
                 continue
             self.running.remove(child)
             self.finished.append(child)
+            if child.worker is not None and child.worker.ready_s is not None:
+                self.worker_starts.append(child.worker.ready_s)
+                child.worker.ready_s = None  # counted once
+            if child.worker is not None and code not in (0, EXIT_LOCKED):
+                self._retire(child.worker)  # it ends itself; the slot gets a fresh one
             if code == 0:
                 continue
             if code == EXIT_LOCKED:  # another sweep got there first: wait for it, train nothing twice
@@ -267,6 +381,18 @@ class LocalPool:
                 child.proc.kill()
                 child.proc.wait()
         self._reap([])  # each stopped run's status says interrupted (or failed), with its exit code
+        self._close_workers()
+
+    def _retire(self, worker: Worker) -> None:
+        for name, held in list(self.workers.items()):
+            if held is worker:
+                del self.workers[name]
+        worker.close()
+
+    def _close_workers(self) -> None:
+        """Idle workers end once their input closes; one that does not within 30 s is killed."""
+        for worker in list(self.workers.values()):
+            self._retire(worker)
 
 
 @register("local")
@@ -302,14 +428,28 @@ class Local:
             on_tick=lambda p: options.on_tick(),
             retry_failed=options.retry_failed,
             processes_per_run=processes_per_run(cfg),
+            persistent=True,
+            folder=folder,
         )
+        self.pool = pool
         try:
             pool.run(jobs)
+            _remember_worker_starts(cfg, pool.worker_starts)
         except KeyboardInterrupt as exc:
             why = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
             print(f"[sweep] {why}: running runs were stopped and resume on the next run", file=sys.stderr)
             return exc.exit_code if isinstance(exc, Terminated) else 130
         return None
+
+
+def _remember_worker_starts(cfg: Config, starts: list[float]) -> None:
+    """Each worker's start-up, for the planner's estimate on this machine (modexp/estimate.py)."""
+    from .. import device
+    from ..estimate import slot_of
+
+    with contextlib.suppress(Exception):  # the cache costs the planner, never the sweep
+        kind, key, _ = slot_of(cfg)
+        device.record_values(kind, "workers", starts, 50, key=key)
 
 
 def train_processes(run_dir: Path, cfg: Config) -> int:

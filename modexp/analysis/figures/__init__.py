@@ -4,7 +4,8 @@ concern:
 - labels.py: variant ids as readable labels; style.py: colours, titles, axes, legends, sizes and `save`;
   render.py: every figure of a study drawn and written, in parallel where the cores allow.
 - spec.py: what a figure is (FigureSpec: name, skip, draw) and what it is drawn from (FigureData).
-- curves.py (isoFLOP curves, normalised), optima.py, envelope.py (Approach 1), verdicts.py, learning_rate.py, training.py, routers.py:
+- curves.py (isoFLOP curves, normalised), optima.py, envelope.py (Approach 1), isotime.py (loss against
+  training seconds), verdicts.py, learning_rate.py, training.py, routers.py:
   the figures, each drawing function beside its FigureSpec. Each returns a matplotlib Figure, shown in a
   notebook or written by `save`.
 
@@ -14,6 +15,7 @@ function and its FigureSpec) and one entry in FIGURES; a re-export below if note
 
 from .curves import ISOFLOP, NORMALISED, baseline_reference, isoflop_curves, normalised
 from .envelope import ENVELOPE, envelope
+from .isotime import ISOTIME, isotime
 from .labels import pair_label, variant_label
 from .learning_rate import LR_TRANSFER, lr_transfer
 from .optima import OPTIMAL, optimal_scaling
@@ -51,6 +53,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     LEARNING_CURVES,
     ROUTING,
     CAUSAL_ACC,
+    ISOTIME,
 )
 
 __all__ = [
@@ -75,6 +78,7 @@ __all__ = [
     "draw_all",
     "envelope",
     "figure_options",
+    "isotime",
     "isoflop_curves",
     "learning_curves",
     "lr_transfer",

@@ -28,9 +28,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from matplotlib.transforms import Bbox
 from numpy.typing import ArrayLike
 
-from modexp.errors import ModexpError
 from modexp.units import sci, si
 
+from ..figure_options import DEFAULT_FORMATS, FORMATS, figure_options  # noqa: F401 (checked without matplotlib)
 from ..table import BASELINE
 from .labels import variant_label
 
@@ -72,40 +72,7 @@ LINESTYLES = ["-", "--", "-.", ":"]
 VARIANT_COLOURS = ["#1f77b4", "#d95f02", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#c51b7d", "#4d4d4d"]
 # Budget colours: plasma from its dark end up to orange, stopping before the yellow that vanishes on white.
 BUDGET_CMAP, BUDGET_RANGE = "plasma", (0.0, 0.62)
-FORMATS = ("png", "svg", "pdf")
-DEFAULT_FORMATS = ("png", "svg")
 TITLE_SIZE, PANEL_TITLE_SIZE = 12, 10  # one figure title, panel titles below it: the same in every figure
-
-
-def figure_options(
-    formats: str | tuple[str, ...] | list[str] | None = None,
-    size: str | tuple[float, float] | list[float] | None = None,
-) -> tuple[tuple[str, ...], tuple[float, float] | None]:
-    """Check and normalise the figure options of `modexp analyze`: formats ("pdf", "png,svg" or a sequence;
-    None: PNG + SVG) and size in inches ("6x4", (6, 4); None: each figure's own). Raises ModexpError."""
-    if formats is None:
-        formats = DEFAULT_FORMATS
-    if isinstance(formats, str):
-        formats = tuple(f for f in formats.replace(" ", "").split(",") if f)
-    formats = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ModexpError(
-            f"figure format {','.join(bad) or '(none)'}: choose one or more of {', '.join(FORMATS)} "
-            "(comma-separated, e.g. pdf or png,svg)"
-        )
-    if size is None:
-        return formats, None
-    text = size if isinstance(size, str) else "x".join(map(str, size))
-    try:
-        parts = tuple(float(v) for v in (size.lower().split("x") if isinstance(size, str) else size))
-    except (TypeError, ValueError):
-        parts = ()
-    if len(parts) != 2 or not all(np.isfinite(v) and 0 < v <= 100 for v in parts):
-        raise ModexpError(
-            f"figure size {text}: give width x height in inches, each above 0 and at most 100 (e.g. 6x4)"
-        )
-    return formats, (parts[0], parts[1])
 
 
 def variant_order(variants: Iterable[str]) -> list[str]:
