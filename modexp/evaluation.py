@@ -134,7 +134,6 @@ def routing_sample(
         out = model(x.to(device))
     model.train()
     tokens = x[0].tolist()
-    gate = torch.sigmoid if model.cfg.router_weight == "sigmoid" else (lambda t: t)
     text, pieces, spec = _as_text(tok, tokens, model.cfg.vocab_size)
     return {
         "tokens": tokens,
@@ -143,6 +142,6 @@ def routing_sample(
         "tokenizer": spec,
         "layers": [r.layer for r in out.routing],
         "selected": [r.mask[0].int().tolist() for r in out.routing],
-        "router_weights": [gate(r.router_logits[0].float()).tolist() for r in out.routing],
-        "capacity": model.cfg.capacity,
+        "router_weights": [r.weights()[0].tolist() for r in out.routing],
+        "capacity": getattr(model.cfg, "capacity", None),  # one capacity for all routed blocks (MoD's)
     }

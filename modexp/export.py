@@ -1,7 +1,7 @@
 """`modexp export RUN_DIR --out DIR`: a trained run's model in a form other tools read.
 
 DIR/model.safetensors   the weights (safetensors; tied tensors stored once)
-DIR/config.json         the architecture (`model`, modexp.model.ModelConfig's fields) and where it came from
+DIR/config.json         the architecture (`model`: its kind's config, modexp.variants) and where it came from
 DIR/README.md           how to load it
 
 Loading needs modexp's model code and safetensors only, not its training code:
@@ -74,13 +74,14 @@ def load_export(folder: Path | str, device: str = "cpu") -> torch.nn.Module:
     """The model of an export folder, in eval mode."""
     from safetensors.torch import load_model
 
-    from .model import ModelConfig, Transformer
+    from . import variants
 
     folder = Path(folder)
     config = _read(folder / CONFIG)
     if config.get("format") != FORMAT:
         raise ModexpError(f"{folder} is not a modexp export (its config.json has no format {FORMAT!r})")
-    model = Transformer(ModelConfig(**config["model"]))
+    # Its kind builds it (modexp.variants): a plug-in's kind must be loaded first, by its module's import.
+    model = variants.build_model(variants.model_config(config["model"]))
     load_model(model, str(folder / WEIGHTS), device=device)
     return model.to(device).eval()
 

@@ -147,12 +147,13 @@ def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
     return shapes
 
 
-def variant_model(base: ModelConfig, variant: str, shape: Shape | None) -> ModelConfig:
-    """base with the variant's routing and MLP (and shape); ValueError when they do not fit (ModelConfig.validate)."""
-    changes: dict[str, Any] = variants.get(variant).settings
+def variant_model(base: Any, variant: str, shape: Shape | None) -> ModelConfig:
+    """The config of `variant` from a config's model settings (and shape): the kind's own settings only.
+    ValueError when they do not fit (the kind's config checks)."""
+    changes = {}
     if shape is not None:
         changes.update(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads)
-    return replace(base, **changes)
+    return variants.get(variant).model_config(base, **changes)
 
 
 def variant_kind(model: ModelConfig) -> str:
@@ -199,9 +200,9 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float, warmup: int | N
     else:
         train["warmup_steps"] = warmup
     data = {k: v for k, v in asdict(cfg.data).items() if k != "cache_dir"}
-    arch = asdict(model)
-    for key in inert_keys(model):  # a baseline is the same run whatever MoD settings sit beside it
-        arch.pop(key)
+    # The kind's own settings: a baseline is the same run whatever MoD settings sit beside it in the config.
+    inert = set(inert_keys(model))
+    arch = {k: v for k, v in asdict(model).items() if k not in inert}
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
@@ -489,12 +490,13 @@ def _ladder_runs(
 
 
 def _rung(cfg: Config, shape: Shape, budget: float, variant: str) -> _Rung:
-    if variants.get(variant).routing != "none" and cfg.model.route_every > shape.n_layers:
-        # A shallow rung cannot honour a long routing interval: it would train a baseline under MoD's name.
-        params = flops.count(variant_model(cfg.model, "baseline", shape)).params
-        reason = f"route_every={cfg.model.route_every} > n_layers={shape.n_layers}"
-        return _Rung(shape, params, None, reason, params)
-    model = variant_model(cfg.model, variant, shape)
+    try:
+        model = variant_model(cfg.model, variant, shape)
+    except ValueError as exc:
+        # A shape the kind cannot take (MoD: a rung shallower than route_every would train a baseline under
+        # MoD's name): left out, with the kind's reason.
+        params = variant_model(cfg.model, "baseline", shape).parameters()[0]
+        return _Rung(shape, params, None, str(exc).split(" (")[0], params)
     run = make_run(cfg, model, budget)
     params = run.accounting["params"]
     return _Rung(shape, params, run, _unsensible(run, cfg.sweep), active_params(model))
@@ -622,16 +624,20 @@ def single_run(cfg: Config) -> RunSpec:
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
     kind = variant_kind(cfg.model)
+    try:
+        model = variants.get(kind).model_config(cfg.model)
+    except ValueError as exc:
+        raise ModexpError(f"model.{exc}") from None
     if cfg.variant in variants.kinds() and cfg.variant != kind:  # a dense run filed as "mod" would mislead
         raise ModexpError(
             f"variant={cfg.variant} names a {cfg.variant} run but the model settings (model.routing="
             f"{cfg.model.routing}) make a {kind} one: set the model, or leave variant unset (it is derived)"
         )
-    run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
+    run = make_run(cfg, model, cfg.budget, cfg.variant)
     law = load_lr_law(cfg)
     if law is not None:
         ((lr, rule, outside),) = run_lrs(cfg, law, run.variant, run.accounting["params"])
-        run = make_run(cfg, cfg.model, cfg.budget, cfg.variant, lr=lr, lr_rule=rule)
+        run = make_run(cfg, model, cfg.budget, cfg.variant, lr=lr, lr_rule=rule)
         run.lr_domain = outside
     if abs(run.flops / run.budget - 1) > 0.01 or run.steps < cfg.sweep.min_steps:
         # Too few steps cannot train sensibly (warm-up and decay need room), and under one sequence the run

@@ -26,9 +26,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import variants
 from .data import LOCKS_REFUSED
 from .errors import ModexpError
-from .model.config import ModelConfig
 from .plan import RunSpec, inert_keys
 
 EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
@@ -221,7 +221,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     load_plugins(cfg)  # a plug-in variant's routing is known before its run.json model is read
     try:
         raw = read_json(run_dir / "run.json")
-        raw["model"] = ModelConfig(**raw["model"])
+        raw["model"] = variants.model_config(raw["model"])  # its kind's config (a plug-in's once loaded)
         spec = RunSpec(**raw)
     except Exception as exc:  # missing, truncated, edited into another shape
         raise ModexpError(

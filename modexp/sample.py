@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from modexp import tokenizer as tokenizers
+from modexp import variants
 from modexp.errors import ModexpError
-from modexp.model import ModelConfig, RoutedBlock, Transformer
+from modexp.model import Transformer
 from modexp.model.layers import KVCache
 
 
@@ -28,9 +29,10 @@ class Decoder:
     """Incremental forward of a Transformer under causal routing, with one KV cache per block.
 
     Caches are preallocated for `max_len` positions, in the autocast dtype when the Decoder is built under
-    autocast (else the weights' dtype). Each block feeds its own cache (`Block.decode`, `RoutedBlock.decode` in
-    modexp/model/): dense blocks hold every token; a routed block holds, per sequence, only the tokens it took.
-    `taken[i]` records which positions routed block i processed, (B, max_len) bool.
+    autocast (else the weights' dtype). Each block of the stack its kind built feeds its own cache (`new_cache`,
+    `prefill`, `decode`: `Block.decode`, `RoutedBlock.decode` in modexp/model/, or a plug-in's): dense blocks
+    hold every token; a routed block holds, per sequence, only the tokens it took. `taken[i]` records which
+    positions MoD's routed block i processed, (B, max_len) bool; `routing_masks` every routing block's.
 
     `masked` is how routed blocks decode a token (see `RoutedBlock.decode`): masked (no host-device sync, the
     skipped rows' FLOPs spent and thrown away) or select (one sync per routed block; only the taking rows
@@ -49,7 +51,7 @@ class Decoder:
         self.caches: list[KVCache] = [
             block.new_cache(batch_size, max_len, dtype, self.slots) for block in model.blocks
         ]
-        self.routed = [i for i, block in enumerate(model.blocks) if isinstance(block, RoutedBlock)]
+        self.routed = [i for i, block in enumerate(model.blocks) if getattr(block, "routes", False)]
         self.length = 0  # positions fed so far; dense caches hold exactly this many tokens
         model.rotary.ensure_length(max_len)  # decoding may run past the training length
 
@@ -92,8 +94,9 @@ class Decoder:
         return self._logits(x[:, 0])
 
     def routing_masks(self) -> list[torch.Tensor]:
-        """Per routed block, (B, positions fed) bool: which tokens it processed."""
-        return [self.caches[i].taken[:, : self.length] for i in self.routed]  # type: ignore[attr-defined]
+        """Per routing step in depth order (a routed block, a recursion), (B, positions fed) bool: which tokens
+        it processed."""
+        return [mask for i in self.routed for mask in self.caches[i].masks(self.length)]  # type: ignore[attr-defined]
 
     def _check_room(self, t: int) -> None:
         if self.length + t > self.max_len:
@@ -187,13 +190,18 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
         raise ModexpError(f"no checkpoint at {path}: the run has not saved one yet")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        cfg = ModelConfig(**ckpt["model_config"])
-        model = Transformer(cfg)
-        # A state_dict saved from a torch.compile'd model carries an "_orig_mod." prefix.
-        state = {key.removeprefix("_orig_mod."): value for key, value in ckpt["model"].items()}
-        model.load_state_dict(state)
+        # Its kind builds and loads it (modexp.variants): a plug-in's kind must be loaded by the user first.
+        model = variants.load_model(ckpt["model_config"], ckpt["model"])
     # UnpicklingError: weights_only loading refuses objects beyond tensors and plain containers.
-    except (KeyError, TypeError, ValueError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        OSError,
+        pickle.UnpicklingError,
+        ModexpError,
+    ) as exc:
         if isinstance(exc, KeyError):
             detail = f"the checkpoint has no {exc.args[0]!r} entry"
         else:
@@ -292,5 +300,5 @@ def sample_cli(
         return text
     if not masks:
         return text + "\n(dense model: every block processes every token)"
-    layers = model.cfg.routed_layers
+    layers = model.cfg.routed_layers  # one depth position per routing step, as the masks come
     return text + "\n\n" + render_routing(tok.pieces(out_ids), [m[0] for m in masks], layers)
