@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import mod, moe  # modexp's own kinds register themselves, after base.py's baseline
 from ..model.config import ModelConfig
+from . import mod, moe  # modexp's own kinds register themselves, after base.py's baseline
 from .base import (
     Baseline,
     Variant,
