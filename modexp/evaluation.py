@@ -60,10 +60,11 @@ def evaluate(
                 sums[0] += weight * out.loss.double() * y.numel()
                 sums[1] += weight * y.numel()
                 if mode == "causal":
-                    for rec in out.routing:
-                        sums[2] += weight * rec.mask.sum()
-                        sums[3] += weight * (rec.mask == rec.topk_mask).sum()
-                        sums[4] += weight * rec.mask.numel()
+                    for rec in out.routing:  # over the tokens each router chose among (see RoutingRecord)
+                        scored = torch.ones_like(rec.mask) if rec.scored is None else rec.scored
+                        sums[2] += weight * (rec.mask & scored).sum()
+                        sums[3] += weight * ((rec.mask == rec.topk_mask) & scored).sum()
+                        sums[4] += weight * scored.sum()
         total, count, processed, agreed, decided = distributed.all_sum(sums, world).tolist()
         result["val_loss" if mode == "topk" else "val_loss_causal"] = total / count
         if decided:

@@ -59,16 +59,21 @@ def routing_stats(records: list[RoutingRecord]) -> dict[str, float]:
     for rec in records:
         g = rec.weights()
         layer = rec.layer
+        # Over the tokens the router scored (MoD: every token; a router deeper in a hierarchy: those still active).
+        scored = torch.ones_like(g) if rec.scored is None else rec.scored.float()
+        n = scored.sum().clamp(min=1)
+        mean = (g * scored).sum() / n
+        std = (((g - mean) ** 2 * scored).sum() / (n - 1).clamp(min=1)).sqrt()
         names += [f"routed_frac/{layer}", f"router_weight_mean/{layer}", f"router_weight_std/{layer}"]
-        values += [rec.mask.float().mean(), g.mean(), g.std()]
+        values += [rec.mask.float().mean(), mean, std]
         causal_logits = rec.predictor_logits
         if causal_logits is None and rec.aux_loss is not None:
             causal_logits = rec.router_logits  # aux_loss: the router itself decides (sigmoid(r) > 0.5)
         if causal_logits is not None:
             decided = causal_logits.detach() > 0
-            acc = (decided == rec.topk_mask).float().mean()
+            acc = ((decided == rec.topk_mask).float() * scored).sum() / n
             names += [f"causal_acc/{layer}", f"causal_frac/{layer}"]
-            values += [acc, decided.float().mean()]
+            values += [acc, (decided.float() * scored).sum() / n]
             accs.append(acc)
     if accs:
         names.append("causal_acc")

@@ -94,7 +94,7 @@ class Decoder:
         return self._logits(x[:, 0])
 
     def routing_masks(self) -> list[torch.Tensor]:
-        """Per routing step in depth order (a routed block, a recursion), (B, positions fed) bool: which tokens
+        """Per routing step in depth order (MoD's routed blocks, or a plug-in's steps), (B, positions fed) bool: which tokens
         it processed."""
         return [mask for i in self.routed for mask in self.caches[i].masks(self.length)]  # type: ignore[attr-defined]
 

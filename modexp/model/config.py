@@ -144,7 +144,7 @@ class ModelConfig:
     # -- the structure, as planning, memory estimates and sampling ask for it (dense: no routing) -------------
     @property
     def routed_layers(self) -> list[int]:
-        """Depth positions where a router chooses which tokens go on (one per MoD block, MoR recursion...)."""
+        """Depth positions where a router chooses which tokens go on (one per MoD routed block, or a plug-in's)."""
         return []
 
     @property

@@ -44,6 +44,9 @@ class RoutingRecord:
     predictor_logits: torch.Tensor | None  # (B, T), or None without a predictor
     aux_loss: torch.Tensor | None  # unweighted BCE of the causal router against topk_mask
     router_weight: str = "sigmoid"  # how the gate g(r) reads router_logits: sigmoid | linear
+    # (B, T) bool: the tokens the router scored, where it chose among fewer than all (a router deeper in a
+    # hierarchy chooses among the tokens still active); None: every token. Statistics of its choice use these.
+    scored: torch.Tensor | None = None
 
     def weights(self) -> torch.Tensor:
         """g(r), the router's weight on each token's update (for statistics and figures)."""
