@@ -214,14 +214,17 @@ def model_config(settings: Any = None, /, **overrides: Any) -> ModelConfig:
         settings if isinstance(settings, Mapping) else vars(settings) if settings is not None else {}
     )
     values.update(overrides)
+    _check_selectors(values)
+    try:
+        record = of_model(
+            values
+        )  # first: a plug-in's kind not loaded says so, before its settings are unknown
+    except ModexpError as exc:
+        raise ValueError(str(exc).removeprefix("model.")) from None
     unknown = sorted(set(values) - set(settings_fields()))
     if unknown:
         raise ValueError(f"{unknown[0]} is no model setting of any variant kind ({', '.join(kinds())})")
     settings_class()(**values)  # every setting checked as a config's model node is, those its kind lacks too
-    try:
-        record = of_model(values)
-    except ModexpError as exc:
-        raise ValueError(str(exc).removeprefix("model.")) from None
     return record.model_config(values)
 
 
@@ -231,7 +234,12 @@ def _check_selectors(values: Mapping[str, Any]) -> None:
         allowed = list(dict.fromkeys(r.settings[name] for r in records() if name in r.settings))
         if name in values and not any(values[name] is a or values[name] == a for a in allowed):
             words = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
-            raise ValueError(f"{name}={values[name]!r} is not allowed: choose one of {words}")
+            hint = (
+                " (a plug-in's kind is known once its module is loaded)"
+                if isinstance(values[name], str)
+                else ""
+            )
+            raise ValueError(f"{name}={values[name]!r} is not allowed: choose one of {words}{hint}")
 
 
 def of_id(variant_id: str) -> Variant | None:
