@@ -220,28 +220,29 @@ def shown(piece: str) -> str:
     return "".join(GLYPHS.get(ch, ch if ch.isprintable() else "?") for ch in piece)
 
 
-def render_routing(pieces: list[str], masks: list[torch.Tensor], layers: list[int], width: int = 96) -> str:
-    """Under the text, one line per routed block: '#' under each token the block processed, '.' else.
+def render_routing(
+    pieces: list[str], masks: list[torch.Tensor], layers: list[int | str], width: int = 96
+) -> str:
+    """Under the text, one line per routing step: '#' under each token it processed, '.' else.
 
-    Each token (a byte, or a subword piece of the run's tokenizer) takes as many columns as its text, at least
-    one; long text wraps every `width` columns; each block's share of processed tokens closes the picture.
+    `layers`: each step's name, or its block index (shown as "block <i>"). Each token (a byte, or a subword
+    piece of the run's tokenizer) takes as many columns as its text, at least one; long text wraps every
+    `width` columns; each step's share of processed tokens closes the picture.
     """
+    names = [name if isinstance(name, str) else f"block {name}" for name in layers]
     texts = [shown(p) or "?" for p in pieces]
     text_line = "".join(texts)
-    label = max(len(f"block {layer}") for layer in layers) if layers else 5
+    label = max(len(name) for name in names) if names else 5
     marks = [
         "".join(("#" if taken else ".") * len(t) for t, taken in zip(texts, mask.tolist())) for mask in masks
     ]
     chunks = []
     for start in range(0, len(text_line), width):
         lines = [f"{'text':>{label}} |{text_line[start : start + width]}|"]
-        lines += [
-            f"{f'block {layer}':>{label}} |{m[start : start + width]}|" for layer, m in zip(layers, marks)
-        ]
+        lines += [f"{name:>{label}} |{m[start : start + width]}|" for name, m in zip(names, marks)]
         chunks.append("\n".join(lines))
     shares = [
-        f"block {layer}: {sum(mask.tolist()) / max(1, len(mask)):.0%} processed"
-        for layer, mask in zip(layers, masks)
+        f"{name}: {sum(mask.tolist()) / max(1, len(mask)):.0%} processed" for name, mask in zip(names, masks)
     ]
     return "\n\n".join(chunks) + "\n\n" + ", ".join(shares)
 
@@ -300,5 +301,5 @@ def sample_cli(
         return text
     if not masks:
         return text + "\n(dense model: every block processes every token)"
-    layers = model.cfg.routed_layers  # one depth position per routing step, as the masks come
-    return text + "\n\n" + render_routing(tok.pieces(out_ids), [m[0] for m in masks], layers)
+    steps = model.cfg.routing_steps  # one name per routing step, as the masks come
+    return text + "\n\n" + render_routing(tok.pieces(out_ids), [m[0] for m in masks], steps)

@@ -148,6 +148,11 @@ class ModelConfig:
         return []
 
     @property
+    def routing_steps(self) -> list[str]:
+        """A name for each of routed_layers, as `modexp sample --show-routing` shows them."""
+        return [f"block {layer}" for layer in self.routed_layers]
+
+    @property
     def skips_blocks(self) -> bool:
         """Tokens a router does not choose skip a whole block (what the routing figure and sample show)."""
         return False
