@@ -177,7 +177,7 @@ def test_a_run_trains_samples_and_exports(mor, tmp_path: Path, capsys) -> None:
     assert summary["routing"] == "recursion" and summary["recursions"] == 3
     assert summary["val_loss_causal"] is not None
     rc, out, err = run_main(["sample", str(run), "--max-new-tokens", "8", "--show-routing"], capsys)
-    assert rc == 0 and "block 2: " in out and "block 3: " in out, err
+    assert rc == 0 and "recursion 2: " in out and "recursion 3: " in out, err
     rc, out, err = run_main(["export", str(run), "--out", str(tmp_path / "export")], capsys)
     assert rc == 0, err
     from modexp.export import load_export

@@ -103,6 +103,10 @@ class MoRConfig(variants.CausalConfig):
         return [self.depth(r) for r, chooses in enumerate(self.routed()) if chooses]
 
     @property
+    def routing_steps(self) -> list[str]:
+        return [f"recursion {r + 1}" for r, chooses in enumerate(self.routed()) if chooses]
+
+    @property
     def skips_blocks(self) -> bool:
         return True
 
