@@ -236,7 +236,10 @@ def _not_a_setting(full_key: str) -> str:
     known = {k.rpartition(".")[2]: k for k in _known_keys(full_key)}
     close = [known[k] for k in difflib.get_close_matches(leaf, list(known), n=3, cutoff=0.75)]
     hint = f": did you mean {' or '.join(close)}?" if close else ""
-    return f"{full_key} is not a modexp setting{hint} (the keys are in conf/ and modexp/config.py)"
+    where = "conf/ and modexp/config.py"
+    if parent == "model":  # a variant kind's setting: a plug-in's is known once its module is in `plugins`
+        where = "conf/model/ and each variant kind's config; a plug-in's once it is in plugins"
+    return f"{full_key} is not a modexp setting{hint} (the keys are in {where})"
 
 
 def _refuse_unknown_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
