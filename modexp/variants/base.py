@@ -156,19 +156,25 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _check_routes(record: Variant) -> None:
     """A kind that is not the baseline must route something at its defaults on a small model: otherwise it would
-    train a dense model under its own name (a plug-in that forgot to say which blocks it routes)."""
-    try:
-        probe = record.model_config({}, d_model=64, n_heads=4, n_layers=8, seq_len=64)
-    except ValueError as exc:
-        raise ModexpError(
-            f"variant kind {record.kind}: its config refuses its own defaults ({exc})"
-        ) from None
-    if not probe.routed_layers and all(probe.mlp_load(i) is None for i in range(probe.n_layers)):
-        raise ModexpError(
-            f"variant kind {record.kind} would train no routed block: its config "
-            f"({record.config.__name__}) routes no layer (routed_layers is empty) and has no mixture of experts; "
-            "override routed_layers (and build the blocks that route), or register it as dense"
-        )
+    train a dense model under its own name (a plug-in that forgot to say which blocks it routes). Probed at a
+    few depths, since a kind may refuse some (MoR needs its recursions to divide the middle blocks)."""
+    refused = None
+    for n_layers in (4, 5, 6, 7, 8, 12, 16):
+        try:
+            probe = record.model_config({}, d_model=64, n_heads=4, n_layers=n_layers, seq_len=64)
+        except ValueError as exc:
+            refused = exc
+            continue
+        if probe.routed_layers or any(probe.mlp_load(i) is not None for i in range(probe.n_layers)):
+            return
+        refused = None
+    if refused is not None:
+        raise ModexpError(f"variant kind {record.kind}: its config refuses its own defaults ({refused})")
+    raise ModexpError(
+        f"variant kind {record.kind} would train no routed block: its config ({record.config.__name__}) routes "
+        "no layer (routed_layers is empty) and has no mixture of experts; override routed_layers (and build "
+        "the blocks that route), or register it as dense"
+    )
 
 
 def kinds() -> tuple[str, ...]:
