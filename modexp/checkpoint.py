@@ -20,7 +20,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from . import variants
+from . import branches, variants
+from .config import Config
 from .errors import ModexpError
 from .plan import RunSpec
 from .rundir import atomic_write, branch_point, first_line, stem_dir
@@ -114,11 +115,18 @@ def resume(
 
 
 def start_from_stem(
-    run_dir: Path, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+    run_dir: Path,
+    spec: RunSpec,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    cfg: Config,
+    fingerprint: str,
 ) -> tuple[int, float] | None:
     """A branch with no checkpoint of its own starts from its stem's state at its cooldown start: (that step,
     the stem's wall time up to it). None when that state is gone (its branch finished once and took it): the
-    branch then trains from step 0, which computes the same run."""
+    branch then trains from step 0, which computes the same run. A stem trained with other settings or on
+    another corpus (`fingerprint` is the branch's) is refused, never continued (branches.check_continuation)."""
     path = branch_point(stem_dir(run_dir, spec.stem), spec.cooldown_start)
     if not path.exists():
         log.warning("%s: the state of stem %s at step %d is gone: training from step 0", spec.run_id, spec.stem,
@@ -130,6 +138,12 @@ def start_from_stem(
             raise ValueError(f"it belongs to {state.get('run_id')} at step {state.get('step')}")
         if not same_model(state.get("model_config"), spec):
             raise ValueError("its model config differs from the branch's")
+    except Exception as exc:
+        raise ModexpError(
+            f"{path} does not load ({first_line(exc)}): delete it to train {spec.run_id} from step 0"
+        ) from None
+    branches.check_continuation(run_dir, spec, state, cfg, fingerprint)
+    try:
         restore_state(model, optimizer, state)
     except Exception as exc:
         raise ModexpError(
@@ -175,9 +189,11 @@ def write_checkpoint(
     device: torch.device,
     main: bool,
     keep_previous: bool = True,
+    record: dict[str, Any] | None = None,
 ) -> None:
     """Save the run's state after `step`: weights, optimiser, RNG, and what it belongs to (its run and model
-    config, checked on resume). Every process calls it (gathering is a collective under FSDP); rank 0 writes."""
+    config, checked on resume; `record`: what else a reader checks, e.g. a stem's settings and corpus). Every
+    process calls it (gathering is a collective under FSDP); rank 0 writes."""
     state = gather_state(model, optimizer)
     if not main:
         return
@@ -189,6 +205,7 @@ def write_checkpoint(
             "model_config": vars(spec.model).copy(),
             "run_id": spec.run_id,
             "steps": spec.steps,  # the schedule it belongs to: a resume under another one is refused
+            **(record or {}),
         }
     )
     if device.type == "cuda":

@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_status(args: argparse.Namespace, overrides: list[str]) -> int:
     import pandas as pd
 
-    from .status import format_study, run_rows, studies, summary_line, totals
+    from .status import format_study, run_rows, studies, study_line
 
     if args.sweep_dir and "=" in args.sweep_dir:  # `modexp status runs_dir=X`: an override, not a folder
         overrides, args.sweep_dir = [args.sweep_dir, *overrides], None
@@ -99,10 +99,7 @@ def cmd_status(args: argparse.Namespace, overrides: list[str]) -> int:
     if not found:
         print(f"no studies under {runs_dir} (a study is a folder with a plan.json, written by modexp sweep)")
     for folder in found:
-        t = totals(run_rows(folder))
-        print(
-            summary_line(folder, t) if args.format == "table" else json.dumps({"sweep_dir": str(folder), **t})
-        )
+        print(study_line(folder, as_json=args.format != "table"))
     return 0
 
 
@@ -188,6 +185,7 @@ def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
         split_by=tuple(c for c in (args.split_by or "").split(",") if c),
         figure_formats=args.figure_format,
         figure_size=args.figure_size,
+        plugins=args.plugins,
     )
     print(result.summary)
     from .tracking import log_study
@@ -197,8 +195,10 @@ def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
+    from . import plugins
     from .sample import sample_cli
 
+    plugins.load_named(args.plugins)
     print(
         sample_cli(
             args.run_dir,
@@ -215,9 +215,11 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from . import plugins
     from .export import export_run
 
-    print(export_run(args.run_dir, args.out))
+    plugins.load_named(args.plugins)
+    print(export_run(args.run_dir, args.out, force=args.force))
     return 0
 
 
@@ -250,8 +252,21 @@ def _whole(flag: str, value: float, high: float = 1e15) -> int:
 def cmd_selfcheck(args: argparse.Namespace, overrides: list[str]) -> int:
     from .analysis.calibration import run_check
 
-    print(run_check(args.setting, args.studies, args.replicates, Path(args.out)))
+    out = Path(args.out)
+    check_out_folder(out, "--out")  # before minutes of simulation, not after them
+    print(run_check(args.setting, args.studies, args.replicates, out))
     return 0
+
+
+def check_out_folder(out: Path, flag: str) -> None:
+    """A folder a command will write into: it may exist (as a folder) or not, but no file may stand where it
+    or one of its parents must be."""
+    for path in [out, *out.parents]:
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                what = "is" if path == out else f"would be inside {path}, which is"
+                raise ModexpError(f"{flag} {out} {what} a file, not a folder: give a folder path")
+            return
 
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -300,6 +315,15 @@ def _hydra_flags(s: argparse.ArgumentParser, sweeps: bool = True) -> None:
         metavar="DIR",
         help="a folder of your own presets (DIR/sweep/NAME.yaml, DIR/model/..., same layout as modexp's conf), "
         "searched after modexp's; also MODEXP_CONFIG_DIR",
+    )
+
+
+def _plugins_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--plugins",
+        metavar="MOD[,MOD]",
+        help="import these plug-in modules first (their variant kinds); a study's own list is never imported, "
+        "only named in a note (also MODEXP_PLUGINS)",
     )
 
 
@@ -414,6 +438,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--figure-size", metavar="WxH", help="figure size in inches, e.g. 6x4 (default: each its own)"
     )
+    _plugins_flag(s)
     s.add_argument(
         "--wandb",
         choices=("auto", "online", "offline", "disabled"),
@@ -444,6 +469,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: %(default)s)")
     s.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
+    _plugins_flag(s)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser(
@@ -451,7 +477,18 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         help="a run's weights as safetensors plus config.json, loadable with modexp.export.load_export",
     )
     s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id>")
-    s.add_argument("--out", required=True, metavar="DIR", help="folder to write (created)")
+    s.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="a new (or empty) folder to write; written beside it, then renamed into place",
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an existing non-empty DIR, replacing only the export's own three files",
+    )
+    _plugins_flag(s)
     s.set_defaults(func=cmd_export)
 
 
@@ -488,7 +525,7 @@ def _add_checks(sub: argparse._SubParsersAction) -> None:
         "selfcheck",
         help="check the tool against a known truth: calibration of the verdict's intervals",
         description="modexp selfcheck calibration: simulate studies from a known law, analyse each as "
-        "modexp analyze does, and print how often each nominal 90%% interval holds the truth",
+        "modexp analyze does, and print how often each nominal 90% interval holds the truth",
     )
     s.add_argument("check", choices=("calibration",))
     s.add_argument("--studies", type=int, default=200, help="simulated studies per setting (default 200)")
@@ -576,6 +613,9 @@ def _restore_env(key: str, value: str | None) -> None:
 
 
 def _run(args: argparse.Namespace, rest: list[str], stack: contextlib.ExitStack) -> int:
+    # A sweep names its config's plug-ins to the processes it starts (MODEXP_PLUGINS); undone after the command,
+    # so a later command in this process (a notebook, a test) imports only what it is told to.
+    stack.callback(_restore_env, "MODEXP_PLUGINS", os.environ.get("MODEXP_PLUGINS"))
     try:
         if getattr(args, "multirun", False):
             if args.command == "train":

@@ -7,7 +7,6 @@ has, so that a typo'd key or a wrong type is refused before anything runs.
 from __future__ import annotations
 
 import difflib
-import importlib
 import itertools
 import math
 import os
@@ -32,6 +31,7 @@ from omegaconf.errors import (
 from . import variants
 from .data import DataConfig, check_data, prepared_meta
 from .errors import ModexpError
+from .plugins import export as plugins_export
 from .ranges import RANGES, check_id_suffix, first_violation
 
 # The presets ship inside the package (a wheel has them too); the repository's top-level conf/ links here.
@@ -368,9 +368,11 @@ def compose_config(overrides: list[str], export: bool = True, with_hydra: bool =
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ModexpError(_explain(exc, overrides)) from None
     _take_prepared_corpus(cfg, overrides)
+    listed = load_plugins(cfg)  # a plug-in's routing must be known before ModelConfig checks model.routing
     typed = to_typed(cfg)  # validate now, so bad values are refused before any planning or training
     if export:  # every process this one starts (runs, SLURM jobs) obeys it
         os.environ["MODEXP_LOCKING"] = typed.locking
+        plugins_export(listed)
     return cfg
 
 
@@ -416,24 +418,25 @@ def _add_missing(cfg: DictConfig, defaults: DictConfig) -> None:
                 _add_missing(cfg[key], defaults[key])
 
 
-def load_plugins(cfg: DictConfig) -> None:
-    """Import the config's `plugins` (module names), so the variant kinds they register are known before the
-    config is checked. Runs in every process that reads a config: the sweep, each run's trainer, SLURM jobs."""
+def load_plugins(cfg: DictConfig) -> list[str]:
+    """Import the `plugins` of the user's own composed config (module names), so the variant kinds they
+    register are known before the config is checked, and name them to the processes this one starts (each
+    run's trainer, SLURM jobs) through MODEXP_PLUGINS. Never called on a config read from a run folder."""
+    from . import plugins
+
     names = OmegaConf.select(cfg, "plugins", default=None, throw_on_missing=False) or []
     if not OmegaConf.is_list(names) and not isinstance(names, list):
         raise ModexpError(f"plugins={names} is not allowed: give a list of module names, e.g. [my_variant]")
-    for name in names:
-        try:
-            importlib.import_module(str(name))
-        except ImportError as exc:
-            raise ModexpError(
-                f"plugins: module {name} does not import ({_one_line(exc)}): put it on PYTHONPATH"
-            ) from None
+    listed = plugins.parse([str(n) for n in names], "plugins")
+    plugins.load(plugins.named(listed, "plugins"), "plugins")
+    return listed
 
 
 def to_typed(cfg: DictConfig) -> Config:
-    """DictConfig -> Config dataclasses, with the model's and ours own checks; errors as one line."""
-    load_plugins(cfg)  # a plug-in's routing must be known before ModelConfig checks model.routing
+    """DictConfig -> Config dataclasses, with the model's and ours own checks; errors as one line.
+
+    Imports nothing: a plug-in kind's routing is known once the user's plug-ins are loaded (compose_config
+    loads those of the user's config; a trainer, those its sweep named)."""
     try:
         # Merging onto the schema also types a config read back from a run folder's config.yaml.
         schema_class = typed_schema()

@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import variants
 from .data import LOCKS_REFUSED
 from .errors import ModexpError
-from .plan import RunSpec, inert_keys
+from .files import NotRegular, open_regular, read_text  # noqa: F401 (the run folder's readers)
+from .spec import RunSpec
 
 EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # stopped by a signal: the run resumes on the next plain rerun
@@ -144,7 +145,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json.loads(read_text(path))
 
 
 def _jsonable(value: Any) -> Any:
@@ -159,10 +160,12 @@ def set_status(run_dir: Path, state: str, **fields: Any) -> None:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json as a dict; {"state": "pending"} when it is missing or unreadable (a FIFO is not opened)."""
     try:
-        return read_json(run_dir / "status.json")
-    except (FileNotFoundError, json.JSONDecodeError):
+        status = read_json(run_dir / "status.json")
+    except (OSError, ValueError):  # missing, not a regular file, not UTF-8, not JSON
         return {"state": "pending"}
+    return status if isinstance(status, dict) else {"state": "pending"}
 
 
 def sweep_dir(cfg: Any) -> Path:
@@ -172,6 +175,18 @@ def sweep_dir(cfg: Any) -> Path:
 STEMS = (
     "stems"  # a study's stems (sweep.reuse=branches): <sweep>/stems/<stem_id>/, where analysis never looks
 )
+
+
+def is_run_id(value: object) -> bool:
+    """A run id read from a file, usable as a folder name: no path separator, not '.' or '..', no control
+    character (a crafted plan.json or summary.json must not point a reader elsewhere)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 255
+        and "/" not in value
+        and value not in (".", "..")
+        and value.isprintable()
+    )
 
 
 def stem_dir(run_dir: Path, stem: str) -> Path:
@@ -195,7 +210,7 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
     try:
         atomic_write(run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         record = asdict(spec)
-        inert = inert_keys(spec.model)  # a baseline has no router: its record carries no inert MoD settings
+        inert = variants.of_model(spec.model).inert  # a baseline's record carries no MoD settings
         record["model"] = {k: v for k, v in record["model"].items() if k not in inert}
         write_json(run_dir / "run.json", record)
         if not (run_dir / "status.json").exists():
@@ -207,27 +222,55 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
 
 def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     """The run's config (settings added since it was written take today's defaults) and its RunSpec."""
-    from .config import load_plugins, with_new_keys
+    from . import plugins
+    from .config import with_new_keys
 
     remedy = "rerun the sweep (or modexp train) that planned it to rewrite it"
     try:
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg = OmegaConf.create(read_text(run_dir / "config.yaml"))
         if not isinstance(cfg, DictConfig):
             raise ValueError("not a mapping")
+        found = _interpolation(OmegaConf.to_container(cfg, resolve=False))
+        if found:  # written resolved: an interpolation here was put in by hand, and is never evaluated
+            raise ValueError(f"it holds the interpolation {found[:60]!r}")
     except FileNotFoundError:
         raise ModexpError(f"{run_dir} has no config.yaml: not a run folder, or not yet written") from None
     except Exception as exc:  # YAML syntax, bad encoding, interpolation errors
         raise ModexpError(f"{run_dir / 'config.yaml'} does not parse ({first_line(exc)}): {remedy}") from None
-    load_plugins(cfg)  # a plug-in variant's routing is known before its run.json model is read
+    # Only the plug-ins the user named (its sweep passes them on in MODEXP_PLUGINS), never those the folder names.
+    plugins.load_named(source=plugins.ENV)
     try:
         raw = read_json(run_dir / "run.json")
+        _known_routing(run_dir, cfg, raw["model"].get("routing", "none"))
         raw["model"] = variants.model_config(raw["model"])  # its kind's config (a plug-in's once loaded)
         spec = RunSpec(**raw)
+    except ModexpError:
+        raise
     except Exception as exc:  # missing, truncated, edited into another shape
         raise ModexpError(
             f"{run_dir / 'run.json'} is not a run record ({first_line(exc)}): {remedy}"
         ) from None
     return with_new_keys(cfg), spec
+
+
+def _interpolation(node: Any) -> str | None:
+    """The first `${...}` in a config read back as plain containers, or None."""
+    if isinstance(node, str):
+        return node if "${" in node else None
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return next((found for child in children if (found := _interpolation(child))), None)
+
+
+def _known_routing(run_dir: Path, cfg: DictConfig, routing: Any) -> None:
+    """A run of a plug-in kind whose plug-in this process was not given: one line saying how to name it."""
+    from . import plugins
+
+    if not isinstance(routing, str) or routing in variants.routings():
+        return
+    listed = OmegaConf.to_container(cfg).get("plugins") if isinstance(cfg, DictConfig) else None
+    names = [n for n in listed if plugins.is_module_name(n)] if isinstance(listed, list) else []
+    how = f"name it in your config's plugins (a sweep passes them on to its runs) or in {plugins.ENV}"
+    raise ModexpError(plugins.unknown_kind(routing, names, f"run {run_dir.name}", how))
 
 
 def first_line(exc: BaseException) -> str:
@@ -287,8 +330,8 @@ class RunLock:
         """Whether a live process holds the lock; only reads (a read-only study folder can be looked at)."""
         if not self.path.exists() or locking() == "none":
             return False
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
+        try:  # O_NONBLOCK: a FIFO planted as .lock must not hang a reader (flock on it fails: not held)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return False
         try:  # shared: refused while a trainer holds it exclusively, and needs no write access

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from modexp import plugins, variants
 from modexp import tokenizer as tokenizers
-from modexp import variants
 from modexp.errors import ModexpError
 from modexp.model import Transformer
 from modexp.model.layers import KVCache
@@ -190,7 +190,8 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
         raise ModexpError(f"no checkpoint at {path}: the run has not saved one yet")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        # Its kind builds and loads it (modexp.variants): a plug-in's kind must be loaded by the user first.
+        plugins.require_kind(dict(ckpt["model_config"]).get("routing"), run_dir)  # a plug-in's, not named
+        # Its kind builds and loads it (modexp.variants).
         model = variants.load_model(ckpt["model_config"], ckpt["model"])
     # UnpicklingError: weights_only loading refuses objects beyond tensors and plain containers.
     except (

@@ -245,15 +245,27 @@ def for_data(name: str, path: str | None) -> Tokenizer | None:
 
 def for_run(run_dir: Path, vocab_size: int) -> Tokenizer:
     """The tokenizer a run trained with, from its config.yaml's data settings; refuses when unknown."""
-    from omegaconf import OmegaConf
+    import yaml
+
+    from .rundir import read_text
 
     config = Path(run_dir) / "config.yaml"
-    data = OmegaConf.load(config).get("data", {}) if config.is_file() else None
+    data = None
+    if config.is_file():  # read as data: no resolvers, no FIFO opened
+        try:
+            loaded = yaml.safe_load(read_text(config))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ModexpError(
+                f"{config} does not parse ({first_words(exc)}): modexp cannot find the run's tokenizer"
+            ) from None
+        data = loaded.get("data") if isinstance(loaded, dict) else None
+        data = data if isinstance(data, dict) else {}
     if data is None:  # a bare checkpoint folder: only a byte-level model can be read without its data
         tok = ByteTokenizer() if vocab_size == 256 else None
         where = f"{run_dir} has no config.yaml"
     else:
-        tok = for_data(str(data.get("name")), data.get("path"))
+        path = data.get("path")
+        tok = for_data(str(data.get("name")), path if isinstance(path, str) else None)
         where = f"its data ({data.get('name')} at {data.get('path')}) has no meta.json naming a tokenizer"
     if tok is None:
         raise ModexpError(

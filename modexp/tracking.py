@@ -385,11 +385,22 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
             if png.exists():
                 logged[f"figure/{name}"] = wandb.Image(str(png), caption=name)
         run.log(logged)
-        for _, row in result.verdict_overall.iterrows():  # the headline, searchable across studies
-            if {"curve", "reference", "multiplier"} <= set(row.index):
-                run.summary[
-                    f"multiplier/{row['curve']}_vs_{row['reference']}/{row.get('loss', result.loss)}"
-                ] = row["multiplier"]
+        from .analysis.report import headline_line
+
+        for pair in result.verdict_overall.itertuples():  # the headline, searchable across studies
+            key = f"{pair.curve}_vs_{pair.reference}/{getattr(pair, 'loss', result.loss)}"
+            run.summary[f"multiplier/{key}"] = pair.multiplier
+            for column in (
+                "multiplier_lo",
+                "multiplier_hi",
+                "m_slope",
+                "m_slope_lo",
+                "m_slope_hi",
+                "heterogeneous",
+            ):
+                if hasattr(pair, column):
+                    run.summary[f"{column}/{key}"] = getattr(pair, column)
+            run.summary[f"verdict/{key}"] = headline_line(pair)
         artifact = wandb.Artifact(f"analysis-{study}", type="analysis", metadata={"loss": result.loss})
         files = analysis_files(result)
         for name, path in files.items():
@@ -446,6 +457,7 @@ def study_wandb_settings(sweep_dir: Path | None) -> Any:
     from omegaconf import OmegaConf
 
     from .config import WandbConfig, compose_config
+    from .rundir import read_text
 
     schema = OmegaConf.merge(
         OmegaConf.structured(WandbConfig), compose_config([], export=False).tracker.wandb
@@ -454,7 +466,7 @@ def study_wandb_settings(sweep_dir: Path | None) -> Any:
         try:
             # Plain YAML, no resolvers: a run folder's `${oc.env:...}` must never be resolved from the
             # analyst's environment (into a W&B file); a value that is an interpolation takes the default.
-            node = yaml.safe_load(config.read_text())["tracker"]["wandb"]
+            node = yaml.safe_load(read_text(config))["tracker"]["wandb"]  # a FIFO is never opened
             node = {k: v for k, v in node.items() if not _interpolated(v)}
             settings = OmegaConf.to_object(OmegaConf.merge(schema, node))
             check_id_suffix(settings.id_suffix)

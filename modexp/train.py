@@ -265,7 +265,7 @@ def _prepare(
     start_step, wall_before = resume(run_dir, spec, model, optimizer, device)
     integrity.check_corpus(run_dir, corpus.fingerprint, start_step)
     if start_step == 0 and spec.stem:  # a branch: its stem trained the steps before its cooldown
-        started = start_from_stem(run_dir, spec, model, optimizer, device)
+        started = start_from_stem(run_dir, spec, model, optimizer, device, cfg, corpus.fingerprint)
         if started is not None:
             start_step, wall_before = started
             if world.is_main:
@@ -333,10 +333,11 @@ def _loop(run: _Run, clock: _Clock) -> None:
                 _write_record(run, record)
                 run.progress.update(done, lm_loss)
         del out
-        if done in spec.branch_points:
+        if done in spec.branch_points:  # with what trained it, which each branch starting here checks
             point = branch_point(run.run_dir, done)
+            record = branches.stem_record(cfg, spec, run.corpus.fingerprint)
             write_checkpoint(point, run.model, run.optimizer, done, clock.wall(run.wall_before), spec, run.device,
-                             run.main, keep_previous=False)  # fmt: skip
+                             run.main, keep_previous=False, record=record)  # fmt: skip
         if not stem and (done % train.eval_every == 0 or is_last):
             clock.last_eval = run.evaluate()
             if run.main:

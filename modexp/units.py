@@ -39,3 +39,11 @@ def duration(seconds: float) -> str:
 def count(n: int, noun: str) -> str:
     """1 run, 3 runs."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def escaped(text: str) -> str:
+    """Text read from files, safe to print on one line: control and format characters (newlines, terminal
+    escapes, bidi overrides) written as Python escapes (\\n, \\x1b, \\u202e)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -331,3 +331,124 @@ def test_smoke_sweep_with_branches_resumes_after_kill_9_and_ends_in_the_verdict(
         read_json(sweep / "plan.json")["flops_spent"],
         sum(s["flops"] for s in plan["stems"]) + sum(r["flops"] - r["stem_flops"] for r in plan["runs"]),
     )
+
+
+# --- a branch is the continuation of its own stem, or refused ----------------------------------------------
+
+
+def _write_corpus(folder: Path, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    rng = random.Random(seed)
+    for i in range(4):
+        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(12000)) + "\n")
+    return folder
+
+
+@pytest.fixture
+def trained_stem(tmp_path: Path):
+    """A branching study on a text corpus whose stem is done and whose branches have not started (as after
+    kill -9 of the sweep once its stem finished): (the sweep's arguments, the study)."""
+    args = [*STUDY, "data=text", f"data.path={_write_corpus(tmp_path / 'corpus', 0)}",
+            f"data.cache_dir={tmp_path / 'cache'}", f"runs_dir={tmp_path / 'runs'}"]  # fmt: skip
+    study = build_study(args)
+    for spec in study.trained:
+        write_run(study.run_dir(spec), study.run_config(spec), spec)
+    train_run(study.run_dir(study.plan.stems[0]))
+    return args, study
+
+
+def _refusals(study) -> list[str]:
+    reasons = []
+    for run in study.plan.runs:
+        status = read_status(study.run_dir(run))
+        assert status["state"] == "failed" and "\n" not in status["reason"], status
+        assert not (study.run_dir(run) / "metrics.jsonl").exists()  # never started
+        reasons.append(status["reason"])
+    return reasons
+
+
+def test_a_branch_never_continues_a_stem_trained_on_another_corpus(trained_stem, capsys) -> None:
+    from helpers import run_main
+
+    args, study = trained_stem
+    _write_corpus(Path(args[-3].split("=", 1)[1]), seed=1)  # the text at the same path changes
+    rc, _, err = run_main(["sweep", *args], capsys)
+    assert rc != 0
+    for reason in _refusals(study):
+        assert f"is not the continuation of stem {study.plan.stems[0].run_id}" in reason, reason
+        assert "corpus fingerprint" in reason and "--retry-failed" in reason, reason
+
+
+@pytest.mark.slow
+def test_the_remedy_a_refused_branch_names_trains_the_stem_again(trained_stem, capsys) -> None:
+    """Delete the stem and rerun with --retry-failed: the stem trains again on this corpus, then the branches."""
+    from helpers import run_main
+
+    args, study = trained_stem
+    _write_corpus(Path(args[-3].split("=", 1)[1]), seed=1)
+    assert run_main(["sweep", *args], capsys)[0] != 0
+    shutil.rmtree(study.run_dir(study.plan.stems[0]))
+    rc, _, err = run_main(["sweep", *args, "--retry-failed"], capsys)
+    assert rc == 0, err
+    assert all(read_status(study.run_dir(r))["state"] == "done" for r in study.plan.runs)
+
+
+def _record_in_states(study, edit) -> None:
+    """Edit what the stem's states record of its training (as a stem copied in under this id would differ)."""
+    stem = study.plan.stems[0]
+    for point in stem.branch_points:
+        state = torch.load(branch_point(study.run_dir(stem), point), weights_only=True)
+        edit(state)
+        torch.save(state, branch_point(study.run_dir(stem), point))
+
+
+def _set(path: str, value):
+    def edit(state: dict) -> None:
+        *parents, key = path.split(".")
+        node = state["trajectory"]
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+
+    return edit
+
+
+def test_a_branch_never_continues_a_stem_that_trained_with_other_settings(trained_stem, capsys) -> None:
+    """Every setting of the stem's trajectory that is not the branch's is named (here the seed and beta2), and
+    nothing trains."""
+    from helpers import run_main
+
+    args, study = trained_stem
+    _record_in_states(study, lambda state: (_set("seed", 7)(state), _set("train.beta2", 0.5)(state)))
+    rc, _, _ = run_main(["sweep", *args], capsys)
+    assert rc != 0
+    for reason in _refusals(study):
+        assert "seed=7" in reason and "train.beta2=0.5" in reason and "not the continuation" in reason, reason
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [("data.path", "/elsewhere"), ("model.rope_base", 500.0), ("train.lr", 1.0), ("train.warmup_steps", 97)],
+)
+def test_any_setting_of_the_stems_trajectory_is_checked(trained_stem, path: str, value) -> None:
+    args, study = trained_stem
+    _record_in_states(study, _set(path, value))
+    with pytest.raises(ModexpError, match=rf"not the continuation of stem .*{path}={value!r}"):
+        train_run(study.run_dir(study.plan.runs[0]))
+    assert not (study.run_dir(study.plan.runs[0]) / "checkpoints").exists()
+
+
+def test_a_stem_state_saved_without_its_record_is_checked_against_the_stem_folder(
+    trained_stem, capsys
+) -> None:
+    """States written before they recorded their settings: the stem folder's meta.json and config.yaml say."""
+    args, study = trained_stem
+
+    def forget(state: dict) -> None:
+        del state["trajectory"], state["corpus_fingerprint"]
+
+    _record_in_states(study, forget)
+    _write_corpus(Path(args[-3].split("=", 1)[1]), seed=2)
+    with pytest.raises(ModexpError, match="corpus fingerprint"):
+        train_run(study.run_dir(study.plan.runs[0]))

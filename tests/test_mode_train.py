@@ -210,8 +210,10 @@ def test_analysis_of_four_variants_ends_with_curves_and_the_mode_verdict(tmp_pat
     rc, _, err = train_in_process(["analyze", "--table", str(table), "--out", str(tmp_path / "out")])
     assert rc == 0, err
     summary = (tmp_path / "out" / "summary.txt").read_text()
+    from modexp.analysis.labels import variant_label
+
     for variant in list(variants)[1:]:
-        assert f"{variant} vs baseline: m = " in summary
+        assert f"{variant_label(variant)} vs baseline: m" in summary
     for variant in list(variants)[2:]:
-        assert f"{variant} vs moe_x4_k0.25: m = " in summary
+        assert f"{variant_label(variant)} vs {variant_label('moe_x4_k0.25')}: m" in summary
     assert (tmp_path / "out" / "isoflop.png").exists() and (tmp_path / "out" / "verdict.png").exists()

@@ -81,22 +81,33 @@ def test_a_plugin_variant_plans_trains_analyses_samples_and_exports(toy, tmp_pat
 
     assert variant_label("deeprouter_c0.125_e2_h16") == "MoD 12.5%, every 2nd block, 16-wide MLP router"
 
-    # Sampling and export load it through the registry: its own block class, with its router's weights.
+    # A standalone `modexp analyze DIR` in a process that never imported the plug-in: the runs' config.yaml
+    # names it, but a study folder is data: the plug-in is named in a note, its curve analysed by its id ...
+    sys.modules.pop("toy_variant", None)
+    registry._REGISTRY.pop("deeprouter", None)
+    assert "MODEXP_PLUGINS" not in os.environ  # the sweep named it to its own processes only
+    assert variants.label("deeprouter_c0.125_e2_h16") is None
+    capsys.readouterr()
+    assert main(["analyze", str(study), "--out", str(tmp_path / "again"), "--wandb", "disabled"]) == 0
+    assert "--plugins toy_variant" in capsys.readouterr().out
+    assert "toy_variant" not in sys.modules and variants.label("deeprouter_c0.125_e2_h16") is None
+    again = pd.read_csv(tmp_path / "again" / "verdict.csv")
+    assert set(zip(again["curve"], again["reference"])) == {("deeprouter_c0.125_e2_h16", "baseline")}
+    # Sampling and export build it through the registry, once the user names it: its own block class, with its
+    # router's weights.
     run = study / toy_runs["run_id"].iloc[0]
-    assert main(["sample", str(run), "--prompt", "def ", "--max-new-tokens", "8", "--show-routing"]) == 0
+    assert main(["sample", str(run), "--max-new-tokens", "8"]) == 2
+    assert "--plugins toy_variant" in capsys.readouterr().err
+    sample = ["sample", str(run), "--plugins", "toy_variant", "--max-new-tokens", "8", "--show-routing"]
+    assert main(sample) == 0
     assert "block 1: " in capsys.readouterr().out
-    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    assert main(["export", str(run), "--plugins", "toy_variant", "--out", str(tmp_path / "export")]) == 0
     from modexp.export import load_export
 
     model = load_export(tmp_path / "export")
     assert type(model.blocks[1]).__name__ == "DeepRoutedBlock" and len(model.blocks[1].router) == 3
-
-    # A standalone `modexp analyze DIR` in a process that never imported the plug-in: the runs' config.yaml
-    # names it, so the curves are labelled as at the sweep's end.
-    sys.modules.pop("toy_variant", None)
-    registry._REGISTRY.pop("deeprouter", None)
-    assert variants.label("deeprouter_c0.125_e2_h16") is None
-    assert main(["analyze", str(study), "--out", str(tmp_path / "again"), "--wandb", "disabled"]) == 0
+    # ... and the study is labelled as at the sweep's end once the user names it.
+    assert main(["analyze", str(study), "--out", str(tmp_path / "named"), "--plugins", "toy_variant"]) == 0
     assert variants.label("deeprouter_c0.125_e2_h16") == "MoD 12.5%, every 2nd block, 16-wide MLP router"
 
 

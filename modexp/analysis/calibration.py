@@ -1,13 +1,16 @@
-"""`modexp selfcheck calibration`: do the verdict's intervals cover the truth as often as they say?
+"""`modexp selfcheck calibration`: on studies shaped like the ones modexp plans, do the estimates sit on the
+truth and do the intervals cover it as often as they say?
 
-Simulates studies from a known law, runs the real analysis (points -> fits -> verdict -> power laws) on each,
-and counts how often each nominal 90% interval holds the true value (docs/verdict.md, "Calibration").
-
-The truth: the Chinchilla refit law of Besiroglu et al. (2024), L = E + A/N^a + B/D^b, C = 6ND, for the
-baseline; a variant that reaches at C what the baseline reaches at m C (its isoFLOP curve at C is the
-baseline's at m C, with m C / 6N tokens), so its true compute multiplier is m at every budget. Each point's
-loss gets normal noise per seed. Ladders sit on a fixed grid of sizes around the 20-tokens-per-parameter
-guess, off-centre by an amount that drifts with C, as in a real sweep.
+Each design (simulate.py) is simulated `studies` times; each study goes through the analysis `modexp analyze`
+runs (points -> fits -> verdict -> power laws), and every estimate is compared with the truth read off the
+noise-free curves (docs/verdict.md, "Calibration"):
+- coverage: the share of nominal 90% intervals that hold the truth (L*, N*, D*, dL, m per budget, the
+  headline m, m's slope with compute, the N* and D* exponents);
+- bias: the mean error of the estimates (L* in nats; N* in decades; m and the headline in ln m; slopes);
+- under no effect (m = 1 at every budget): how often the headline excludes 1 (should be about 10%), and how
+  often a trend is claimed (the heterogeneity test; about 5%).
+The truth of the headline is the geometric mean of the true m over the budgets the headline used, and the
+truth of a slope is the least-squares slope of the true values over the budgets that slope used.
 """
 
 from __future__ import annotations
@@ -25,192 +28,211 @@ from scipy import stats
 from modexp.errors import ModexpError
 from modexp.rundir import atomic_write
 
+from . import simulate as sim
 from .fits import fit_isoflops, fit_power_laws
 from .points import reduce_points
 from .verdict import compute_verdict
 
-E, A, B, ALPHA, BETA = 1.82, 482.01, 2085.43, 0.3478, 0.3658  # Besiroglu et al. (2024), Chinchilla refit
-A_OPT, B_OPT = BETA / (ALPHA + BETA), ALPHA / (ALPHA + BETA)
 NOMINAL = 0.90
-VARIANT = "mod_c0.125_e2"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One kind of simulated study."""
-
-    name: str
-    seeds: int = 1
-    sizes: int = 7
-    noise: float = 0.01
-    large_noise: float = 1.0  # noise factor at the `large_sizes` largest sizes of each ladder
-    large_sizes: int = 0
-    multiplier: float = 1.2
-    budgets: tuple[float, ...] = (1e18, 10**18.5, 1e19, 10**19.5)
-    spacing: float = 0.2  # decades between sizes
-    variant_shift: float = 0.1  # decades the variant's ladder sits above the baseline's
-
-
-SETTINGS = {
-    s.name: s
-    for s in (
-        Setting("1 seed x 5 sizes", seeds=1, sizes=5),
-        Setting("1 seed x 7 sizes", seeds=1, sizes=7),
-        Setting("3 seeds x 7 sizes", seeds=3, sizes=7),
-        Setting("size-dependent noise (3 seeds x 7 sizes)", seeds=3, sizes=7, large_noise=4.0, large_sizes=2),
-        Setting("size-dependent noise (1 seed x 7 sizes)", seeds=1, sizes=7, large_noise=4.0, large_sizes=2),
-        Setting("no effect (m = 1, 3 budgets 1:2.5:6)", multiplier=1.0, budgets=(1e18, 2.5e18, 6e18)),
+D = sim.Design
+PRESETS = {"seeds": 2, "seed_sizes": 2, "stems": True, "stem_share": 0.6}  # what demo, cpu and gpu plan
+DESIGNS = {
+    d.name: d
+    for d in (
+        D("presets", "the presets' design: WSD stems (60% shared), a second seed at 2 sizes", **PRESETS),
+        D(
+            "presets-noisy-ends",
+            "the same, noise 4x at the 2 largest sizes of each ladder",
+            large_noise=4.0,
+            **PRESETS,
+        ),
+        D(
+            "stems-95",
+            "stems sharing 95% of the noise, 1 seed, 4 budgets",
+            budgets=(1e18, 3e18, 1e19, 3e19),
+            stems=True,
+            stem_share=0.95,
+        ),
+        D("cosine", "1 seed per size, every run from scratch"),
+        D("kaplan-shifted", "Kaplan's law, MoD's ladder 2x higher", law="kaplan", shift=0.3, noise=0.005),
+        D(
+            "kaplan-null",
+            "Kaplan's law, no effect (m = 1), MoD's ladder 2x higher",
+            law="kaplan",
+            shift=0.3,
+            noise=0.005,
+            multiplier=1.0,
+        ),
+        D("presets-null", "the presets' design, no effect (m = 1)", multiplier=1.0, **PRESETS),
+        D(
+            "chinchilla-wide",
+            "Chinchilla's law, 12 sizes over 2.5 decades, 1 seed",
+            budgets=(1e18, 1e19, 1e20, 1e21),
+            sizes=12,
+            wide=2.5,
+            noise=0.005,
+        ),
+        D(
+            "kaplan-wide",
+            "Kaplan's law, 8 sizes over 2 decades, 1 seed",
+            law="kaplan",
+            budgets=(1e17, 1e18, 1e19, 1e20),
+            sizes=8,
+            wide=2.0,
+            noise=0.005,
+        ),
+        D("mistuned", "the presets' design, MoD's LRs mistuned at large sizes", mistune=0.03, **PRESETS),
+        D("two-budgets", "the presets' design on 2 budgets (1e18, 6e18)", budgets=(1e18, 6e18), **PRESETS),
+        D(
+            "m-trend",
+            "m falls with C, 1.7x to 0.85x over 4 budgets, 1 seed",
+            budgets=(1e18, 3e18, 1e19, 3e19),
+            multiplier=1.2,
+            multiplier_slope=-0.2,
+            noise=0.005,
+        ),
     )
 }
-DEFAULT_SETTINGS = ("1 seed x 5 sizes", "3 seeds x 7 sizes", "size-dependent noise (3 seeds x 7 sizes)")
-
-
-def law(params, tokens):
-    return E + A / np.asarray(params, float) ** ALPHA + B / np.asarray(tokens, float) ** BETA
-
-
-def optimal_params(budget):
-    g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
-    return g * (np.asarray(budget, float) / 6) ** A_OPT
-
-
-def optimal_loss(budget):
-    n = optimal_params(budget)
-    return law(n, np.asarray(budget, float) / (6 * n))
-
-
-def simulate(setting: Setting, rng: np.random.Generator) -> pd.DataFrame:
-    """One study's table: baseline and variant, every budget, every seed."""
-    rows = []
-    for variant, m, shift in (("baseline", 1.0, 0.0), (VARIANT, setting.multiplier, setting.variant_shift)):
-        for budget in setting.budgets:
-            guess = math.log10(math.sqrt(budget / 120)) + shift
-            first = round(guess / setting.spacing - (setting.sizes - 1) / 2)
-            for i in range(setting.sizes):
-                params = 10 ** ((first + i) * setting.spacing)
-                tokens = m * budget / (6 * params)
-                sd = setting.noise * (
-                    setting.large_noise if i >= setting.sizes - setting.large_sizes else 1.0
-                )
-                for seed in range(setting.seeds):
-                    rows.append(
-                        {
-                            "variant": variant,
-                            "budget": budget,
-                            "params": params,
-                            "tokens": tokens,
-                            "flops": budget,
-                            "seed": seed,
-                            "val_loss": float(law(params, tokens)) + sd * rng.standard_normal(),
-                        }
-                    )
-    return pd.DataFrame(rows)
-
-
-def truth(setting: Setting, curve: str, budget: float) -> dict:
-    m = setting.multiplier if curve != "baseline" else 1.0
-    n = float(optimal_params(m * budget))
-    return {
-        "n_opt": n,
-        "d_opt": m * budget / (6 * n),
-        "loss_opt": float(optimal_loss(m * budget)),
-        "multiplier": setting.multiplier,
-        "delta_loss": float(optimal_loss(setting.multiplier * budget) - optimal_loss(budget)),
-    }
+DEFAULT_DESIGNS = tuple(DESIGNS)
+QUANTITIES = ("L*", "N*", "D*", "dL", "m", "headline m", "m slope", "N* exponent", "D* exponent")
+BIASES = ("L*", "N*", "m", "headline m", "m slope")
 
 
 @dataclass
 class Tally:
-    """Hits and trials per quantity, and the headline's estimates and widths."""
+    """Per quantity: hits and trials of the coverage, and the errors of the estimates."""
 
     hits: dict[str, int] = field(default_factory=dict)
     trials: dict[str, int] = field(default_factory=dict)
-    possible: dict[str, int] = field(default_factory=dict)
-    headline: list[float] = field(default_factory=list)
+    errors: dict[str, list[float]] = field(default_factory=dict)
+    null_exclusions: list[bool] = field(default_factory=list)
+    trends_claimed: list[bool] = field(default_factory=list)
     headline_width: list[float] = field(default_factory=list)
 
-    def add(self, quantity: str, covered: bool | None) -> None:
-        self.possible[quantity] = self.possible.get(quantity, 0) + 1
-        if covered is None:
-            return
-        self.trials[quantity] = self.trials.get(quantity, 0) + 1
-        self.hits[quantity] = self.hits.get(quantity, 0) + int(covered)
-
-
-def _inside(value: float, lo: float, hi: float) -> bool | None:
-    if not (math.isfinite(lo) and math.isfinite(hi)) and not (lo == 0 or hi == math.inf):
-        return None
-    return bool(lo <= value <= hi)
+    def add(self, quantity: str, truth: float, estimate: float, lo: float, hi: float) -> None:
+        if math.isfinite(estimate):
+            self.errors.setdefault(quantity, []).append(estimate - truth)
+        if math.isfinite(lo) and math.isfinite(hi):
+            self.trials[quantity] = self.trials.get(quantity, 0) + 1
+            self.hits[quantity] = self.hits.get(quantity, 0) + int(lo <= truth <= hi)
 
 
 def analyse_once(df: pd.DataFrame, n_boot: int, seed: int):
-    """The analysis `modexp analyze` runs, without its files and figures."""
+    """The analysis `modexp analyze --table` runs (the top-k column is the only loss a table has)."""
     points = reduce_points(df, "topk")
     iso = fit_isoflops(points, n_boot=n_boot, seed=seed)
     verdict = compute_verdict(iso.table, iso.boot, points.table)
     return iso, verdict, fit_power_laws(iso.table, iso.boot)
 
 
-def run_setting(setting: Setting, studies: int, n_boot: int, seed: int = 0) -> Tally:
-    tally = Tally()
-    for study in range(studies):
-        rng = np.random.default_rng([seed, study, zlib.crc32(setting.name.encode())])
-        iso, verdict, laws = analyse_once(simulate(setting, rng), n_boot, seed=study)
-        for fit in iso.table.itertuples():
-            true = truth(setting, fit.curve, fit.budget)
-            located = bool(fit.bracketed)
-            tally.add("N*", _inside(true["n_opt"], fit.n_opt_lo, fit.n_opt_hi) if located else None)
-            tally.add("L*", _inside(true["loss_opt"], fit.loss_opt_lo, fit.loss_opt_hi) if located else None)
+def _log10(x: float) -> float:
+    return math.log10(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
+def _ln(x: float) -> float:
+    return math.log(x) if x > 0 else math.nan
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    return float(np.polyfit(xs, ys, 1)[0]) if len(set(xs)) >= 2 else math.nan
+
+
+def _tally_fits(design: sim.Design, fits: pd.DataFrame, tally: Tally) -> None:
+    for fit in fits.itertuples():
+        if not fit.bracketed:
+            continue
+        true = sim.truth(design, fit.curve, fit.budget)
+        tally.add("L*", true["loss_opt"], fit.loss_opt, fit.loss_opt_lo, fit.loss_opt_hi)
+        tally.add("N*", _log10(true["n_opt"]), _log10(fit.n_opt), _log10(fit.n_opt_lo), _log10(fit.n_opt_hi))
+        if math.isfinite(fit.d_opt):
             tally.add(
-                "D*",
-                _inside(true["d_opt"], fit.d_opt_lo, fit.d_opt_hi)
-                if located and math.isfinite(fit.d_opt)
-                else None,
+                "D*", _log10(true["d_opt"]), _log10(fit.d_opt), _log10(fit.d_opt_lo), _log10(fit.d_opt_hi)
             )
-        for row in verdict.by_budget.itertuples():
-            true = truth(setting, row.curve, row.budget)
+
+
+def _tally_verdict(design: sim.Design, by_budget: pd.DataFrame, overall: pd.DataFrame, tally: Tally) -> None:
+    for row in by_budget.itertuples():
+        true = sim.truth(design, row.curve, row.budget)
+        if row.bracketed and not row.reference_missing:
+            tally.add("dL", true["delta_loss"], row.delta_loss, row.delta_loss_lo, row.delta_loss_hi)
+        if row.estimate:
             tally.add(
                 "m",
-                _inside(true["multiplier"], row.multiplier_lo, row.multiplier_hi) if row.estimate else None,
+                _ln(true["multiplier"]),
+                _ln(row.multiplier),
+                _ln(row.multiplier_lo),
+                _ln(row.multiplier_hi),
             )
-            paired = row.bracketed and not row.reference_missing
-            tally.add(
-                "dL", _inside(true["delta_loss"], row.delta_loss_lo, row.delta_loss_hi) if paired else None
-            )
-        for row in verdict.overall.itertuples():
-            ok = math.isfinite(row.multiplier)
+    for pair in overall.itertuples():
+        rows = by_budget[(by_budget["curve"] == pair.curve) & (by_budget["estimate"].astype(bool))]
+        budgets = rows["budget"].tolist()
+        if not budgets:
+            continue
+        true_ln = [_ln(sim.truth(design, pair.curve, b)["multiplier"]) for b in budgets]
+        heterogeneous = bool(getattr(pair, "heterogeneous", False))
+        if math.isfinite(pair.multiplier) and not heterogeneous:
             tally.add(
                 "headline m",
-                _inside(setting.multiplier, row.multiplier_lo, row.multiplier_hi) if ok else None,
+                float(np.mean(true_ln)),
+                _ln(pair.multiplier),
+                _ln(pair.multiplier_lo),
+                _ln(pair.multiplier_hi),
             )
-            if ok and math.isfinite(row.multiplier_lo):
-                tally.headline.append(math.log(row.multiplier))
-                tally.headline_width.append(math.log(row.multiplier_hi / row.multiplier_lo))
-        for row in laws.itertuples():
-            quantity = "N* exponent" if row.quantity == "n_opt" else "D* exponent"
-            exponent = A_OPT if row.quantity == "n_opt" else B_OPT
-            tally.add(quantity, _inside(exponent, row.exponent_lo, row.exponent_hi))
+            if math.isfinite(pair.multiplier_lo):
+                tally.headline_width.append(_ln(pair.multiplier_hi) - _ln(pair.multiplier_lo))
+        slope = getattr(pair, "m_slope", math.nan)
+        if len(budgets) >= 2 and math.isfinite(slope):
+            true_slope = _slope([math.log(b) for b in budgets], true_ln)
+            tally.add("m slope", true_slope, slope, pair.m_slope_lo, pair.m_slope_hi)
+        if design.multiplier == 1.0 and design.multiplier_slope == 0.0:
+            tally.trends_claimed.append(heterogeneous)
+            if math.isfinite(pair.multiplier_lo) and not heterogeneous:
+                tally.null_exclusions.append(not pair.multiplier_lo <= 1.0 <= pair.multiplier_hi)
+
+
+def _tally_laws(design: sim.Design, fits: pd.DataFrame, laws: pd.DataFrame, tally: Tally) -> None:
+    for law in laws.itertuples():
+        used = fits[(fits["curve"] == law.curve) & fits["bracketed"].astype(bool)]
+        used = used[np.isfinite(used[law.quantity])]
+        budgets = used["budget"].tolist()
+        key = "n_opt" if law.quantity == "n_opt" else "d_opt"
+        true = [_log10(sim.truth(design, law.curve, b)[key]) for b in budgets]
+        name = "N* exponent" if law.quantity == "n_opt" else "D* exponent"
+        tally.add(
+            name,
+            _slope([math.log10(b) for b in budgets], true),
+            law.exponent,
+            law.exponent_lo,
+            law.exponent_hi,
+        )
+
+
+def run_design(design: sim.Design, studies: int, n_boot: int, seed: int = 0) -> Tally:
+    tally = Tally()
+    for study in range(studies):
+        rng = np.random.default_rng([seed, study, zlib.crc32(design.name.encode())])
+        iso, verdict, laws = analyse_once(sim.simulate(design, rng), n_boot, seed=study)
+        _tally_fits(design, iso.table, tally)
+        _tally_verdict(design, verdict.by_budget, verdict.overall, tally)
+        _tally_laws(design, iso.table, laws, tally)
     return tally
 
 
-QUANTITIES = ("m", "headline m", "dL", "N*", "L*", "D*", "N* exponent", "D* exponent")
-
-
 def coverage_table(tallies: dict[str, Tally]) -> pd.DataFrame:
-    """One row per setting: coverage per quantity (with its count), and the headline's width over spread."""
+    """One row per design: coverage and count per quantity, bias per estimate, the null rates."""
     rows = []
     for name, tally in tallies.items():
-        row = {"setting": name}
+        row: dict = {"design": name}
         for q in QUANTITIES:
             n = tally.trials.get(q, 0)
             row[q] = tally.hits.get(q, 0) / n if n else math.nan
             row[f"{q} n"] = n
-            row[f"{q} of"] = tally.possible.get(q, 0)
-        if len(tally.headline) > 2:
-            spread = np.percentile(tally.headline, 95) - np.percentile(tally.headline, 5)
-            row["width / spread"] = float(np.mean(tally.headline_width) / spread) if spread > 0 else math.nan
-        else:
-            row["width / spread"] = math.nan
+        for q in BIASES:
+            errors = tally.errors.get(q, [])
+            row[f"{q} bias"] = float(np.mean(errors)) if errors else math.nan
+        row["null excludes 1"] = float(np.mean(tally.null_exclusions)) if tally.null_exclusions else math.nan
+        row["null trend claimed"] = float(np.mean(tally.trends_claimed)) if tally.trends_claimed else math.nan
+        row["null n"] = len(tally.trends_claimed)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -219,33 +241,45 @@ def monte_carlo_error(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n else math.nan
 
 
+def _cell(value: float, n: int | None = None, fmt: str = "{:.2f}") -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return fmt.format(value) + (f" ({n})" if n is not None else "")
+
+
 def format_table(table: pd.DataFrame, studies: int, n_boot: int, seconds: float) -> str:
     lines = [
-        f"Coverage of nominal {NOMINAL:.0%} intervals over {studies} simulated studies per setting "
-        f"({n_boot} replicates each; Monte Carlo error about {monte_carlo_error(NOMINAL, studies):.3f} "
-        f"at {studies} trials; {seconds:.0f} s):",
-        "| setting | " + " | ".join(QUANTITIES) + " | headline width / spread |",
-        "|---|" + "---|" * (len(QUANTITIES) + 1),
+        f"Coverage of nominal {NOMINAL:.0%} intervals over {studies} simulated studies per design ({n_boot} "
+        f"replicates each; Monte Carlo error about {monte_carlo_error(NOMINAL, studies):.3f} at {studies} "
+        f"trials; {seconds:.0f} s). Cells: share of intervals holding the truth (intervals counted).",
+        "| design | " + " | ".join(QUANTITIES) + " |",
+        "|---|" + "---|" * len(QUANTITIES),
     ]
     for row in table.to_dict("records"):
-        cells = [
-            f"{row[q]:.2f} ({row[f'{q} n']})" if math.isfinite(row[q]) else f"n/a ({row[f'{q} of']})"
-            for q in QUANTITIES
-        ]
-        ratio = row["width / spread"]
-        lines.append(f"| {row['setting']} | " + " | ".join(cells) + f" | {ratio:.2f} |")
-    lines.append(
-        "Cells: share of intervals holding the truth (intervals counted). Only estimates are counted: a bracketed "
-        "optimum for N*, L*, D*; an m row marked estimate; a dL row with both optima located at a shared budget."
-    )
+        cells = [_cell(row[q], row[f"{q} n"]) for q in QUANTITIES]
+        lines.append(f"| {row['design']} | " + " | ".join(cells) + " |")
+    lines += ["", "Designs:"] + [
+        f"- {name}: {DESIGNS[name].about}" for name in table["design"] if name in DESIGNS
+    ]
+    lines += [
+        "",
+        "Bias (mean error of the estimate): L* in nats, N* in decades, m and the headline in ln m, m's slope in "
+        "ln m per ln C; under no effect, how often the headline excludes m = 1 and how often a trend is claimed.",
+        "| design | L* | N* | m | headline m | m slope | null: excludes 1 | null: trend claimed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.to_dict("records"):
+        biases = [_cell(row[f"{q} bias"], fmt="{:+.4f}") for q in BIASES]
+        null = [_cell(row["null excludes 1"]), _cell(row["null trend claimed"], row["null n"])]
+        lines.append(f"| {row['design']} | " + " | ".join(biases + null) + " |")
     return "\n".join(lines)
 
 
 def check_calibration(
-    settings: list[str], studies: int, n_boot: int, seed: int = 0
+    designs: list[str], studies: int, n_boot: int, seed: int = 0
 ) -> tuple[pd.DataFrame, str]:
     start = time.perf_counter()
-    tallies = {name: run_setting(SETTINGS[name], studies, n_boot, seed) for name in settings}
+    tallies = {name: run_design(DESIGNS[name], studies, n_boot, seed) for name in designs}
     table = coverage_table(tallies)
     return table, format_table(table, studies, n_boot, time.perf_counter() - start)
 
@@ -257,23 +291,21 @@ def binomial_interval(hits: int, n: int) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def run_check(settings: list[str] | None, studies: int, n_boot: int, out: Path) -> str:
+def run_check(designs: list[str] | None, studies: int, n_boot: int, out: Path) -> str:
     """`modexp selfcheck calibration`: validate, simulate, write coverage.csv and coverage.md into `out`."""
-    if not settings:
-        settings = list(DEFAULT_SETTINGS)
-    elif "all" in settings:
-        settings = list(SETTINGS)
-    unknown = [s for s in settings if s not in SETTINGS]
+    if not designs or "all" in designs:
+        designs = list(DEFAULT_DESIGNS)
+    unknown = [s for s in designs if s not in DESIGNS]
     if unknown:
         raise ModexpError(
-            f"--setting {unknown[0]!r} is not allowed: choose from {', '.join(repr(s) for s in SETTINGS)}, or all"
+            f"--setting {unknown[0]!r} is not allowed: choose from {', '.join(DESIGNS)}, or all"
         )
     if studies < 10 or n_boot < 50:
         raise ModexpError(
             f"--studies {studies} --replicates {n_boot}: need at least 10 studies and 50 replicates "
             "(a coverage from fewer says nothing; 200 and 200 give about +-0.02)"
         )
-    table, text = check_calibration(settings, studies, n_boot)
+    table, text = check_calibration(designs, studies, n_boot)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "coverage.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(out / "coverage.md", lambda tmp: tmp.write_text(text + "\n"))

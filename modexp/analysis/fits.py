@@ -1,23 +1,25 @@
-"""isoFLOP fits: a parabola per (curve, budget), its optimum's intervals, power laws, Approach 3.
+"""isoFLOP fits: the optimum per (curve, budget) with its intervals, power laws, Approach 3.
 
-The method (docs/isoflop.md, "Fitting"; Hoffmann et al. 2022, Approaches 2 and 3):
+The method (docs/verdict.md, "Optima" and "Intervals"; Hoffmann et al. 2022, Approaches 2 and 3):
 
-- Per (curve, budget): a parabola of the points' loss against log10(params). Its vertex is n_opt and
-  loss_opt. d_opt is the vertex of a second parabola against log10(tokens) (no FLOP convention needed).
-- Bracketed means the lowest-loss point is interior, with a higher-loss point on each side, and the parabola
-  opens upward with its vertex inside the sampled sizes. Otherwise n_opt and d_opt are NaN, loss_opt is the
-  best point's loss (an upper bound on L*), the budget is left out of the power laws, and when the lowest
-  point is an end the optimum is a bound: `bound` says "below" (N* < smallest size) or "above" (N* > largest).
-- Intervals: N* and D* by Fieller's theorem on each parabola's vertex (a ratio of fitted coefficients, with
-  the curve's noise from noise.py and t quantiles of its degrees of freedom): the interval may be one-sided
-  or unbounded where the curvature is not clearly positive. D*'s comes from the tokens parabola, D*'s own
-  estimator. L* by a parametric bootstrap: replicate b adds drawn noise to the fitted parabola and refits;
-  its bias (the minimum of noisy replicates sits low) is corrected. With only 3 sizes there are no
-  residuals and no interval. boot_interior is the share of replicates whose vertex lay inside.
-  Coverage is measured, not assumed: `modexp selfcheck calibration`.
-- Per curve: N* = k C^a and D* = k' C^b by least squares over the bracketed budgets (at least 2); the
-  exponent's interval by weighted least squares with each budget's optimum interval as its error, widened
-  by the Birge ratio when the optima scatter more than those errors say.
+- Per (curve, budget): a weighted quadratic of the points' loss against log10(params) over a window of sizes
+  around the lowest point, as wide as the curve stays quadratic within its noise (optimum.py). Its vertex is
+  n_opt; d_opt is the vertex of the same window's quadratic against log10(tokens) (no FLOP convention needed).
+- Bracketed means the lowest-loss point is interior, with a higher-loss point on each side, and the vertex lies
+  inside the window. Otherwise n_opt and d_opt are NaN, loss_opt is the best point's loss (an upper bound on
+  L*), the budget is left out of the power laws, and when the lowest point is an end the optimum is a bound:
+  `bound` says "below" (N* < smallest size) or "above" (N* > largest).
+- Noise: one model per curve (noise.py) from its seeds and local residuals, with the share its WSD stems carry.
+- Intervals: N* and D* by Fieller's theorem on the window's quadratic (the vertex is always inside). L* by a
+  parametric bootstrap drawn jointly over the curve's budgets (a stem's shared noise enters every budget it
+  serves): each replicate adds drawn noise to the fitted curve and reruns the whole estimator, window choice
+  included. The vertex value is biased low by noise; L* is reported bias-corrected (the estimate minus the
+  replicates' median offset), and its interval is the replicates' 5-95% moved by twice that offset, so the
+  reported L* is always inside its own interval. boot_interior is the share of replicates whose vertex lay
+  inside their window. Coverage is measured, not assumed: `modexp selfcheck calibration`.
+- Per curve: N* = k C^a and D* = k' C^b by weighted least squares over the bracketed budgets (at least 2),
+  each weighted by its optimum's interval, widened by the Birge ratio when the optima scatter more than those
+  intervals say; the exponent reported is that same weighted slope, so it always sits inside its interval.
 - Approach 3 cross-check: L = E + A/N^alpha + B/D^beta by a Huber loss (delta 1e-3) on log-loss, L-BFGS from
   Hoffmann's grid of starts; implied a = beta / (alpha + beta).
 """
@@ -33,7 +35,19 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from .noise import NoiseModel, draw_losses, fit_noise, point_variances, variance_scales
+from .noise import (
+    NoiseModel,
+    best_lr_index,
+    draw_curve,
+    draw_rho,
+    fit_noise,
+    point_variances,
+    stem_likelihood,
+    variance_scales,
+    with_stems,
+    z_of,
+)
+from .optimum import Optimum, alternative, fieller_interval, fit_optimum, locate
 from .points import Group, Points, reduce_points
 
 try:  # L-BFGS-B makes many tiny BLAS calls; a multithreaded OpenBLAS makes them ~10x slower on a busy CPU
@@ -74,6 +88,11 @@ FITS_COLUMNS = [
     "n_sizes",
     "params_min",
     "params_max",
+    "window_min",
+    "window_max",
+    "n_window",
+    "loss_vertex",
+    "loss_opt_alt",
     "n_boot",
     "boot_interior",
     "reason",
@@ -85,11 +104,13 @@ FITS_COLUMNS = [
     "tok_c1",
     "tok_c0",
     "lr_edge_at_opt",
+    "lr_outside_law",
     "noise_sd",
     "noise_slope",
     "noise_terms",
     "noise_dof",
     "noise_source",
+    "stem_share",
 ]
 POWER_LAW_COLUMNS = [
     "curve",
@@ -105,162 +126,19 @@ POWER_LAW_COLUMNS = [
 A3_COLUMNS = ["curve", "E", "A", "B", "alpha", "beta", "a_opt", "b_opt", "n_points", "n_budgets", "objective"]
 
 
-@dataclass(frozen=True)
-class Parabola:
-    """loss = c2 x^2 + c1 x + c0 with x = log10(size); vertex at (x_min, y_min); bound: below | above | ''."""
-
-    coef: tuple[float, float, float]
-    x_min: float
-    y_min: float
-    bracketed: bool
-    reason: str
-    bound: str
-
-
 @dataclass
 class IsoflopFits:
-    """Per (curve, budget) fits, plus each group's bootstrap replicates (n_boot x [log10 n, log10 d, loss, interior])."""
+    """Per (curve, budget) fits, plus each group's bootstrap replicates (n_boot x [log10 n, log10 d, loss,
+    interior]); replicate b of every group of one curve comes from one joint draw."""
 
     table: pd.DataFrame
     boot: dict[tuple[str, float], np.ndarray]
     noise: dict[str, NoiseModel] = field(default_factory=dict)
 
 
-def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Least-squares parabola; vertex (nan, nan) when under 3 distinct x or not opening upward."""
-    if np.unique(x).size < 3:
-        return np.full(3, np.nan), math.nan, math.nan
-    coef = np.polyfit(x, y, 2)
-    if not coef[0] > 0:
-        return coef, math.nan, math.nan
-    x_min = -coef[1] / (2 * coef[0])
-    return coef, float(x_min), float(np.polyval(coef, x_min))
-
-
-def fit_parabola(x, y) -> Parabola:
-    """Fit loss against log10(size); bracketed only when the lowest point is interior and the vertex lies inside."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    coef, x_min, y_min = _vertex(x, y)
-    lowest = x[np.argmin(y)]
-    bound = "below" if lowest == x.min() else "above" if lowest == x.max() else ""
-    if np.unique(x).size < 3:
-        reason = "fewer than 3 distinct sizes"
-    elif bound:
-        reason = f"lowest loss at the {'smallest' if bound == 'below' else 'largest'} size"
-    elif not coef[0] > 0:
-        reason = "parabola opens downward"
-    elif not x.min() < x_min < x.max():
-        # The runs bracket a minimum, but the parabola puts it elsewhere: a poor fit, not a bound on either side.
-        reason = "best run interior but the parabola's vertex outside the sizes (a poor fit)"
-    else:
-        reason = ""
-    return Parabola(
-        tuple(float(c) for c in coef), x_min, y_min, bracketed=not reason, reason=reason, bound=bound
-    )
-
-
-def replicate_minimum(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> tuple[float, float, bool]:
-    """(x*, loss*, interior) of one bootstrap replicate, not clamped to [lo, hi] (see the module docstring)."""
-    if np.unique(x).size < 3:
-        return math.nan, math.nan, False
-    coef = np.polyfit(x, y, 2)
-    edges = np.polyval(coef, [lo, hi])
-    if not coef[0] > 0:  # no minimum: the loss keeps falling past the lower edge
-        return (
-            (-math.inf, float(edges[0]), False) if edges[0] < edges[1] else (math.inf, float(edges[1]), False)
-        )
-    x_min = -coef[1] / (2 * coef[0])
-    if lo < x_min < hi:
-        return float(x_min), float(np.polyval(coef, x_min)), True
-    return float(x_min), float(edges[0] if x_min <= lo else edges[1]), False
-
-
-def _replicate_minima(x: np.ndarray, ys: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """replicate_minimum for each row of ys (B, n): (B, 3) of x*, loss*, interior."""
-    coef = np.linalg.lstsq(_design(x), ys.T, rcond=None)[0].T  # (B, 3): c2, c1, c0
-    c2, c1, c0 = coef.T
-    edge_lo, edge_hi = c2 * lo**2 + c1 * lo + c0, c2 * hi**2 + c1 * hi + c0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_min = np.where(c2 > 0, -c1 / (2 * c2), np.where(edge_lo < edge_hi, -np.inf, np.inf))
-    interior = (lo < x_min) & (x_min < hi)
-    at_vertex = c0 - c1**2 / (4 * np.where(c2 != 0, c2, np.nan))
-    loss = np.where(interior, at_vertex, np.where(x_min <= lo, edge_lo, edge_hi))
-    return np.stack([x_min, loss, interior.astype(float)], axis=1)
-
-
-def _design(x: np.ndarray) -> np.ndarray:
-    return np.stack([x**2, x, np.ones_like(x)], axis=1)
-
-
-def _group_rng(seed: int, curve: str, budget: float) -> np.random.Generator:
-    # A seed per group: adding a curve or a budget leaves every other group's replicates unchanged.
-    return np.random.default_rng([seed, zlib.crc32(f"{curve}|{budget:.9g}".encode())])
-
-
-def _bootstrap(group: Group, model: NoiseModel, scales: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows of [log10 n, log10 d, loss, interior], one per replicate (see noise.py and the module docstring).
-
-    Each replicate adds drawn noise to the fitted parabola in log10 params (for N* and L*) and to the fitted
-    parabola in log10 tokens (for D*: the same estimator as D* itself), and refits both.
-    """
-    out = np.full((scales.size, 4), np.nan)
-    noise, y = draw_losses(group, model, scales, rng)
-    ok = np.isfinite(y)
-    x_n, x_d = np.log10(group.params[ok]), np.log10(group.tokens[ok])
-    if np.unique(x_n).size < 4 or not np.isfinite(scales).all():  # 3 sizes leave no residual: no interval
-        return out
-    for column, x in ((0, x_n), (1, x_d)):
-        fitted = _design(x) @ np.linalg.lstsq(_design(x), y[ok], rcond=None)[0]
-        minima = _replicate_minima(x, fitted + noise[:, ok], x.min(), x.max())
-        out[:, column] = minima[:, 0]
-        if column == 0:
-            # As for the estimate itself: an optimum beyond the sizes has the best run's loss.
-            best = (fitted + noise[:, ok]).min(axis=1)
-            out[:, 2] = np.where(minima[:, 2] > 0, minima[:, 1], best)
-            out[:, 3] = minima[:, 2]
-            estimate = _replicate_minima(x, fitted[None, :], x.min(), x.max())[0]
-            if estimate[2] > 0:
-                out[:, 2] = _bias_corrected(out[:, 2], float(estimate[1]))
-    return out
-
-
-def _bias_corrected(reps: np.ndarray, estimate: float) -> np.ndarray:
-    """Replicates moved by twice their median's offset from the estimate.
-
-    A vertex is a non-linear function of the fit (L* = c0 - c1^2 / 4 c2 is biased low by noise): the
-    replicates carry the estimate's bias once more, so a plain percentile interval would count it twice.
-    Moving them by -2 x bias centres the interval on the bias-corrected value, as the basic bootstrap does,
-    while keeping replicates beyond the sizes (infinite) on their side.
-    """
-    finite = np.isfinite(reps)
-    if finite.sum() < reps.size / 2:
-        return reps
-    bias = float(np.median(reps[finite])) - estimate
-    return np.where(finite, reps - 2 * bias, reps)
-
-
-def fieller_interval(x: np.ndarray, y: np.ndarray, variance: np.ndarray, dof: float) -> tuple[float, float]:
-    """The 90% confidence set of a least-squares parabola's vertex by Fieller's theorem, as (lo, hi).
-
-    The vertex is where the slope 2 c2 x + c1 is zero; x belongs to the set when the fitted slope there is
-    within t(dof) standard errors of zero. That is exact for normal noise of the given variances (up to one
-    common factor estimated with `dof` degrees of freedom), where a bootstrap of the vertex, a ratio, is too
-    narrow whenever the curvature happens to be overestimated. With the curvature not clearly positive the
-    set is unbounded: (-inf, inf).
-    """
-    X = _design(x)
-    pinv = np.linalg.pinv(X)
-    c2, c1, _ = pinv @ y
-    cov = pinv @ np.diag(variance) @ pinv.T  # OLS under heteroscedastic noise
-    t = stats.t.ppf(PERCENTILES[1] / 100, dof) if math.isfinite(dof) else stats.norm.ppf(PERCENTILES[1] / 100)
-    a = 4 * c2**2 - 4 * t**2 * cov[0, 0]
-    b = 4 * c2 * c1 - 4 * t**2 * cov[0, 1]
-    c = c1**2 - t**2 * cov[1, 1]
-    disc = b * b - 4 * a * c
-    if not a > 0 or disc < 0:
-        return -math.inf, math.inf
-    root = math.sqrt(disc)
-    return (-b - root) / (2 * a), (-b + root) / (2 * a)
+def _curve_rng(seed: int, curve: str) -> np.random.Generator:
+    # A seed per curve: adding a curve leaves every other curve's replicates unchanged.
+    return np.random.default_rng([seed, zlib.crc32(str(curve).encode())])
 
 
 def percentiles(values: np.ndarray) -> tuple[float, float]:
@@ -272,68 +150,252 @@ def percentiles(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _bound_params(params: np.ndarray, bound: str) -> float:
-    sizes = np.unique(params)
-    if bound == "below":
-        return float(sizes[min(1, sizes.size - 1)])
-    if bound == "above":
-        return float(sizes[max(-2, -sizes.size)])
-    return math.nan
-
-
 def _exp10(x: float) -> float:
     return float(np.power(10.0, x))  # 0 or inf for a bound at -inf or inf, where 10**x would overflow
 
 
-def _lr_edge_at_optimum(lr_edge: np.ndarray, y: np.ndarray) -> bool:
-    """Whether a point that places the minimum (the lowest and its neighbours) had its best LR at the grid's
-    edge: its loss is then an upper bound, and so is the optimum it shapes."""
+@dataclass
+class _Budget:
+    """One (curve, budget) while it is fitted: its points (sorted by size) and both optima."""
+
+    key: tuple[str, float]
+    group: Group
+    ok: np.ndarray  # points with a loss
+    x: np.ndarray  # log10 params of those points
+    xt: np.ndarray  # log10 tokens
+    y: np.ndarray
+    variance: np.ndarray  # of each point's loss
+    dof: np.ndarray
+    by_size: Optimum
+    by_tokens: Optimum | None
+
+
+def _prepare(key: tuple[str, float], group: Group, model: NoiseModel) -> _Budget:
+    y, variance, dof = point_variances(group, model)
+    ok = np.isfinite(y)
+    if not np.isfinite(variance[ok]).all():  # no noise model: equal weights
+        variance = np.ones_like(y)
+    x, xt = np.log10(group.params[ok]), np.log10(group.tokens[ok])
+    by_size = fit_optimum(x, y[ok], variance[ok])
+    by_tokens = None
+    if by_size.bracketed:
+        w = by_size.window
+        order = np.argsort(xt[w])
+        by_tokens = fit_optimum(xt[w][order], y[ok][w][order], variance[ok][w][order])
+    return _Budget(key, group, ok, x, xt, y[ok], variance[ok], dof[ok], by_size, by_tokens)
+
+
+def _stem_runs(budgets: list[_Budget]) -> list:
+    """The runs inside each budget's window with their stems, for the stem share's likelihood."""
+    out = []
+    for i, b in enumerate(budgets):
+        if b.group.stems is None or not b.by_size.bracketed:
+            continue
+        best = best_lr_index(b.group)
+        z = z_of(b.group)
+        xs, ys, zs, stems = [], [], [], []
+        points = np.flatnonzero(b.ok)[b.by_size.window]
+        for p in points:
+            for s in np.flatnonzero(np.isfinite(b.group.losses[p, best[p]])):
+                xs.append(math.log10(b.group.params[p]))
+                ys.append(b.group.losses[p, best[p], s])
+                zs.append(z[p])
+                stems.append(b.group.stems[p, best[p], s])
+        out.append((i, np.array(xs), np.array(ys), np.array(zs), stems))
+    return out
+
+
+def _base_curve(b: _Budget) -> np.ndarray:
+    """What replicates add noise to: the window's quadratic inside the window, the measured points outside
+    (they only decide, by being higher, that the window stays where it is)."""
+    base = b.y.copy()
+    if np.isfinite(b.by_size.coef).all():
+        w = b.by_size.window
+        base[w] = np.polyval(b.by_size.coef, b.x[w])
+    return base
+
+
+def _replicates(b: _Budget, noise: np.ndarray) -> np.ndarray:
+    """Rows of [log10 n, log10 d, loss, interior], one per replicate, from the whole estimator rerun."""
+    out = np.full((noise.shape[0], 4), np.nan)
+    if np.unique(b.x).size < 4:  # 3 sizes leave no residual and no window to choose: no interval
+        return out
+    ys = _base_curve(b)[None, :] + noise[:, b.ok]
+    found = locate(b.x, ys, b.variance)
+    interior = found["interior"]
+    best = np.nanmin(ys, axis=1)
+    out[:, 0] = np.where(
+        np.isfinite(found["x_min"]), found["x_min"], np.where(found["lowest"] == 0, -np.inf, np.inf)
+    )
+    out[:, 2] = np.where(interior, found["y_min"], best)
+    out[:, 3] = interior
+    for lo, hi in {(int(lo), int(hi)) for lo, hi in zip(found["lo"], found["hi"])}:
+        rows = np.flatnonzero((found["lo"] == lo) & (found["hi"] == hi))
+        xt = b.xt[lo:hi]
+        order = np.argsort(xt)
+        if np.unique(xt).size < 3:
+            continue
+        tok = locate(xt[order], ys[np.ix_(rows, np.arange(lo, hi)[order])], b.variance[lo:hi][order])
+        out[rows, 1] = tok["x_min"]
+    return out
+
+
+def _bias_corrected(reps: np.ndarray, estimate: float) -> tuple[np.ndarray, float]:
+    """(replicates moved by twice their median's offset from the estimate, the bias-corrected estimate).
+
+    The vertex value is biased low by noise (L* = c0 - c1^2 / 4 c2), and the replicates carry that bias once
+    more: moving them by -2 x bias centres the interval on the bias-corrected estimate (as the basic bootstrap
+    does), and reporting that corrected estimate keeps it inside its own interval. Replicates beyond the sizes
+    (infinite) stay on their side.
+    """
+    finite = np.isfinite(reps)
+    if finite.sum() < reps.size / 2 or not math.isfinite(estimate):
+        return reps, estimate
+    bias = float(np.median(reps[finite])) - estimate
+    return np.where(finite, reps - 2 * bias, reps), estimate - bias
+
+
+def _lr_flag(group_rows: pd.DataFrame, column: str, y: np.ndarray) -> bool:
+    """Whether a point that places the minimum (the lowest and its neighbours) carries `column`: its loss is
+    then an upper bound (best LR at the grid's edge) or its LR extrapolated (outside the law's sizes)."""
+    if column not in group_rows:
+        return False
+    values = group_rows[column]
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        flags = values.astype(float).fillna(0.0).astype(bool)
+    else:  # text: an explanation where the flag holds, empty where not
+        flags = values.map(
+            lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else isinstance(v, str) and v.strip() != ""
+        )
     best = int(np.argmin(y))
-    return bool(lr_edge[max(best - 1, 0) : best + 2].any())
+    return bool(flags.to_numpy()[max(best - 1, 0) : best + 2].any())
 
 
-def _fit_group(curve: str, budget: float, rows: pd.DataFrame, boot: np.ndarray, loss: str) -> dict:
-    x_n, x_d = np.log10(rows["params"].to_numpy(float)), np.log10(rows["tokens"].to_numpy(float))
-    y = rows["loss"].to_numpy(float)
-    by_size, by_tokens = fit_parabola(x_n, y), fit_parabola(x_d, y)
-    (n_lo, n_hi), (d_lo, d_hi), (l_lo, l_hi) = (percentiles(boot[:, k]) for k in range(3))
-    ok = by_size.bracketed
+def _union(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    """The smallest interval holding both (NaN ends ignored)."""
+    lo = [v for v in (a[0], b[0]) if not math.isnan(v)]
+    hi = [v for v in (a[1], b[1]) if not math.isnan(v)]
+    return (min(lo) if lo else math.nan), (max(hi) if hi else math.nan)
+
+
+def _including(interval: tuple[float, float], value: float) -> tuple[float, float]:
+    lo, hi = interval
+    if not math.isfinite(value) or math.isnan(lo) or math.isnan(hi):
+        return interval
+    return min(lo, value), max(hi, value)
+
+
+def _fit_row(b: _Budget, rows: pd.DataFrame, boot: np.ndarray, model: NoiseModel, loss: str) -> dict:
+    opt, tok = b.by_size, b.by_tokens
+    ok = opt.bracketed
+    w = opt.window
+    loss_alt = math.nan
+    if ok:
+        boot[:, 2], loss_opt = _bias_corrected(boot[:, 2], opt.y_min)
+        loss_alt = alternative(b.x, b.y, b.variance, opt)[1] + (loss_opt - opt.y_min)
+    else:
+        loss_opt = float(b.y.min())
+    l_lo, l_hi = _including(percentiles(boot[:, 2]), loss_alt)
+    measurable = np.isfinite(boot[:, 2]).any()
+    n_lo = n_hi = d_lo = d_hi = math.nan
+    if measurable:
+        (n_lo, n_hi), (d_lo, d_hi) = percentiles(boot[:, 0]), percentiles(boot[:, 1])
+    if measurable and ok and w.stop - w.start > 3:
+        dof = float(np.min(b.dof[w]))
+        n_lo, n_hi = _union((n_lo, n_hi), fieller_interval(b.x[w], b.y[w], b.variance[w], dof))
+        n_lo, n_hi = _including((n_lo, n_hi), alternative(b.x, b.y, b.variance, opt)[0])
+        if tok is not None and tok.bracketed:
+            order = np.argsort(b.xt[w])
+            xt, yt, vt = b.xt[w][order], b.y[w][order], b.variance[w][order]
+            d_lo, d_hi = _union((d_lo, d_hi), fieller_interval(xt, yt, vt, dof))
+            d_lo, d_hi = _including((d_lo, d_hi), alternative(xt, yt, vt, tok)[0])
+    params = 10**b.x
+    sizes = np.unique(params)
     return {
-        "curve": curve,
+        "curve": b.key[0],
         "variant": str(rows["variant"].iloc[0]),
-        "budget": budget,
-        "n_opt": 10**by_size.x_min if ok else math.nan,
-        "d_opt": 10**by_tokens.x_min if ok and by_tokens.bracketed else math.nan,
-        "loss_opt": by_size.y_min if ok else float(y.min()),
+        "budget": b.key[1],
+        "n_opt": 10**opt.x_min if ok else math.nan,
+        "d_opt": 10**tok.x_min if ok and tok is not None and tok.bracketed else math.nan,
+        "loss_opt": loss_opt,
         "bracketed": ok,
-        "bound": by_size.bound,
+        "bound": opt.bound,
         # Lowest at an end: a unimodal curve has its minimum before the next size in, not before the end.
-        "bound_params": _bound_params(rows["params"].to_numpy(float), by_size.bound),
+        "bound_params": float(sizes[min(1, sizes.size - 1)])
+        if opt.bound == "below"
+        else float(sizes[max(-2, -sizes.size)])
+        if opt.bound == "above"
+        else math.nan,
         "n_opt_lo": _exp10(n_lo),
         "n_opt_hi": _exp10(n_hi),
         "loss_opt_lo": l_lo,
         "loss_opt_hi": l_hi,
-        "n_points": int(y.size),
+        "n_points": int(b.y.size),
         "n_runs": int(rows["n_runs"].sum()),
         "n_seeds": int(rows["n_seeds"].max()),
         "lr_edge_points": int(rows["lr_edge"].sum()),
-        "lr_edge_at_opt": _lr_edge_at_optimum(rows["lr_edge"].to_numpy(bool), y),
+        "lr_edge_at_opt": _lr_flag(rows, "lr_edge", b.y),
+        "lr_outside_law": _lr_flag(rows, "lr_domain", b.y),
         "d_opt_lo": _exp10(d_lo),
         "d_opt_hi": _exp10(d_hi),
-        "n_sizes": int(np.unique(x_n).size),
-        "params_min": float(10 ** x_n.min()),
-        "params_max": float(10 ** x_n.max()),
+        "n_sizes": int(sizes.size),
+        "params_min": float(params.min()),
+        "params_max": float(params.max()),
+        "window_min": float(params[w].min()),
+        "window_max": float(params[w].max()),
+        "n_window": int(w.stop - w.start),
+        "loss_vertex": opt.y_min if ok else math.nan,
+        "loss_opt_alt": loss_alt,
         "n_boot": int(np.isfinite(boot[:, 2]).sum()),
         "boot_interior": float(np.nanmean(boot[:, 3])) if np.isfinite(boot[:, 3]).any() else math.nan,
-        "reason": by_size.reason,
+        "reason": opt.reason,
         "loss": loss,
-        **dict(zip(("fit_c2", "fit_c1", "fit_c0"), by_size.coef)),
-        **dict(zip(("tok_c2", "tok_c1", "tok_c0"), by_tokens.coef)),
+        **dict(zip(("fit_c2", "fit_c1", "fit_c0"), opt.coef)),
+        **dict(zip(("tok_c2", "tok_c1", "tok_c0"), tok.coef if tok is not None else (math.nan,) * 3)),
+        "noise_sd": model.sd,
+        "noise_slope": model.c1,
+        "noise_terms": len(model.coef),
+        "noise_dof": model.dof,
+        "noise_source": model.source,
+        "stem_share": model.rho if model.stem_pairs else math.nan,
     }
 
 
+def _fit_curve(
+    curve: str, keys: list, points: Points, n_boot: int, seed: int
+) -> tuple[list[dict], dict, NoiseModel]:
+    groups = [points.groups[k] for k in keys]
+    # Windows need the noise and the noise is best read off the windows' residuals: local contrasts give a
+    # first noise model, whose windows give the residuals of the final one.
+    first = fit_noise(groups)
+    windows = [_prepare(k, g, first).by_size.window for k, g in zip(keys, groups)]
+    model = fit_noise(groups, windows) if math.isfinite(first.coef[0]) else first
+    if not math.isfinite(
+        model.coef[0]
+    ):  # windows of 3 sizes leave no residual: the contrasts are all there is
+        model = first
+    budgets = [_prepare(k, g, model) for k, g in zip(keys, groups)]
+    model = with_stems(model, *stem_likelihood(_stem_runs(budgets), model))
+    rng = _curve_rng(seed, curve)
+    scales = variance_scales(model, n_boot, rng)
+    rhos = draw_rho(model, n_boot, rng)
+    boot = {}
+    if np.isfinite(scales).all():
+        noises = draw_curve(groups, model, scales, rhos, rng)
+        for b, noise in zip(budgets, noises):
+            boot[b.key] = _replicates(b, noise)
+    rows = []
+    table = points.table
+    for b in budgets:
+        boot.setdefault(b.key, np.full((n_boot, 4), np.nan))
+        group_rows = table[(table["curve"] == curve) & (table["budget"] == b.key[1])].sort_values("params")
+        group_rows = group_rows[b.ok] if len(group_rows) == b.ok.size else group_rows
+        rows.append(_fit_row(b, group_rows, boot[b.key], model, points.loss))
+    return rows, boot, model
+
+
 def fit_isoflops(points: Points | pd.DataFrame, n_boot: int = N_BOOT, seed: int = SEED) -> IsoflopFits:
-    """Parabola fits per (curve, budget) with bootstrap intervals; see the module docstring.
+    """The optimum per (curve, budget) with intervals; see the module docstring.
 
     Given runs (a DataFrame) rather than Points, reduces them first under the top-k loss (val_loss).
     """
@@ -342,53 +404,19 @@ def fit_isoflops(points: Points | pd.DataFrame, n_boot: int = N_BOOT, seed: int 
     rows, boot, noise = [], {}, {}
     for curve, curve_rows in points.table.groupby("curve", sort=True):
         keys = [(str(curve), float(b)) for b in sorted(curve_rows["budget"].unique())]
-        model = noise[str(curve)] = fit_noise([points.groups[k] for k in keys])
-        scales = variance_scales(
-            model, n_boot, np.random.default_rng([seed, zlib.crc32(str(curve).encode())])
-        )
-        for key in keys:
-            boot[key] = _bootstrap(points.groups[key], model, scales, _group_rng(seed, *key))
-            group_rows = curve_rows[curve_rows["budget"] == key[1]].sort_values("params")
-            row = {**_fit_group(*key, group_rows, boot[key], points.loss), **_noise_columns(model)}
-            rows.append(
-                {
-                    **row,
-                    **_vertex_intervals(points.groups[key], model, bool(np.isfinite(boot[key][:, 2]).any())),
-                }
-            )
+        curve_fit, curve_boot, noise[str(curve)] = _fit_curve(str(curve), keys, points, n_boot, seed)
+        rows += curve_fit
+        boot.update(curve_boot)
     table = pd.DataFrame(rows, columns=FITS_COLUMNS)
     return IsoflopFits(
         table=table.sort_values(["curve", "budget"]).reset_index(drop=True), boot=boot, noise=noise
     )
 
 
-def _vertex_intervals(group: Group, model: NoiseModel, measurable: bool) -> dict:
-    """N* and D* intervals by Fieller's theorem on each parabola (see fieller_interval)."""
-    if not measurable:
-        return {}
-    y, variance, dof = point_variances(group, model)
-    ok = np.isfinite(y)
-    out = {}
-    for name, x in (("n_opt", np.log10(group.params)), ("d_opt", np.log10(group.tokens))):
-        lo, hi = fieller_interval(x[ok], y[ok], variance[ok], float(np.min(dof[ok])))
-        out[f"{name}_lo"], out[f"{name}_hi"] = _exp10(lo), _exp10(hi)
-    return out
-
-
-def _noise_columns(model: NoiseModel) -> dict:
-    return {
-        "noise_sd": model.sd,
-        "noise_slope": model.c1,
-        "noise_terms": len(model.coef),
-        "noise_dof": model.dof,
-        "noise_source": model.source,
-    }
-
-
-def _slope_interval(log_c: np.ndarray, used: pd.DataFrame, quantity: str) -> tuple[float, float, str]:
-    """The exponent's interval from each budget's own optimum interval: weighted least squares with
-    weights 1/se^2 (se from the optimum's 90% interval), widened by the Birge ratio when the optima scatter
-    more than their errors say (a power law that does not quite hold), with t quantiles of the noise's dof."""
+def _weighted_slope(log_c: np.ndarray, used: pd.DataFrame, quantity: str) -> dict | None:
+    """The exponent by weighted least squares, weights 1/se^2 from each budget's optimum interval, its
+    interval widened by the Birge ratio when the optima scatter more than their errors say (a power law
+    that does not quite hold), with t quantiles of the noise's dof. None with fewer than 2 usable budgets."""
     with np.errstate(divide="ignore"):  # an interval reaching 0 (unbounded below) has no finite se
         lo = np.log10(used[f"{quantity}_lo"].to_numpy(float))
         hi = np.log10(used[f"{quantity}_hi"].to_numpy(float))
@@ -398,42 +426,52 @@ def _slope_interval(log_c: np.ndarray, used: pd.DataFrame, quantity: str) -> tup
         se = (hi - lo) / (2 * t)
     ok = np.isfinite(se) & (se > 0)
     if ok.sum() < 2 or np.unique(log_c[ok]).size < 2:
-        return math.nan, math.nan, "none (fewer than 2 budgets with a bounded optimum interval)"
+        return None
     x, y, w = log_c[ok], np.log10(used[quantity].to_numpy(float))[ok], 1 / se[ok] ** 2
-    xm = np.average(x, weights=w)
-    slope = float(np.sum(w * (x - xm) * (y - np.average(y, weights=w))) / np.sum(w * (x - xm) ** 2))
+    xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+    slope = float(np.sum(w * (x - xm) * (y - ym)) / np.sum(w * (x - xm) ** 2))
     se_slope = math.sqrt(1 / np.sum(w * (x - xm) ** 2))
     if ok.sum() > 2:
-        chi2 = float(np.sum(w * (y - np.average(y, weights=w) - slope * (x - xm)) ** 2))
+        chi2 = float(np.sum(w * (y - ym - slope * (x - xm)) ** 2))
         se_slope *= math.sqrt(max(1.0, chi2 / (ok.sum() - 2)))
     half = float(stats.t.ppf(PERCENTILES[1] / 100, max(float(np.min(dof[ok])), 1.0))) * se_slope
-    return slope - half, slope + half, f"weighted by the {ok.sum()} budgets' optimum intervals"
-
-
-def _power_law_row(curve: str, quantity: str, used: pd.DataFrame, boot: dict | None) -> dict:
-    log_c = np.log10(used["budget"].to_numpy(float))
-    log_q = np.log10(used[quantity].to_numpy(float))
-    reg = stats.linregress(log_c, log_q)
-    row = {
-        "curve": curve,
-        "quantity": quantity,
-        "exponent": float(reg.slope),
-        "coefficient": float(10**reg.intercept),
-        "n_budgets": int(len(used)),
-        "exponent_se": float(reg.stderr) if len(used) > 2 else math.nan,
+    return {
+        "exponent": slope,
+        "coefficient": float(10 ** (ym - slope * xm)),
+        "exponent_lo": slope - half,
+        "exponent_hi": slope + half,
+        "exponent_se": se_slope,
+        "interval": f"weighted least squares over the {int(ok.sum())} budgets' optimum intervals",
     }
-    if f"{quantity}_lo" in used and np.isfinite(used[f"{quantity}_lo"].to_numpy(float)).any():
-        lo, hi, how = _slope_interval(log_c, used, quantity)
-        # The interval is centred on the weighted slope; keep the least-squares exponent inside it.
-        row["exponent_lo"], row["exponent_hi"] = min(lo, reg.slope), max(hi, reg.slope)
-        row["interval"] = how
-    elif len(used) > 2:
+
+
+def _power_law_row(curve: str, quantity: str, used: pd.DataFrame) -> dict:
+    log_c = np.log10(used["budget"].to_numpy(float))
+    row = {"curve": curve, "quantity": quantity, "n_budgets": int(len(used))}
+    weighted = (
+        _weighted_slope(log_c, used, quantity)
+        if f"{quantity}_lo" in used and np.isfinite(used[f"{quantity}_lo"].to_numpy(float)).any()
+        else None
+    )
+    if weighted is not None:
+        return {**row, **weighted}
+    reg = stats.linregress(log_c, np.log10(used[quantity].to_numpy(float)))
+    row.update(exponent=float(reg.slope), coefficient=float(10**reg.intercept))
+    if len(used) > 2:
         half = stats.t.ppf(PERCENTILES[1] / 100, len(used) - 2) * reg.stderr
-        row["exponent_lo"], row["exponent_hi"] = reg.slope - half, reg.slope + half
-        row["interval"] = f"t {PERCENTILES[1] - PERCENTILES[0]:g}% from the regression's standard error"
+        row.update(
+            exponent_lo=reg.slope - half,
+            exponent_hi=reg.slope + half,
+            exponent_se=float(reg.stderr),
+            interval=f"t {PERCENTILES[1] - PERCENTILES[0]:g}% from the regression's standard error",
+        )
     else:
-        row["exponent_lo"] = row["exponent_hi"] = math.nan
-        row["interval"] = "none (2 budgets and no optimum intervals)"
+        row.update(
+            exponent_lo=math.nan,
+            exponent_hi=math.nan,
+            exponent_se=math.nan,
+            interval="none (2 budgets and no optimum intervals)",
+        )
     return row
 
 
@@ -448,7 +486,7 @@ def fit_power_laws(
                 group["bracketed"].astype(bool) & np.isfinite(group[quantity]) & (group[quantity] > 0)
             ]
             if len(used) >= MIN_POWER_LAW_BUDGETS:
-                rows.append(_power_law_row(str(curve), quantity, used, boot))
+                rows.append(_power_law_row(str(curve), quantity, used))
     return pd.DataFrame(rows, columns=POWER_LAW_COLUMNS)
 
 

@@ -42,6 +42,7 @@ class Group:
     params: np.ndarray
     tokens: np.ndarray
     losses: np.ndarray
+    stems: np.ndarray | None = None  # [point, lr, seed]: the WSD stem each run branched from ('' for none)
 
     def reduce(self, seed_weights: np.ndarray) -> np.ndarray:
         """Point losses for each row of seed_weights (B, seeds): weighted seed mean, then the best LR -> (B, P)."""
@@ -144,6 +145,15 @@ def _seed_column(df: pd.DataFrame) -> pd.Series:
             "or drop the column"
         )
     return df["seed"].map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+
+
+def _stem_column(df: pd.DataFrame) -> pd.Series:
+    """Each run's WSD stem (the run it branched from) as a label; '' for a run trained from scratch. Stems are
+    per curve: the same label on two curves names two stems."""
+    if "stem" not in df:
+        return pd.Series("", index=df.index)
+    stem = df["stem"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return (df["curve"].astype(str) + "|" + stem).where(stem != "", "")
 
 
 # Columns that are outcomes or bookkeeping, never settings: they may differ between the runs of a point.
@@ -254,6 +264,7 @@ def reduce_points(df: pd.DataFrame, loss: str = DEFAULT_LOSS, split_by: tuple[st
         raise ModexpError(f"no run has a {loss_column(loss)}: analyze with --loss topk")
     df["lr"] = _lr_column(df)
     df["seed"] = _seed_column(df)
+    df["stem"] = _stem_column(df)
     notes += _check_settings(df, tuple(split_by))
     seeds = sorted(df["seed"].unique().tolist())
     seed_index = {s: i for i, s in enumerate(seeds)}
@@ -263,12 +274,14 @@ def reduce_points(df: pd.DataFrame, loss: str = DEFAULT_LOSS, split_by: tuple[st
         params = np.sort(runs["params"].unique())
         lrs = np.sort(runs["lr"].dropna().unique()) if runs["lr"].notna().any() else np.array([np.nan])
         losses = np.full((params.size, lrs.size, len(seeds)), np.nan)
+        stems = np.full(losses.shape, "", dtype=object)
         for run in runs.itertuples():
             p = int(np.searchsorted(params, run.params))
             lr_i = 0 if np.isnan(lrs[0]) else int(np.searchsorted(lrs, run.lr))
             losses[p, lr_i, seed_index[run.seed]] = run.loss
+            stems[p, lr_i, seed_index[run.seed]] = run.stem
         tokens = runs.groupby("params")["tokens"].mean().reindex(params).to_numpy(float)
-        groups[(str(curve), float(budget))] = Group(params.astype(float), tokens, losses)
+        groups[(str(curve), float(budget))] = Group(params.astype(float), tokens, losses, stems)
         for p, size in enumerate(params):
             rows.append(_point_row(runs[runs["params"] == size], losses[p], lrs))
     table = pd.DataFrame(rows).reset_index(drop=True)

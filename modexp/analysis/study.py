@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from modexp.errors import ModexpError
 
@@ -30,6 +29,7 @@ from .report import format_summary
 from .table import (
     _load_metrics,
     _newest_summary_mtime,
+    check_stems,
     load_routing_sample,
     load_table,
     pick_routing_run,
@@ -152,6 +152,7 @@ def make_figures(
         grid=grid,
         metrics=metrics,
         sample=sample,
+        verdict_overall=result.verdict_overall,
     )
     # Every skip is decided before anything is drawn: a skip check that raises does so before any file.
     skips = [(figure, figure.skip(data)) for figure in figures.FIGURES]
@@ -169,21 +170,21 @@ def make_figures(
 
 
 def _inputs(
-    sweep_dir: Path | None, table: Path | None, out: Path | None
+    sweep_dir: Path | None, table: Path | None, out: Path | None, plugins: Any
 ) -> tuple[pd.DataFrame, Any, list[str], Path, Path, str, Path]:
     """(runs table, run states, notes, output folder, figure folder, source words, results folder) of a sweep
     folder or a --table file, as analyze reads them."""
-    notes: list[str] = []
-    states = None
     if table is not None:
+        _plugin_notes(None, plugins)  # labels of the user's plug-in kinds
         table = Path(table)
         df = load_table(table)
         out_dir = Path(out) if out else table.with_name(f"{table.stem}-analysis")
-        return df, states, notes, out_dir, out_dir, f"table {table}", out_dir
+        return df, None, [], out_dir, out_dir, f"table {table}", out_dir
     sweep_dir = Path(sweep_dir)
-    notes = _import_plugins(sweep_dir)
+    notes = _plugin_notes(sweep_dir, plugins)
     collection = scan_sweep(sweep_dir)
     df, states = collection.table, collection.states
+    check_stems(sweep_dir, df)  # a branch whose stem trained otherwise is no point of either training
     notes += collection.notes
     out_dir = Path(out) if out else sweep_dir
     fig_dir = Path(out) if out else sweep_dir / "plots"
@@ -205,6 +206,7 @@ def analyze(
     split_by: tuple[str, ...] = (),
     figure_formats: str | tuple[str, ...] | None = None,
     figure_size: str | tuple[float, float] | None = None,
+    plugins: str | Sequence[str] | None = None,
 ) -> AnalysisResult:
     """Collect (or read a table), reduce, fit, compare, draw and summarise; writes every output.
 
@@ -213,6 +215,8 @@ def analyze(
     (default <sweep>/plots). Table mode: everything into `out` (default <table dir>/<table stem>-analysis).
     figure_formats: "pdf", "png,svg" or a sequence of png/svg/pdf (None: PNG + SVG); figure_size: width and
     height in inches, (6, 4) or "6x4" (None: each figure's own size, cropped to its contents).
+    plugins: modules to import first ("a,b" or a list; also MODEXP_PLUGINS). The plug-ins the study's runs name
+    are never imported: reading a study never runs code that came with it (the summary says how to trust it).
     """
     if (sweep_dir is None) == (table is None):
         raise ModexpError("analyze needs exactly one of a sweep folder or --table FILE.csv")
@@ -223,7 +227,7 @@ def analyze(
         figure_formats, figure_size = figure_options(figure_formats, figure_size)
     metrics, sample = None, None
     sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
-    df, states, notes, out_dir, fig_dir, source, results_dir = _inputs(sweep_dir, table, out)
+    df, states, notes, out_dir, fig_dir, source, results_dir = _inputs(sweep_dir, table, out, plugins)
 
     available = _losses_available(df)
     if loss not in available:
@@ -319,26 +323,16 @@ def _write_tables(
 OUTPUTS = ("results.parquet", "points.csv", "fits.csv", "verdict.csv", "verdict_overall.csv", "summary.txt")
 
 
-def _import_plugins(sweep_dir: Path) -> list[str]:
-    """Import the plug-ins the study's runs were trained with (their config.yaml's `plugins`), so that a
-    standalone `modexp analyze DIR` knows their variant kinds (labels, comparisons) as the sweep did. A plug-in
-    that does not import here is a note: its curves keep their ids."""
-    names: set[str] = set()
-    for path in sweep_dir.glob("*/config.yaml"):
-        try:
-            listed = (yaml.safe_load(path.read_text()) or {}).get("plugins") or []
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue  # a damaged run folder is scan_sweep's to report
-        names.update(str(n) for n in listed if isinstance(n, str))
-    notes = []
-    for name in sorted(names):
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            notes.append(
-                f"plug-in {name} of this study does not import here ({exc}): its curves keep their ids"
-            )
-    return notes
+def _plugin_notes(sweep_dir: Path | None, names: str | Sequence[str] | None) -> list[str]:
+    """Import the plug-ins the user named (`plugins`, MODEXP_PLUGINS), never those the study's config.yaml
+    files name: those are listed in one note saying how to trust them (their curves keep their ids)."""
+    from modexp import plugins as plugin_modules
+
+    plugin_modules.load_named(names)
+    if sweep_dir is None:
+        return []
+    note = plugin_modules.untrusted_note(plugin_modules.listed_by_study(sweep_dir))
+    return [note] if note else []
 
 
 def load_or_analyze(sweep_dir: Path) -> AnalysisResult:

@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 
 from modexp.errors import ModexpError
-from modexp.units import count
+from modexp.rundir import STEMS, is_run_id, open_regular, read_json, read_text
+from modexp.units import count, escaped, sci
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class Collection:
 
 
 def _read_json(path: Path) -> Any | None:
+    """A run folder's JSON file, or None: missing, not a regular file (a FIFO is never opened), not UTF-8,
+    not JSON."""
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -75,6 +78,9 @@ def scan_sweep(sweep_dir: Path) -> Collection:
         raise ModexpError(f"sweep folder {sweep_dir} does not exist: give a folder made by `modexp sweep`")
     rows, notes, states, filled = [], [], Counter(), 0
     for run_dir in sorted(p for p in sweep_dir.iterdir() if _is_run_dir(p)):
+        if not run_dir.name.isprintable():  # no sweep makes such a name; it would break the summary's lines
+            notes.append(f"{escaped(run_dir.name)}: a run folder name with control characters; skipped")
+            continue
         status = _read_json(run_dir / "status.json")
         state = status.get("state", "unknown") if isinstance(status, dict) else "no status.json"
         states[state] += 1
@@ -85,11 +91,12 @@ def scan_sweep(sweep_dir: Path) -> Collection:
             notes.append(f"{run_dir.name}: done but summary.json is missing or unreadable; skipped")
             continue
         missing = [key for key in FIT_COLUMNS if key != "variant" and not _finite_positive(summary, key)]
-        if "variant" not in summary or missing:
-            what = ", ".join((["variant"] if "variant" not in summary else []) + missing)
+        named = _is_name(summary.get("variant"))
+        if not named or missing:
+            what = ", ".join(([] if named else ["variant (a printable name)"]) + missing)
             notes.append(f"{run_dir.name}: summary.json lacks a usable {what}; skipped")
             continue
-        row = {key: _flatten(value) for key, value in summary.items()}
+        row = {escaped(str(key)): _shown_text(_flatten(value)) for key, value in summary.items()}
         row["run_id"] = run_dir.name  # the folder name is the run id that metrics and samples live under
         if "lr" not in row:
             filled += _hyperparameters_from_config(run_dir, row)
@@ -141,8 +148,8 @@ def _hyperparameters_from_config(run_dir: Path, row: dict) -> int:
     Returns 1 when anything was filled.
     """
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        config = yaml.safe_load(read_text(run_dir / "config.yaml"))
+    except (OSError, ValueError, yaml.YAMLError):
         return 0
     found = 0
     for column, path in _CONFIG_HYPERPARAMETERS.items():
@@ -184,6 +191,72 @@ def _planned_only(sweep_dir: Path, rows: list[dict]) -> tuple[list[dict], list[s
             ),
         )
     return kept, [r["run_id"] for r in rows if r["run_id"] not in planned], ""
+
+
+def check_stems(sweep_dir: Path, table: pd.DataFrame) -> None:
+    """A branch's result is its stem's training continued: refuse a study in which a run's stem trained on
+    another corpus or with other settings than the run records (that run is no point of either training)."""
+    if "stem" not in table:
+        return
+    for run_id, stem, corpus in zip(
+        table["run_id"], table["stem"], table.get("corpus_fingerprint", [None] * len(table))
+    ):
+        if not is_run_id(stem):
+            continue
+        folder = Path(sweep_dir) / STEMS / stem
+        differences = _stem_differences(folder, Path(sweep_dir) / str(run_id), corpus)
+        if differences:
+            raise ModexpError(
+                f"run {run_id} continued stem {stem}, which trained with {'; '.join(differences[:3])}: its "
+                f"result is no point of either training; delete {Path(sweep_dir) / str(run_id)} and {folder} and "
+                "rerun the sweep to train both again (modexp now refuses such a branch before it starts)"
+            )
+
+
+def _stem_differences(stem: Path, run: Path, corpus: Any) -> list[str]:
+    """What the stem folder records it trained with (meta.json's corpus, config.yaml's model, train, data and
+    seed, run.json's warm-up and batch) that differs from the run's own records; read as data."""
+    from modexp.spec import NOT_IDENTITY
+
+    out = []
+    meta = _read_json(stem / "meta.json")
+    stem_corpus = meta.get("corpus", {}).get("fingerprint") if isinstance(meta, dict) else None
+    if isinstance(stem_corpus, str) and isinstance(corpus, str) and stem_corpus != corpus:
+        out.append(f"corpus fingerprint {escaped(stem_corpus[:12])} (the run's: {escaped(corpus[:12])})")
+    configs = [_read_yaml(stem / "config.yaml"), _read_yaml(run / "config.yaml")]
+    skip = {"train": NOT_IDENTITY, "data": {"cache_dir"}}
+    for section in ("model", "train", "data"):
+        a, b = (c.get(section) if isinstance(c, dict) else None for c in configs)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) & set(b) - skip.get(section, set()), key=str):
+                if a[key] != b[key]:
+                    out.append(
+                        f"{section}.{escaped(str(key))}={escaped(repr(a[key]))} (the run's: {escaped(repr(b[key]))})"
+                    )
+    records = [_read_json(stem / "run.json"), _read_json(run / "run.json")]
+    if all(isinstance(r, dict) for r in records):
+        for key in ("seed", "lr", "warmup", "batch_size"):
+            if key in records[0] and key in records[1] and records[0][key] != records[1][key]:
+                out.append(
+                    f"{key}={escaped(repr(records[0][key]))} (the run's: {escaped(repr(records[1][key]))})"
+                )
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(read_text(path))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _is_name(value: Any) -> bool:
+    """A variant name the summary can print on one line: text without control or format characters."""
+    return isinstance(value, str) and value.strip() != "" and value.isprintable()
+
+
+def _shown_text(value: Any) -> Any:
+    return escaped(value) if isinstance(value, str) else value
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
@@ -228,8 +301,121 @@ def load_table(path: Path) -> pd.DataFrame:
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
         raise ModexpError(f"table {path} column variant line {row + 2} is empty: name every run's variant")
+    unprintable = ~table["variant"].astype(str).map(str.isprintable)
+    if unprintable.any():
+        row = int(np.flatnonzero(unprintable.to_numpy())[0])
+        raise ModexpError(
+            f"table {path} column variant line {row + 2} has {escaped(repr(table['variant'].iloc[row]))}: a "
+            "variant name has no control characters (newlines, tabs, escapes)"
+        )
     table["variant"] = table["variant"].astype(str)
+    table.columns = [escaped(str(c)) for c in table.columns]
+    for column in table.columns:  # every other text the summary may print stays on its line
+        if pd.api.types.is_object_dtype(table[column]):
+            table[column] = table[column].map(_shown_text)
+    check_consistency(table, path)
     return table.sort_values(["variant", "budget", "params"], kind="stable").reset_index(drop=True)
+
+
+# A table's columns checked against each other (check_consistency). Generous bounds: published tables round,
+# count embeddings or not, and state a nominal budget; crafted or mis-unit rows are off by far more.
+MAGNITUDES = {  # (smallest, largest) a row may hold: counts of parameters, tokens and FLOPs, a loss in nats
+    "params": (1.0, 1e15),
+    "tokens": (1.0, 1e18),
+    "budget": (1.0, 1e33),
+    "flops": (1.0, 1e33),
+    "val_loss": (0.0, 1e3),
+}
+BUDGET_CONVENTION = 10.0  # the table's typical flops / budget lies within 1/10-10 (a fixed convention factor)
+BUDGET_ROW = 1.5  # each row's flops / budget within this factor of the table's typical one
+PER_TOKEN_ROW = 1.25  # flops against train_flops_per_token x tokens, where the table records it
+SIX_ND_ROW = 20.0  # flops against 6 N D: MoD, MoE (total params) and attention move it, never 20x
+SIX_ND_VARIANT = 3.0  # ... and within this factor of the variant's typical ratio (sizes move it less)
+
+
+def check_consistency(table: pd.DataFrame, path: Path) -> None:
+    """The columns agree with each other: magnitudes a run can have; flops against the row's budget (within
+    a few per cent, or one convention factor for the whole table, and never a neighbouring budget's) and
+    against 6 N D (or train_flops_per_token x tokens when the table has it). One line naming the row."""
+    for column, (low, high) in MAGNITUDES.items():
+        values = table[column].to_numpy(float)
+        bad = (values < low) | (values > high)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ModexpError(
+                f"table {path} line {i + 2}: {column}={values[i]:g} is not a value a run can have: give "
+                f"{column} between {low:g} and {high:g} ({'nats' if column == 'val_loss' else 'a count, not millions'})"
+            )
+    _check_budgets(table, path)
+    _check_flops_per_token(table, path)
+
+
+def _check_budgets(table: pd.DataFrame, path: Path) -> None:
+    budget = table["budget"].to_numpy(float)
+    ratio = np.log(table["flops"].to_numpy(float) / budget)
+    typical = float(np.median(ratio))
+    if abs(typical) > math.log(BUDGET_CONVENTION):
+        raise ModexpError(
+            f"table {path}: flops are typically {math.exp(typical):.3g}x the budget: the two columns must count "
+            "the same FLOPs (a run spends its budget), in the same unit"
+        )
+    budgets = np.log(np.unique(budget))
+    for i in range(len(table)):
+        off = ratio[i] - typical  # log of this row's flops/budget against the table's convention
+        implied = math.log(budget[i]) + off  # the budget these flops were spent for, in that convention
+        belongs = budgets[np.argmin(np.abs(budgets - implied))]
+        own = math.isclose(belongs, math.log(budget[i]))
+        if own and abs(off) <= math.log(BUDGET_ROW):
+            continue
+        if not own and abs(implied - belongs) <= math.log(BUDGET_ROW):
+            why = f"those of budget {sci(math.exp(belongs))}, another budget of the table"
+        else:
+            why = f"{math.exp(ratio[i]):.3g}x the budget" + (
+                f" (the other rows: {math.exp(typical):.3g}x)" if abs(typical) > 0.01 else ""
+            )
+        raise ModexpError(
+            f"table {path} line {i + 2}: flops={table['flops'].iloc[i]:g} at budget={budget[i]:g} are {why}: "
+            "each row's flops are what its run spent, within a few per cent of its budget"
+        )
+
+
+def _check_flops_per_token(table: pd.DataFrame, path: Path) -> None:
+    flops, tokens = table["flops"].to_numpy(float), table["tokens"].to_numpy(float)
+    per_token = (
+        pd.to_numeric(table["train_flops_per_token"], errors="coerce").to_numpy(float)
+        if "train_flops_per_token" in table
+        else np.full(len(table), np.nan)
+    )
+    known = np.isfinite(per_token) & (per_token > 0)
+    six_nd = 6 * table["params"].to_numpy(float) * tokens
+    for i in np.flatnonzero(known):
+        ratio = flops[i] / (per_token[i] * tokens[i])
+        if not 1 / PER_TOKEN_ROW <= ratio <= PER_TOKEN_ROW:
+            raise ModexpError(
+                f"table {path} line {i + 2}: flops={flops[i]:g} but train_flops_per_token x tokens = "
+                f"{per_token[i] * tokens[i]:g} ({ratio:.3g}x): the row's columns disagree"
+            )
+    q = np.log(flops / six_nd)
+    for i in np.flatnonzero(~known):
+        if abs(q[i]) > math.log(SIX_ND_ROW):
+            raise ModexpError(
+                f"table {path} line {i + 2}: flops={flops[i]:g} is {math.exp(q[i]):.3g}x 6 x params x tokens "
+                f"({six_nd[i]:g}): params, tokens and flops do not describe one run (no variant is that far "
+                "from 6 N D)"
+            )
+    variants = table["variant"].to_numpy()
+    for variant in pd.unique(variants[~known]):
+        rows = np.flatnonzero((variants == variant) & ~known)
+        if len(rows) < 3:
+            continue
+        typical = float(np.median(q[rows]))
+        off = rows[np.abs(q[rows] - typical) > math.log(SIX_ND_VARIANT)]
+        if len(off):
+            i = int(off[0])
+            raise ModexpError(
+                f"table {path} line {i + 2}: flops / (6 x params x tokens) = {math.exp(q[i]):.3g}, but "
+                f"{math.exp(typical):.3g} for {variant}'s other rows: its params or tokens belong to another run"
+            )
 
 
 def _load_metrics(sweep_dir: Path, run_ids: Iterable[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -243,7 +429,13 @@ def _load_metrics(sweep_dir: Path, run_ids: Iterable[str] | None = None) -> tupl
             notes.append(f"{run_id}: no metrics.jsonl")
             continue
         records = []
-        for line in path.read_text().splitlines():
+        try:
+            with open_regular(path) as f:
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            notes.append(f"{escaped(str(run_id))}: metrics.jsonl is not a readable file")
+            continue
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except ValueError:

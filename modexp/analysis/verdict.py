@@ -7,20 +7,28 @@ reach a variant's optimal loss, and the loss difference at equal compute (docs/v
   sizes of the reference's Approach-3 law (a straight line between two budgets is biased for a convex
   L*(C)). Where the curve gives the estimate it is first bent through the end optima by adding a line
   (same curvature, anchored to what was measured). m = C'/C where L*_ref(C') = L*_variant(C). The estimate
-  is the cubic's with 3 or more budgets and the curve's with 2; the other model's value widens the interval
-  to include it (model error).
-- Past the reference's budgets m is extrapolated along the curve, never further than one budget step (the
-  median spacing of the reference's budgets); beyond that m is only a bound (">=" or "<=").
+  is the cubic's inside the reference's budgets with 3 or more of them, the curve's otherwise; the other
+  model's value widens the interval to include it (model error).
+- Past the reference's budgets m is read along the curve, never further than one budget step (the median
+  spacing of the reference's budgets); beyond that m is only a bound (">=" or "<=").
 - dL(C) = L*_variant(C) - L*_ref(C); at a budget the reference did not train, L*_ref(C) is read off its
   curve and the row says so.
-- Intervals: replicates from fits.py (each curve drawn from its own measured noise; curves are not paired),
-  5th-95th percentiles, shifted to the estimate's model and widened to include the other model's value.
-- Flags per row (the `flags` column, ';'-separated): lr_edge (a point shaping either optimum had its best LR
-  at the grid's edge), bound (either optimum only a bound), extrapolated, beyond_step (m only a bound),
-  reference_2_budgets, reference_on_bounds (fewer than 2 located budgets: its curve runs through bounds),
-  reference_missing (dL read off the reference's curve). `estimate` is True where m is an estimate: both
-  optima located, not extrapolated, no LR edge, the reference's curve on located budgets. The headline per
-  pair is the geometric mean of m over those rows only; with none it is NaN and `note` says why.
+- The estimand is fixed before the data: a budget enters the headline when the design lets both optima be
+  read there (both located, no point shaping either optimum at its LR grid's edge or with an LR extrapolated
+  beyond its law's sizes, no variant repeating its data far more than the other, the reference's curve on
+  located budgets), never because of the side of 1 its m falls on (extrapolation is no reason to leave a
+  budget out: it widens the interval instead). `estimate` marks those rows.
+- The headline per pair: m's geometric mean over those budgets, and its trend with compute, the least-squares
+  slope of ln m on ln C with its interval, and a test of heterogeneity (chi^2 of the per-budget ln m against
+  their pooled value, with their covariance from the replicates). Where m differs across budgets (the test at
+  p < HETEROGENEITY_P, or a slope whose interval excludes 0) the headline is the trend (m at the first and last
+  budget, the slope) and no pooled mean is given: it would hide whether MoD's advantage grows or shrinks.
+- Intervals: replicates from fits.py (each curve drawn jointly over its budgets from its own measured noise,
+  stems shared; curves are not paired), 5th-95th percentiles centred on the estimate, widened to include the
+  other model's value. With several comparisons each interval holds at 90% alone; the family-wise columns
+  (Bonferroni) hold for all of them at once.
+- Flags per row (the `flags` column, ';'-separated): lr_edge, lr_outside_law, epochs, bound, extrapolated,
+  beyond_step (m only a bound), reference_2_budgets, reference_on_bounds, reference_missing.
 - Where m and dL disagree in direction, `believe` says which one to trust and why.
 """
 
@@ -31,17 +39,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, stats
 from scipy.interpolate import PchipInterpolator
 
 from modexp import variants
+from modexp.units import sci
 
-from .fits import fit_approach3_points, percentiles
+from .fits import PERCENTILES, fit_approach3_points, percentiles
 from .points import reference_curve
 from .table import BASELINE
 
 FLAGS = (
     "lr_edge",
+    "lr_outside_law",
+    "epochs",
     "bound",
     "extrapolated",
     "beyond_step",
@@ -86,8 +97,28 @@ OVERALL_COLUMNS = [
     "loss",
     "n_budgets_total",
     "note",
+    "multiplier_bound",
+    "budgets",
+    "m_slope",
+    "m_slope_lo",
+    "m_slope_hi",
+    "heterogeneous",
+    "heterogeneity_p",
+    "m_first",
+    "m_last",
+    "budget_first",
+    "budget_last",
+    "n_comparisons",
+    "multiplier_fw_lo",
+    "multiplier_fw_hi",
 ]
 GRID = 2001  # points of the cubic per replicate when it is inverted
+NOMINAL = (PERCENTILES[1] - PERCENTILES[0]) / 100
+HETEROGENEITY_P = 0.05
+MATERIAL = 1.05  # m must move by more than 5% across the budgets to be called a trend
+EPOCH_SPREAD = 1.5  # as the plan's note: one variant repeating its data this many times more often
+# Flags that take a budget out of the headline: properties of the design, never of which variant won.
+DESIGN_FLAGS = ("lr_edge", "lr_outside_law", "epochs", "bound", "reference_on_bounds")
 
 
 def comparisons(fits: pd.DataFrame) -> list[tuple[str, str]]:
@@ -266,6 +297,7 @@ class Reference:
     anchored: Curve | None  # the same through the end optima: the estimate where the curve is used
     on_bounds: bool
     step: float  # one budget step in log10 C
+    ys_alt: np.ndarray | None = None  # the optima by each window's second model (optimum.alternative)
 
     @property
     def n(self) -> int:
@@ -292,7 +324,26 @@ def _reference(fits: pd.DataFrame, boot: dict, reference: str, points: pd.DataFr
         curve = _approach3_curve(points, reference) or _power_curve(xs, ys)
     step = float(np.median(np.diff(xs))) if xs.size >= 2 else math.nan
     anchored = _through_ends(curve, xs, ys)
-    return Reference(xs, ys, reps, curve, anchored, not on_curve["bracketed"].astype(bool).all(), step)
+    alt = (
+        on_curve["loss_opt_alt"].to_numpy(float)[keep]
+        if "loss_opt_alt" in on_curve
+        else np.full(xs.size, np.nan)
+    )
+    ys_alt = np.where(np.isfinite(alt), alt, ys)
+    return Reference(
+        xs, ys, reps, curve, anchored, not on_curve["bracketed"].astype(bool).all(), step, ys_alt
+    )
+
+
+def _placement_log_c(ref: Reference, loss_alt: float, shift: float) -> float:
+    """log10 C' read with every optimum from its window's second model (the placement sensitivity), moved by
+    the same `shift` the estimate's model adds to the cubic's reading."""
+    if ref.ys_alt is None or ref.n < 2 or not math.isfinite(loss_alt):
+        return math.nan
+    xs, ys = _monotone(ref.xs, ref.ys_alt)
+    if xs.size < 2:
+        return math.nan
+    return _cubic_log_c(xs, ys, loss_alt) + shift
 
 
 def _model_log_c(ref: Reference, loss: float) -> tuple[float, float, bool, str]:
@@ -376,11 +427,12 @@ class Verdict:
     overall: pd.DataFrame
 
 
-def _interval(reps: np.ndarray, shift: float, other: float) -> tuple[float, float]:
-    """Percentiles of log-space replicates moved by `shift`, widened to include the other model's value."""
+def _interval(reps: np.ndarray, shift: float, others) -> tuple[float, float]:
+    """Percentiles of log-space replicates moved by `shift`, widened to include each other model's value."""
     lo, hi = percentiles(reps + shift)
-    if math.isfinite(other) and math.isfinite(lo):
-        lo, hi = min(lo, other), max(hi, other)
+    for other in np.atleast_1d(np.asarray(others, float)):
+        if math.isfinite(other) and math.isfinite(lo):
+            lo, hi = min(lo, other), max(hi, other)
     return lo, hi
 
 
@@ -399,8 +451,31 @@ def _believe(m: float, m_op: str, dl: float, d_op: str, shared: bool) -> str:
     return "neither is an estimate here: no direction"
 
 
+def _epoch_imbalance(points: pd.DataFrame | None, curve: str, reference: str, budget: float) -> bool:
+    """Whether one of the two repeats its training data more than EPOCH_SPREAD x as often as the other at this
+    budget (median epochs over its points), with more than one pass: a loss difference may then be
+    repetition, not the architecture."""
+    if points is None or "epochs" not in points:
+        return False
+    rows = points[points["budget"] == budget]
+    medians = []
+    for name in (curve, reference):
+        epochs = pd.to_numeric(rows.loc[rows["curve"] == name, "epochs"], errors="coerce").dropna()
+        if epochs.empty:
+            return False
+        medians.append(float(epochs.median()))
+    low, high = min(medians), max(medians)
+    return bool(high > 1 and low > 0 and high > EPOCH_SPREAD * low)
+
+
 def _row(
-    curve: str, reference: str, fit: pd.Series, ref_fits: pd.DataFrame, ref: Reference, boot: dict
+    curve: str,
+    reference: str,
+    fit: pd.Series,
+    ref_fits: pd.DataFrame,
+    ref: Reference,
+    boot: dict,
+    epochs: bool,
 ) -> dict:
     budget = float(fit.name)
     log_c = math.log10(budget)
@@ -411,8 +486,10 @@ def _row(
     )
     cubic_est = _cubic_log_c(ref.xs, ref.ys, loss) if ref.n >= 2 and math.isfinite(loss) else math.nan
     cubic_reps = _cubic_reps(ref, mine_reps) if m_op == "=" else None
+    loss_alt = float(fit.get("loss_opt_alt", math.nan)) if bool(fit["bracketed"]) else math.nan
+    placed = _placement_log_c(ref, loss_alt if math.isfinite(loss_alt) else loss, est - cubic_est)
     if cubic_reps is not None:
-        m_lo, m_hi = _interval(cubic_reps, est - cubic_est, other)
+        m_lo, m_hi = _interval(cubic_reps, est - cubic_est, [other, placed])
     else:
         m_lo = m_hi = math.nan  # a bound has no interval
     shared = budget in ref_fits.index
@@ -426,11 +503,14 @@ def _row(
     else:
         ref_loss, ref_reps, reach = _reference_loss_at(ref, log_c)
     mine_bound, ref_bound = not bool(fit["bracketed"]), shared and not ref_bracketed
-    lr_edge = bool(fit.get("lr_edge_at_opt", False)) or (
-        shared and bool(ref_fits.loc[budget].get("lr_edge_at_opt", False))
-    )
+
+    def either(column: str) -> bool:
+        return bool(fit.get(column, False)) or (shared and bool(ref_fits.loc[budget].get(column, False)))
+
     flags = {
-        "lr_edge": lr_edge,
+        "lr_edge": either("lr_edge_at_opt"),
+        "lr_outside_law": either("lr_outside_law"),
+        "epochs": epochs,
         "bound": mine_bound or ref_bound,
         "extrapolated": extrapolated,
         "beyond_step": m_op in (">=", "<="),
@@ -444,14 +524,18 @@ def _row(
         m_op = "<="
     elif ref.on_bounds and m_op == ">=":
         m_op = "?"
-    estimate = (
-        m_op == "=" and not any(flags[f] for f in ("lr_edge", "bound", "extrapolated")) and math.isfinite(est)
-    )
+    # In the headline by design: both optima readable here. Not by outcome: extrapolation only widens.
+    eligible = ref.n >= 2 and not any(flags[f] for f in DESIGN_FLAGS)
+    estimate = eligible and m_op == "=" and math.isfinite(est)
     dl = loss - ref_loss
     d_op = "?" if mine_bound and ref_bound else "<=" if mine_bound else ">=" if ref_bound else "="
     with np.errstate(invalid="ignore"):
         d_reps = mine_reps - ref_reps
     m = 10 ** (est - log_c) if math.isfinite(est) else math.nan
+    d_lo, d_hi = percentiles(d_reps)
+    ref_alt = float(ref_fits.loc[budget].get("loss_opt_alt", math.nan)) if shared else math.nan
+    if math.isfinite(loss_alt) and math.isfinite(ref_alt) and math.isfinite(d_lo):  # placement sensitivity
+        d_lo, d_hi = min(d_lo, loss_alt - ref_alt), max(d_hi, loss_alt - ref_alt)
     return {
         "curve": curve,
         "reference": reference,
@@ -463,8 +547,8 @@ def _row(
         "multiplier_hi": 10 ** (m_hi - log_c) if math.isfinite(m_hi) else math.nan,
         "extrapolated": extrapolated,
         "delta_loss": dl if reach else math.nan,
-        "delta_loss_lo": percentiles(d_reps)[0] if reach else math.nan,
-        "delta_loss_hi": percentiles(d_reps)[1] if reach else math.nan,
+        "delta_loss_lo": d_lo if reach else math.nan,
+        "delta_loss_hi": d_hi if reach else math.nan,
         "bracketed": not mine_bound and not ref_bound and ref.n >= 2,
         # Whose optimum is only an upper bound on its L*: the variant's makes m a lower bound and dL an
         # upper one; the reference's (at this budget) makes dL a lower bound.
@@ -475,27 +559,83 @@ def _row(
         "loss": fit["loss"],
         "estimate": estimate,
         "flags": ";".join(f for f in FLAGS if flags[f]),
-        "lr_edge": lr_edge,
+        "lr_edge": flags["lr_edge"],
         "reference_missing": not shared,
         "reference_budgets": ref.n,
         "model_error": abs(est - other) if math.isfinite(est) and math.isfinite(other) else 0.0,
         "believe": _believe(m, m_op, dl if reach else math.nan, d_op, shared),
+        "_eligible": eligible,
         "_reps": cubic_reps + (est - cubic_est) - log_c if cubic_reps is not None else None,
-        "_other": other - log_c if math.isfinite(other) else math.nan,
+        "_others": [v - log_c for v in (other, placed)],
     }
 
 
 def _why_no_estimate(rows: list[dict]) -> str:
-    reasons = sorted(
-        {f for r in rows for f in r["flags"].split(";") if f in ("lr_edge", "bound", "extrapolated")}
-    )
-    if any(r["multiplier_bound"] for r in rows):
+    reasons = sorted({f for r in rows for f in r["flags"].split(";") if f in DESIGN_FLAGS})
+    if any(r["_eligible"] and r["multiplier_bound"] for r in rows):
         reasons.append("m only a bound")
     return "no budget gives an estimate of m (" + ", ".join(reasons or ["m not computable"]) + ")"
 
 
+def _centred(reps: np.ndarray, estimate: float) -> np.ndarray:
+    """Replicates moved so that their median is the estimate: the interval then belongs to the estimate."""
+    finite = np.isfinite(reps)
+    if not finite.any() or not math.isfinite(estimate):
+        return reps
+    return reps - (float(np.median(reps[finite])) - estimate)
+
+
+def _alternatives(used: list[dict], log_m: np.ndarray, scale: float) -> np.ndarray:
+    """(models, budgets): each other model's log m per budget (the estimate where a model has none)."""
+    values = np.array([[v * scale for v in r["_others"]] for r in used]).T
+    return np.where(np.isfinite(values), values, log_m[None, :])
+
+
+def _trend(used: list[dict]) -> dict:
+    """ln m against ln C over the headline's budgets: slope, interval, heterogeneity (see the module docstring)."""
+    ln_c = np.log([r["budget"] for r in used])
+    ln_m = np.log([r["multiplier"] for r in used])
+    reps = np.stack([r["_reps"] for r in used]) * math.log(10)  # (budgets, B), ln m
+    others = _alternatives(used, ln_m, math.log(10))  # (models, budgets)
+    x = ln_c - ln_c.mean()
+    weights = x / np.sum(x**2)
+    slope = float(weights @ ln_m)
+    slope_reps = _centred(weights @ reps, slope)
+    lo, hi = _interval(slope_reps, 0.0, others @ weights)
+    # Heterogeneity: GLS mean with the replicates' covariance (plus each budget's model error, squared).
+    finite = np.isfinite(reps).all(axis=0)
+    p_value = math.nan
+    if finite.sum() > len(used) + 2:
+        cov = np.cov(reps[:, finite]) + np.diag(np.max((ln_m - others) ** 2, axis=0))
+        cov = np.atleast_2d(cov)
+        inv = np.linalg.pinv(cov)
+        ones = np.ones(len(used))
+        pooled = float(ones @ inv @ ln_m / (ones @ inv @ ones))
+        resid = ln_m - pooled
+        q = float(resid @ inv @ resid)
+        p_value = float(stats.chi2.sf(q, len(used) - 1))
+    fitted = ln_m.mean() + slope * x
+    return {
+        "m_slope": slope,
+        "m_slope_lo": lo,
+        "m_slope_hi": hi,
+        "heterogeneity_p": p_value,
+        # Either test: the budgets' m disagree beyond their errors, or m's slope with compute excludes 0;
+        # and m moves by more than MATERIAL across the budgets (a noise-free table's 0.1% is no trend).
+        "heterogeneous": bool(
+            ((math.isfinite(p_value) and p_value < HETEROGENEITY_P) or lo > 0 or hi < 0)
+            and abs(fitted[-1] - fitted[0]) > math.log(MATERIAL)
+        ),
+        "m_first": float(math.exp(fitted[0])),
+        "m_last": float(math.exp(fitted[-1])),
+        "budget_first": float(used[0]["budget"]),
+        "budget_last": float(used[-1]["budget"]),
+    }
+
+
 def _summary(curve: str, reference: str, rows: list[dict]) -> dict:
-    used = [r for r in rows if r["estimate"]]
+    eligible = [r for r in rows if r["_eligible"]]
+    used = [r for r in eligible if r["estimate"]]
     summary = {
         "curve": curve,
         "reference": reference,
@@ -503,55 +643,124 @@ def _summary(curve: str, reference: str, rows: list[dict]) -> dict:
         "multiplier_lo": math.nan,
         "multiplier_hi": math.nan,
         "n_budgets": len(used),
-        "extrapolated": False,
+        "extrapolated": any(r["extrapolated"] for r in used),
         "bracketed": bool(used),
         "loss": rows[0]["loss"] if rows else "",
         "n_budgets_total": len(rows),
         "note": "",
+        "multiplier_bound": "",
+        "budgets": ";".join(f"{r['budget']:.6g}" for r in used),
+        "m_slope": math.nan,
+        "m_slope_lo": math.nan,
+        "m_slope_hi": math.nan,
+        "heterogeneous": False,
+        "heterogeneity_p": math.nan,
+        "m_first": math.nan,
+        "m_last": math.nan,
+        "budget_first": math.nan,
+        "budget_last": math.nan,
+        "_reps": None,
     }
+    left_out = [r for r in rows if not r["_eligible"]]
+    notes = []
+    if left_out:
+        notes.append(
+            "left out by design: " + ", ".join(f"{r['budget']:.3g} ({_design_reasons(r)})" for r in left_out)
+        )
+    bounds = [r for r in eligible if not r["estimate"]]
+    if bounds:  # an eligible budget whose m is only a bound: the pooled m is a bound too, or nothing
+        ops = {r["multiplier_bound"] for r in bounds}
+        said = ", ".join(
+            f"{sci(r['budget'])} ({r['multiplier_bound']} {r['multiplier']:.2f}x)" for r in bounds
+        )
+        values = [r["multiplier"] for r in eligible]
+        if len(ops) == 1 and ops <= {">=", "<="} and all(math.isfinite(v) and v > 0 for v in values):
+            summary.update(
+                multiplier=float(np.exp(np.mean(np.log(values)))),
+                multiplier_bound=ops.pop(),
+                budgets=";".join(f"{r['budget']:.6g}" for r in eligible),
+            )
+            notes.append(f"m is only a bound at {said}, beyond one budget step of the reference's curve")
+        else:
+            notes.append(f"m is only a bound at {said}, in both directions: no pooled estimate")
+        summary["note"] = "; ".join(notes)
+        return summary
     if not used:
-        summary["note"] = _why_no_estimate(rows)
+        summary["note"] = "; ".join(notes + [_why_no_estimate(rows)])
         return summary
     log_m = np.array([math.log10(r["multiplier"]) for r in used])
-    reps = np.stack([r["_reps"] for r in used]).mean(axis=0)
-    others = np.array([r["_other"] if math.isfinite(r["_other"]) else lm for r, lm in zip(used, log_m)])
-    lo, hi = _interval(reps, 0.0, float(others.mean()))
-    left_out = [r for r in rows if not r["estimate"]]
+    reps = _centred(np.stack([r["_reps"] for r in used]).mean(axis=0), float(log_m.mean()))
+    others = _alternatives(used, log_m, 1.0)
+    lo, hi = _interval(reps, 0.0, others.mean(axis=1))
     summary.update(
         multiplier=10 ** float(log_m.mean()),
         multiplier_lo=10**lo if math.isfinite(lo) else math.nan,
         multiplier_hi=10**hi if math.isfinite(hi) else math.nan,
-        note=(
-            "left out: "
-            + ", ".join(f"{r['budget']:.3g} ({r['flags'] or 'm only a bound'})" for r in left_out)
-            if left_out
-            else ""
-        ),
+        _reps=reps,
+        _others=others.mean(axis=1),
     )
+    if len(used) >= 2:
+        summary.update(_trend(used))
+    if summary["heterogeneous"]:
+        notes.append(
+            f"m differs across budgets (slope {summary['m_slope']:+.2f} [{summary['m_slope_lo']:+.2f}, "
+            f"{summary['m_slope_hi']:+.2f}], heterogeneity p = {summary['heterogeneity_p']:.3g}): the trend is "
+            "the headline, a pooled mean would mislead"
+        )
+        summary.update(multiplier=math.nan, multiplier_lo=math.nan, multiplier_hi=math.nan, _reps=None)
+    summary["note"] = "; ".join(notes)
     return summary
+
+
+def _design_reasons(row: dict) -> str:
+    reasons = [f for f in row["flags"].split(";") if f in DESIGN_FLAGS]
+    if row["reference_budgets"] < 2:
+        reasons.append("reference curve on fewer than 2 budgets")
+    return ", ".join(reasons) or "not readable"
 
 
 def _pair(fits: pd.DataFrame, boot: dict, curve: str, reference: str, points) -> tuple[list[dict], dict]:
     mine = fits[fits["curve"] == curve].set_index("budget").sort_index()
     ref_fits = fits[fits["curve"] == reference].set_index("budget").sort_index()
     ref = _reference(fits, boot, reference, points)
-    rows = [_row(curve, reference, fit, ref_fits, ref, boot) for _, fit in mine.iterrows()]
+    rows = [
+        _row(curve, reference, fit, ref_fits, ref, boot, _epoch_imbalance(points, curve, reference, float(b)))
+        for b, fit in mine.iterrows()
+    ]
     summary = _summary(curve, reference, rows)
     for row in rows:
-        row.pop("_reps"), row.pop("_other")
+        row.pop("_reps"), row.pop("_others"), row.pop("_eligible")
     return rows, summary
+
+
+def _family_wise(overall: list[dict]) -> None:
+    """Bonferroni: with k comparisons, each headline's (1 - 0.10 / k) interval; all hold together at 90%.
+
+    Each side of the 90% interval is stretched by z(1 - 0.05/k) / z(0.95) in log m: 200 replicates cannot place
+    a 1% tail (it would rest on two replicates), and the stretch keeps the interval's asymmetry."""
+    k = len(overall)
+    stretch = float(stats.norm.ppf(1 - (1 - NOMINAL) / 2 / max(k, 1)) / stats.norm.ppf(1 - (1 - NOMINAL) / 2))
+    for s in overall:
+        s["n_comparisons"] = k
+        s["multiplier_fw_lo"] = s["multiplier_fw_hi"] = math.nan
+        s.pop("_reps", None), s.pop("_others", None)
+        m, lo, hi = s["multiplier"], s["multiplier_lo"], s["multiplier_hi"]
+        if all(math.isfinite(v) and v > 0 for v in (m, lo, hi)):
+            s["multiplier_fw_lo"] = m * (lo / m) ** stretch
+            s["multiplier_fw_hi"] = m * (hi / m) ** stretch
 
 
 def compute_verdict(
     fits: pd.DataFrame, boot: dict[tuple[str, float], np.ndarray], points: pd.DataFrame | None = None
 ) -> Verdict:
     """See the module docstring. `points` (the reduced table) lets a reference with 2 located budgets use its
-    Approach-3 law as the curve between them."""
+    Approach-3 law as the curve between them, and tells the epochs each point trained."""
     rows, overall = [], []
     for curve, reference in comparisons(fits):
         pair_rows, summary = _pair(fits, boot, curve, reference, points)
         rows += pair_rows
         overall.append(summary)
+    _family_wise(overall)
     return Verdict(
         pd.DataFrame(rows, columns=VERDICT_COLUMNS), pd.DataFrame(overall, columns=OVERALL_COLUMNS)
     )

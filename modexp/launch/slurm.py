@@ -51,9 +51,13 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __init__(self, run_dir: str, threads: int) -> None:
         self.run_dir = run_dir
         self.threads = threads
+        # The plug-ins the sweep's config names (plugins.py): the job imports those, never its folder's list.
+        self.plugins = os.environ.get("MODEXP_PLUGINS", "")
 
     def __call__(self) -> str:
         os.environ["MODEXP_THREADS"] = str(self.threads)
+        if getattr(self, "plugins", ""):  # a job pickled before this attribute existed has none
+            os.environ["MODEXP_PLUGINS"] = self.plugins
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
             # One task per process of the run (srun started them): torchrun's environment from SLURM's.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

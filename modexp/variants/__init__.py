@@ -26,6 +26,7 @@ from .base import (
     of_model,
     records,
     register,
+    routings,
     settings_class,
     settings_fields,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "records",
     "references",
     "register",
+    "routings",
     "settings_class",
     "settings_fields",
     "short_tag",

@@ -185,6 +185,11 @@ def records() -> tuple[Variant, ...]:
     return tuple(_REGISTRY.values())
 
 
+def routings() -> set[str]:
+    """The model.routing values of the registered kinds (a plug-in's once it is loaded)."""
+    return {record.routing for record in _REGISTRY.values()}
+
+
 def get(kind: str) -> Variant:
     """The record of a sweep.variants entry; a one-line error naming the kinds there are."""
     try:

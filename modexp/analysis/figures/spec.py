@@ -23,6 +23,7 @@ class FigureData:
     grid: pd.DataFrame | None  # points of an LR grid (lrlaw.grid_points); empty without one
     metrics: pd.DataFrame | None  # every run's metrics.jsonl
     sample: dict | None  # the routing_sample.json of the run the routing figure shows
+    verdict_overall: pd.DataFrame | None = None  # the headline per pair
 
     @property
     def has_metrics(self) -> bool:

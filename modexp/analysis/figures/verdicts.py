@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -21,6 +23,8 @@ from .style import (
 
 FLAG_LABELS = {
     "lr_edge": "LR edge",
+    "lr_outside_law": "LR extrap.",
+    "epochs": "epochs",
     "bound": "bound",
     "extrapolated": "extrap.",
     "beyond_step": ">1 step",
@@ -30,9 +34,44 @@ FLAG_LABELS = {
 }
 
 
+def _trend(ax, overall: pd.DataFrame | None, styles: dict) -> None:
+    """m's trend with compute over the headline's budgets: the fitted line, and a fan of the slope's interval
+    through its centre."""
+    if overall is None or "m_slope" not in overall:
+        return
+    for pair in overall.itertuples():
+        label = pair_label(pair.curve, pair.reference)
+        if label not in styles or not np.isfinite(pair.m_slope):
+            continue
+        c0, c1 = pair.budget_first, pair.budget_last
+        centre_c, centre_m = np.sqrt(c0 * c1), np.sqrt(pair.m_first * pair.m_last)
+        cs = np.geomspace(c0, c1, 20)
+        colour = styles[label]["colour"]
+        ax.plot(cs, centre_m * (cs / centre_c) ** pair.m_slope, color=colour, ls="--", lw=1.2, alpha=0.9)
+        if np.isfinite(pair.m_slope_lo) and np.isfinite(pair.m_slope_hi):
+            lo = centre_m * (cs / centre_c) ** pair.m_slope_lo
+            hi = centre_m * (cs / centre_c) ** pair.m_slope_hi
+            ax.fill_between(cs, np.minimum(lo, hi), np.maximum(lo, hi), color=colour, alpha=0.12, lw=0)
+
+
+def _has_trend(overall: pd.DataFrame | None) -> bool:
+    return overall is not None and "m_slope" in overall and bool(np.isfinite(overall["m_slope"]).any())
+
+
+def headline_title(overall: pd.DataFrame | None, loss: str) -> str:
+    """The figure's title: the headline of each comparison in words (report.headline_line)."""
+    from ..report import headline_line
+
+    if overall is None or overall.empty:
+        return f"Verdict ({loss} loss)"
+    lines = [textwrap.fill(headline_line(pair), 110) for pair in overall.itertuples()]
+    return "\n".join(lines[:3]) + (f"\n(+{len(lines) - 3} more in summary.txt)" if len(lines) > 3 else "")
+
+
 @styled_figure
-def verdict(by_budget: pd.DataFrame) -> Figure:
-    """The verdict per budget: compute multiplier (left) and loss difference at equal compute (right)."""
+def verdict(by_budget: pd.DataFrame, overall: pd.DataFrame | None = None) -> Figure:
+    """The verdict per budget: compute multiplier (left, with m's trend) and loss difference at equal compute
+    (right); the title says the headline in words."""
     fig = Figure(figsize=(13, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2)
     pairs = by_budget.assign(
@@ -75,6 +114,7 @@ def verdict(by_budget: pd.DataFrame) -> Figure:
                             fontsize=6,
                             color=style["colour"],
                         )
+    _trend(left, overall, styles)
     left.axhline(1, color="0.4", lw=0.8)
     right.axhline(0, color="0.4", lw=0.8)
     left.set_yscale("log")
@@ -90,18 +130,18 @@ def verdict(by_budget: pd.DataFrame) -> Figure:
         log_ticks(ax.xaxis, flops=True)
         ax.set_xlabel("training budget C (FLOPs)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, title="hollow: not an estimate (see its flags)", title_fontsize=7)
-    figure_title(
-        fig,
-        None,
-        f"Verdict ({loss_name(by_budget)} loss; bars: 5–95%, each curve's measured noise plus the "
-        "reference curve's model error)",
-    )
+        ax.legend(
+            fontsize=8,
+            title="hollow: not in the headline (see its flags)"
+            + ("\ndashed: m's trend, band: its slope's 90%" if ax is left and _has_trend(overall) else ""),
+            title_fontsize=7,
+        )
+    figure_title(fig, None, headline_title(overall, loss_name(by_budget)))
     return fig
 
 
 VERDICT = FigureSpec(
     "verdict",
     lambda d: None if np.isfinite(d.verdict["multiplier"].to_numpy(float)).any() else "no comparison",
-    lambda d: verdict(d.verdict),
+    lambda d: verdict(d.verdict, d.verdict_overall),
 )
