@@ -528,7 +528,7 @@ def _add_checks(sub: argparse._SubParsersAction) -> None:
         "modexp analyze does, and print how often each nominal 90% interval holds the truth",
     )
     s.add_argument("check", choices=("calibration",))
-    s.add_argument("--studies", type=int, default=200, help="simulated studies per setting (default 200)")
+    s.add_argument("--studies", type=int, default=200, help="simulated studies per design (default 200)")
     s.add_argument(
         "--replicates", type=int, default=200, help="bootstrap replicates per analysis (default 200)"
     )
@@ -536,7 +536,9 @@ def _add_checks(sub: argparse._SubParsersAction) -> None:
         "--setting",
         action="append",
         metavar="NAME",
-        help="a setting to simulate (repeatable; default: the three the README reports; 'all' for every one)",
+        help="a study design to simulate (repeatable; default: every one, as in docs/verdict.md): presets, "
+        "presets-noisy-ends, stems-95, cosine, kaplan-shifted, kaplan-null, presets-null, chinchilla-wide, "
+        "kaplan-wide, mistuned, two-budgets, m-trend",
     )
     s.add_argument("--out", default="runs/selfcheck", help="folder for coverage.csv and coverage.md")
     s.set_defaults(func=cmd_selfcheck)

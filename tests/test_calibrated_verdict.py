@@ -467,3 +467,11 @@ def test_selfcheck_writes_its_coverage_table(tmp_path: Path, capsys) -> None:
     assert list(table["design"]) == ["cosine"] and table["N* n"].iloc[0] > 0
     text = (out / "coverage.md").read_text()
     assert "| cosine |" in text and "null: excludes 1" in text
+
+
+def test_selfcheck_help_names_every_design() -> None:
+    from modexp.cli import parser
+
+    selfcheck = parser()._subparsers._group_actions[0].choices["selfcheck"]
+    text = "".join(selfcheck.format_help().split())  # argparse wraps lines, and breaks words at hyphens
+    assert all(name in text for name in cal.DESIGNS), text
