@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install test test-fast lint demo bench gpu-check slurm-up slurm-down clean
+.PHONY: install test test-fast lint demo docs bench gpu-check slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,8 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check modexp tests benchmarks scripts
 	$(BIN)/ruff format --check modexp tests benchmarks scripts
 
+# The demo study: creates .venv first when missing (make install), then about 11 minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(BIN)/modexp sweep
+
+# docs/configuration.md from the typed schemas and conf/ (tests/test_docs.py checks it is up to date).
+docs: $(STAMP)
+	$(BIN)/python -m modexp.configdoc docs/configuration.md
 
 bench: $(STAMP)
 	$(BIN)/modexp bench --quick --out runs/bench
@@ -37,8 +42,9 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	@WANDB_MODE=disabled $(BIN)/python scripts/gpu_check.py --out runs/gpu-check
 
+# Installs packages and rewrites /etc/slurm as root: it says so and asks first (YES=1 to skip the question).
 slurm-up:
-	bash scripts/slurm-up.sh
+	SLURM_UP_YES=$(YES) bash scripts/slurm-up.sh
 
 slurm-down:
 	bash scripts/slurm-down.sh

@@ -51,10 +51,10 @@ def print_composed(overrides: list[str], which: str) -> int:
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     from . import launch
-    from .plan_view import print_plan
+    from .plan_view import print_plan, warnings
     from .sweep import build_study, check_data, run_sweep
 
-    study = build_study(overrides)
+    study = build_study(overrides, to_train=True)
     if args.dry_run:
         check_data(study, dry_run=True)  # a study that cannot start must not pass its dry run
         print_plan(study, "table")
@@ -63,8 +63,8 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         if line:
             print(line)
         return 0
-    for note in study.plan.notes:  # the dry run's table shows them; a real sweep says them before it starts
-        print(note, file=sys.stderr)
+    for line in warnings(study):  # the dry run's table shows them; a real sweep says them before it starts
+        print(line, file=sys.stderr)
     return run_sweep(
         study, overrides, retry_failed=args.retry_failed, fail_fast=args.fail_fast, detach=args.detach
     )
@@ -132,6 +132,9 @@ def completion_words() -> dict[str, list[str]]:
 # The word under the cursor is read from COMP_LINE, not COMP_WORDS: bash splits words at '=' (COMP_WORDBREAKS),
 # so `sweep=<TAB>` would otherwise complete file names. Bash then replaces only the text after the last '=',
 # so the matches are handed over without the `key=` before it. A setting (`key=`) takes no trailing space.
+# Only sweep, plan and train take settings; status takes runs_dir= or a folder; the other commands take
+# folders or files, so an empty answer lets bash complete paths (-o default). Presets of the user's own
+# (--config-dir DIR on the line, else MODEXP_CONFIG_DIR) are listed from DIR/<group>/*.yaml as typed.
 BASH_COMPLETION = """# modexp completion for bash: source <(modexp completion bash)
 _modexp() {
   local line=${COMP_LINE:0:$COMP_POINT}
@@ -140,17 +143,45 @@ _modexp() {
   local n=${#words[@]}
   [ -z "$cur" ] && n=$((n + 1))
   if [ "$n" -le 2 ]; then COMPREPLY=($(compgen -W "%(commands)s" -- "$cur")); return; fi
-  local flags=""
+  local flags="" settings=""
   case "${words[1]}" in
 %(cases)s
   esac
-  COMPREPLY=($(compgen -W "$flags %(settings)s" -- "$cur"))
+  case "${words[1]}" in
+    sweep|plan|train) settings="%(settings)s $(_modexp_user_presets)" ;;
+    status) settings="runs_dir=" ;;
+  esac
+  if [[ "$cur" == -* || -n "$settings" ]]; then
+    COMPREPLY=($(compgen -W "$flags $settings" -- "$cur"))
+  else
+    COMPREPLY=()
+  fi
   if [[ "$cur" == *=* && "${COMP_WORDBREAKS-}" == *=* ]]; then
     COMPREPLY=("${COMPREPLY[@]#"${cur%%=*}="}")
+  fi
+  local -a dirs=()
+  [ "${words[1]}" = status ] && [[ "$cur" != *=* && "$cur" != -* ]] && dirs=($(compgen -d -- "$cur"))
+  if [ "${#dirs[@]}" -gt 0 ]; then
+    COMPREPLY+=("${dirs[@]}")
+    type compopt >/dev/null 2>&1 && compopt -o filenames
   fi
   if [ "${#COMPREPLY[@]}" -eq 1 ] && [[ "${COMPREPLY[0]}" == *= ]]; then
     type compopt >/dev/null 2>&1 && compopt -o nospace
   fi
+}
+_modexp_user_presets() {
+  local dir="${MODEXP_CONFIG_DIR-}" prev="" w f g
+  for w in "${words[@]}"; do
+    [ "$prev" = "--config-dir" ] && dir="$w"
+    [[ "$w" == --config-dir=* ]] && dir="${w#--config-dir=}"
+    prev="$w"
+  done
+  [ -n "$dir" ] && [ -d "$dir" ] || return 0
+  for f in "$dir"/*/*.yaml; do
+    [ -e "$f" ] || continue
+    g=${f%%/*.yaml}; g=${g##*/}; f=${f##*/}
+    printf '%%s ' "$g=${f%%.yaml}"
+  done
 }
 complete -o default -F _modexp modexp
 """
@@ -196,12 +227,14 @@ def cmd_analyze(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from . import plugins
-    from .sample import sample_cli
+    from .rundir import find_run
+    from .sample import _check_sampling, sample_cli
 
+    _check_sampling(args.max_new_tokens, args.temperature, args.top_k)  # bad flags first, then the folder
     plugins.load_named(args.plugins)
     print(
         sample_cli(
-            args.run_dir,
+            str(find_run(args.run_dir)),
             args.prompt,
             args.max_new_tokens,
             args.temperature,
@@ -217,9 +250,10 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     from . import plugins
     from .export import export_run
+    from .rundir import find_run
 
     plugins.load_named(args.plugins)
-    print(export_run(args.run_dir, args.out, force=args.force))
+    print(export_run(find_run(args.run_dir), args.out, force=args.force))
     return 0
 
 
@@ -450,7 +484,11 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     """Sample and export: a trained run."""
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
-    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id> (modexp plan lists the ids)")
+    s.add_argument(
+        "run_dir",
+        help="a run folder, e.g. runs/demo/<run_id>, or its end as modexp plan's id column and modexp status "
+        "show it (runs/demo/6d0b10c2f1)",
+    )
     s.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
     s.add_argument(
         "--max-new-tokens",
@@ -476,7 +514,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "export",
         help="a run's weights as safetensors plus config.json, loadable with modexp.export.load_export",
     )
-    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id>")
+    s.add_argument("run_dir", help="a run folder, e.g. runs/demo/<run_id>, or its end (runs/demo/6d0b10c2f1)")
     s.add_argument(
         "--out",
         required=True,

@@ -4,12 +4,14 @@ the devices at hand, printed as a table, csv or json."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 import pandas as pd
 
 from . import flops
+from .config import Config
 from .launch.local import visible_gpus
 from .memory import plan_step
 from .rundir import run_state
@@ -29,6 +31,7 @@ def plan_rows(study: Study, convention: str = "exact") -> list[dict[str, Any]]:
         if spec.role == "stem":
             row["branch_points"] = spec.branch_points
         spent = spec.flops - spec.stem_flops  # a branch trains only its steps after its stem's
+        row["flops_spent"] = spent
         row["devices"] = devices
         row["est_time_s"] = round(spent / flops_per_s / devices + (cfg.launcher.startup_s or 0), 1)
         row["device_hours"] = spent / flops_per_s / 3600
@@ -53,8 +56,8 @@ def print_plan(study: Study, fmt: str, convention: str = "exact") -> None:
             print(json.dumps(rows, indent=2))
         else:
             print(pd.DataFrame(rows).to_csv(index=False), end="")
-        for note in study.plan.notes:
-            print(note, file=sys.stderr)
+        for line in warnings(study):
+            print(line, file=sys.stderr)
         return
     frame = pd.DataFrame([r for r in rows if r["role"] != "stem"])
     stems = pd.DataFrame([r for r in rows if r["role"] == "stem"])
@@ -92,34 +95,142 @@ def print_plan(study: Study, fmt: str, convention: str = "exact") -> None:
     if len(stems):
         _print_stems(stems)
     plan = study.plan
-    total = plan.flops_spent
-    cfg = study.configs[0][1]
-    devices = max(1, cfg.launcher.gpus_per_run)
-    unit = "GPU" if devices > 1 or cfg.device == "cuda" else "device"
     if plan.stems:
         saving = 1 - plan.flops_spent / plan.flops_budgeted
         print(
             f"\nFLOPs spent {sci(plan.flops_spent)} (stems counted once) against {sci(plan.flops_budgeted)} "
             f"budgeted by the runs from scratch: {saving:.0%} less (sweep.reuse=branches)"
         )
-    hours = sum(r["device_hours"] for r in rows)
-    stem_count = f" and {count(len(stems), 'stem')}" if len(stems) else ""
+    print("\n" + what_remains(study, rows))
     print(
-        f"\n{count(len(frame), 'run')}{stem_count}, "
-        f"{sci(total)} FLOPs in all: {hours:,.1f} "
-        f"{unit}-hours at {sci(cfg.sweep.flops_per_second, 2)} FLOP/s per {unit} (sweep.flops_per_second), "
-        f"about {duration(sum(r['est_time_s'] for r in rows))} one run at a time on {count(devices, unit)} per run "
-        "(launcher.gpus_per_run). micro: sequences per micro-batch; GB: estimated peak memory per device "
-        "(modexp/memory.py); full rows with --format csv or json"
+        "micro: sequences per micro-batch; GB: estimated peak memory per device (modexp/memory.py); "
+        "id: the end of the run's folder name; every column with --format csv or json"
     )
+    cfg = study.configs[0][1]
     if (frame["micro_batch"] == "no fit").any():
-        gb = cfg.launcher.gpu_mem_gb
         print(
-            f"some runs do not fit {gb:g} GB per device even one sequence at a time: set "
-            "train.activation_checkpointing=true or train.parallel=fsdp with more launcher.gpus_per_run"
+            f"warning: some runs do not fit {cfg.launcher.gpu_mem_gb:g} GB per device even one sequence at a "
+            "time: set train.activation_checkpointing=true, or train.parallel=fsdp with more launcher.gpus_per_run"
         )
-    for note in study.plan.notes:
-        print(note)
+    for line in warnings(study):
+        print(line)
+
+
+def _on_gpus(cfg: Config) -> bool:
+    """Whether the study's runs train on GPUs (their hours are then worth counting)."""
+    if cfg.launcher.name == "slurm":
+        return cfg.launcher.gpus_per_run > 0 and cfg.device != "cpu"
+    return cfg.device == "cuda" or (cfg.device == "auto" and bool(visible_gpus()))
+
+
+def _time_left(rows: list[dict[str, Any]], cfg: Config) -> tuple[float, str]:
+    """(seconds, how they were reckoned) for the runs still to train: the plan's per-run estimates
+    (est_time_s), one run at a time."""
+    seconds = sum(r["est_time_s"] for r in rows)
+    startup = f", {cfg.launcher.startup_s:g} s start-up per run" if cfg.launcher.startup_s else ""
+    rate = f"sweep.flops_per_second={sci(cfg.sweep.flops_per_second, 2)} FLOP/s per device"
+    return seconds, f"one run at a time at {rate}{startup}"
+
+
+def what_remains(study: Study, rows: list[dict[str, Any]]) -> str:
+    """One line: what is left to train, its FLOPs and time, and where it goes; device-hours on GPUs only."""
+    cfg = study.configs[0][1]
+    left = [r for r in rows if r["status"] != "done"]
+    runs = [r for r in rows if r["role"] != "stem"]
+    stems = [r for r in rows if r["role"] == "stem"]
+    runs_left = sum(r["role"] != "stem" for r in left)
+    stems_left = len(left) - runs_left
+
+    def part(n_left: int, total: int, noun: str) -> str:
+        return count(total, noun) if n_left == total else f"{n_left} of {count(total, noun)}"
+
+    if not left:
+        stem_words = f" and {count(len(stems), 'stem')}" if stems else ""
+        return (
+            f"{study.dir}: all {count(len(runs), 'run')}{stem_words} are done: nothing to train "
+            f"(modexp analyze {study.dir} fits and draws them again)"
+        )
+    what = part(runs_left, len(runs), "run") + (
+        f" and {part(stems_left, len(stems), 'stem')}" if stems else ""
+    )
+    flops_left = sum(r["flops_spent"] for r in left)
+    seconds, how = _time_left(left, cfg)
+    line = f"{what} to train, {sci(flops_left)} FLOPs, about {duration(seconds)} ({how}), into {study.dir}"
+    if _on_gpus(cfg):
+        devices = max(1, cfg.launcher.gpus_per_run)
+        hours = sum(r["device_hours"] for r in left)
+        line += f"; {hours:,.1f} GPU-hours, {count(devices, 'GPU')} per run (launcher.gpus_per_run)"
+    return line
+
+
+def warnings(study: Study) -> list[str]:
+    """What the user may want to change before training, one line each, similar ones merged: no GPU for a
+    GPU study, a study that cannot give a verdict, the plan's notes (ladders, LR laws, epochs)."""
+    cfg = study.configs[0][1]
+    lines = []
+    if cfg.device == "cuda" and cfg.launcher.name == "local" and not visible_gpus():
+        lines.append(
+            "no GPU here: this study trains with device=cuda, so modexp sweep refuses on this machine"
+        )
+    lines += verdict_warnings(study)
+    return [f"warning: {line}" for line in lines + collapse_notes(study.plan.notes)]
+
+
+def verdict_warnings(study: Study) -> list[str]:
+    """A study whose curves cannot locate an optimum (fewer than 3 sizes at every budget), or whose reference
+    has one budget, gives no compute multiplier: said before it trains, not after."""
+    sizes: dict[tuple[str, float], set[float]] = {}
+    for run in study.plan.runs:
+        sizes.setdefault((run.variant, run.budget), set()).add(run.accounting["params"])
+    if not sizes:
+        return []
+    most = max(len(s) for s in sizes.values())
+    budgets = {budget for _, budget in sizes}
+    if most < 3:
+        return [
+            f"no verdict possible: every curve has {most} size(s) per budget and an optimum needs 3 "
+            "(sweep.sizes_per_budget >= 3); this study checks the pipeline, not MoD"
+        ]
+    if len(budgets) < 2:
+        return ["no compute multiplier possible: it needs the reference at 2 budgets or more (sweep.budgets)"]
+    return []
+
+
+_LR_NOTE = re.compile(r"^(?P<variant>\S+): (?P<n>\d+) run\(s\) take their LR from a law outside the sizes")
+_LADDER_NOTE = re.compile(
+    r"^budget (?P<budget>\S+) (?P<variant>\S+): (?:(?P<short>\d+ of \d+) sizes fit|sizes \S+ sit off-centre)"
+)
+_LIMIT = re.compile(r"sweep\.\w+=[^\s;,)]+")
+
+
+def collapse_notes(notes: list[str]) -> list[str]:
+    """The plan's notes, one line each, with those that say the same for several variants merged."""
+    lr = [(m, note) for note in notes if (m := _LR_NOTE.match(note))]
+    ladders = [(m, note) for note in notes if (m := _LADDER_NOTE.match(note))]
+    out = [note for note in notes if not _LR_NOTE.match(note) and not _LADDER_NOTE.match(note)]
+    if len(ladders) > 1:
+        each = ", ".join(
+            f"{m['budget']} {m['variant']} {m['short'] + ' sizes' if m['short'] else 'off-centre'}"
+            for m, _ in ladders
+        )
+        limits = sorted({limit for _, note in ladders for limit in _LIMIT.findall(note)})
+        out.insert(
+            0,
+            f"{len(ladders)} ladders are short or off-centre ({each}), stopped by {', '.join(limits)}: "
+            "widen those limits or move sweep.budgets",
+        )
+    else:
+        out[:0] = [note for _, note in ladders]
+    if len(lr) > 1:
+        total = sum(int(m["n"]) for m, _ in lr)
+        each = ", ".join(f"{m['variant']} {m['n']}" for m, _ in lr)
+        out.append(
+            f"{total} runs ({each}) take their LR from a law beyond the sizes it was fitted on (lr marked *): "
+            "extend the LR grid to their sizes to check them"
+        )
+    else:
+        out += [note for _, note in lr]
+    return out
 
 
 def _print_stems(stems: pd.DataFrame) -> None:

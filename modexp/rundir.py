@@ -253,6 +253,34 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     return with_new_keys(cfg), spec
 
 
+def find_run(path: str | Path) -> Path:
+    """A run folder by its path, or by the end of its name as `modexp plan` shows it (its id column holds the
+    hash at the end of the folder name): runs/demo/6d0b10 -> runs/demo/baseline-d20-l4-1e11-6d0b10c2f1.
+
+    A unique match is the run; several, or none, are one line naming the candidates and where to look."""
+    import difflib
+
+    given = Path(path)
+    folder, part = given.parent, given.name
+    if given.is_dir() or not folder.is_dir() or not part:
+        return given  # a folder (or nothing to search): the loader says what is wrong with it
+    runs = sorted(c.name for c in folder.iterdir() if (c / "run.json").is_file())
+    found = [r for r in runs if r.endswith(part) or r.rsplit("-", 1)[-1].startswith(part)]
+    if len(found) == 1:
+        return folder / found[0]
+    if found:
+        shown = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        raise ModexpError(f"{given} matches {len(found)} run folders ({shown}): give more of the id")
+    ends = {r.rsplit("-", 1)[-1]: r for r in runs}
+    close = difflib.get_close_matches(part, list(ends) + runs, n=1, cutoff=0.6)
+    hint = (
+        f": did you mean {folder / ends.get(close[0], close[0])}?"
+        if close
+        else f" (modexp status {folder} lists its runs)"
+    )
+    raise ModexpError(f"{given} is not a run folder, and no run in {folder} ends with {part!r}{hint}")
+
+
 def _interpolation(node: Any) -> str | None:
     """The first `${...}` in a config read back as plain containers, or None."""
     if isinstance(node, str):

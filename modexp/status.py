@@ -85,10 +85,11 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per run the study planned (every sweep into this folder), in plan order. A folder without a
     plan.json (what `modexp train` makes: runs/<sweep>/, or the run folder it prints): its runs as found."""
     plan_path = sweep_dir / "plan.json"
+    has_plan = False
     if (sweep_dir / "run.json").exists():  # one run's folder
         sweep_dir, plan = sweep_dir.parent, {"planned_ids": [sweep_dir.name]}
     elif plan_path.exists() or plan_path.is_symlink():
-        plan = read_plan(sweep_dir)
+        plan, has_plan = read_plan(sweep_dir), True
     else:
         found = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
         plan = {"planned_ids": [i for i in found if is_run_id(i)]}
@@ -99,8 +100,18 @@ def run_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         )
     planned = {r["run_id"]: r for r in plan.get("runs", [])}
     ids = list(planned) + [i for i in plan.get("planned_ids", []) if i not in planned]
+    # Run folders no sweep planned here (`modexp train` into the study's folder): listed, and said to be left
+    # out of the analysis, which fits only what the study planned (analysis/table.py).
+    known = set(ids)
+    found = (p.parent.name for p in sweep_dir.glob("*/run.json")) if has_plan else ()
+    stray = sorted(name for name in found if name not in known and is_run_id(name))
     now = time.time()
-    return [_run_row(sweep_dir / run_id, planned.get(run_id), now) for run_id in ids]
+    rows = [_run_row(sweep_dir / run_id, planned.get(run_id), now) for run_id in ids]
+    for run_id in stray:
+        row = _run_row(sweep_dir / run_id, None, now)
+        row.update(planned=False, reason="not planned: not analysed")
+        rows.append(row)
+    return rows
 
 
 def _run_row(run_dir: Path, info: dict | None, now: float) -> dict[str, Any]:
@@ -160,7 +171,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+NOT_PLANNED = "not planned here: left out of the analysis"
+
+
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, FLOPs and ETA of the runs the study planned; `unplanned` counts the others in its folder."""
+    unplanned = sum(not r.get("planned", True) for r in rows)
+    rows = [r for r in rows if r.get("planned", True)]
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     flops_total = sum(r["flops"] or 0 for r in rows)
     flops_done = sum(
@@ -173,7 +190,14 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     rate = sorted(rates)[len(rates) // 2] if rates else None
     eta = (flops_total - flops_done) / rate if rate and flops_total > flops_done else None
-    return {**counts, "runs": len(rows), "flops_done": flops_done, "flops_total": flops_total, "eta_s": eta}
+    return {
+        **counts,
+        "runs": len(rows),
+        "unplanned": unplanned,
+        "flops_done": flops_done,
+        "flops_total": flops_total,
+        "eta_s": eta,
+    }
 
 
 def format_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
@@ -211,16 +235,21 @@ def summary_line(sweep_dir: Path, t: dict[str, Any]) -> str:
         + ", ".join(f"{t[s]} {s}" for s in STATES if t[s])
         + f"; {share:.0%} of {sci(t['flops_total'])} FLOPs done"
         + (f"; about {duration(t['eta_s'])} left at the finished runs' pace" if t["eta_s"] else "")
+        + (f"; {count(t['unplanned'], 'more run folder')} {NOT_PLANNED}" if t.get("unplanned") else "")
     )
 
 
 def studies(runs_dir: Path) -> list[Path]:
-    """Sweep folders under runs_dir (those with a plan.json)."""
+    """Study folders under runs_dir: those a sweep planned (plan.json) and those `modexp train` filled (run
+    folders without a plan)."""
     if not runs_dir.is_dir():
         raise ModexpError(
             f"runs_dir={runs_dir} is not a folder: give a sweep folder, e.g. modexp status runs/demo"
         )
-    return sorted(p.parent for p in runs_dir.glob("*/plan.json"))
+    found = {p.parent for p in runs_dir.glob("*/plan.json")} | {
+        p.parent.parent for p in runs_dir.glob("*/*/run.json") if is_run_id(p.parent.name)
+    }
+    return sorted(found)
 
 
 def study_line(folder: Path, as_json: bool = False) -> str:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import launch
 from .config import Config, compose_config, expand_overrides, processes_per_run, to_typed
 from .data import is_prepared, load_corpus, train_split_tokens
+from .data.config import missing_path, require_path
 from .errors import ModexpError
 from .plan import (
     Plan,
@@ -44,6 +45,7 @@ from .rundir import (
     write_run,
 )
 from .units import count, duration
+from .unused import refuse_unused
 from .variants import short_tag
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,23 @@ class Study:
         return [launch.Job(s, self.run_dir(s), [s.stem] if s.stem in waiting else []) for s in specs]
 
 
-def build_study(overrides: list[str]) -> Study:
-    """The study the overrides describe: one composed config per comma combination, planned into one folder."""
+def build_study(overrides: list[str], to_train: bool = False) -> Study:
+    """The study the overrides describe: one composed config per comma combination, planned into one folder.
+
+    to_train: the study is to be trained here (modexp sweep, its dry run too), so what cannot start is said
+    before any planning: data=text or data=tokens without data.path, device=cuda without a GPU, no sbatch. A
+    plan alone may be made before the corpus exists, on another machine than the one that will train it.
+    """
     configs = []
     for combo in expand_overrides(overrides):
         dict_cfg = compose_config(combo)
         typed = to_typed(dict_cfg)
         launch.get(typed.launcher.name).validate(typed)  # an unknown launcher, or settings it cannot honour
+        refuse_unused(combo, typed, "sweep")
+        if to_train:
+            require_path(typed.data)
+        if to_train and not configs:
+            launch.get(typed.launcher.name).check(typed)  # e.g. no GPU: said before any ladder note
         configs.append((dict_cfg, typed))
     dirs = {sweep_dir(typed) for _, typed in configs}
     if len(dirs) > 1:
@@ -92,10 +104,9 @@ def build_study(overrides: list[str]) -> Study:
             f"one sweep writes to one folder, but these overrides give {len(dirs)}: "
             "do not sweep runs_dir or sweep.name"
         )
-    _refuse_ignored_lr_sweep([typed for _, typed in configs])
     runs, notes, run_sources = {}, [], {}
     for dict_cfg, typed in configs:
-        plan = plan_sweep([typed])
+        plan = _plan(typed)
         for note in plan.notes + _count_epochs(plan, typed):
             if note not in notes:
                 notes.append(note)
@@ -116,6 +127,8 @@ def train_single(overrides: list[str]) -> Path:
     dict_cfg = compose_config(overrides)
     cfg = to_typed(dict_cfg)
     launch.get(cfg.launcher.name).validate(cfg)
+    refuse_unused(overrides, cfg, "train")
+    require_path(cfg.data)  # before the run's plan: its vocabulary may leave no budget that fits
     spec = single_run(cfg)
     corpus = load_corpus(cfg.data, spec.model.seq_len)  # before the run folder: bad data leaves nothing
     set_epochs([spec], len(corpus.train), cfg)  # the sweep's repetition limit holds for one run too
@@ -148,28 +161,15 @@ def _train_processes(run_dir: Path, cfg: Config) -> None:
         )
 
 
-def _refuse_ignored_lr_sweep(cfgs: list[Config]) -> None:
-    """A comma sweep of train.lr under an LR rule would plan the same runs again and again: say so."""
-    if len({c.train.lr for c in cfgs}) < 2:
-        return
-    for cfg in cfgs:
-        rule = next(
-            (
-                k
-                for k, on in (
-                    ("sweep.lr_grid", cfg.sweep.lr_grid),
-                    ("train.lr_from", cfg.train.lr_from),
-                    ("train.lr_law", cfg.train.lr_law),
-                )
-                if on
-            ),
-            None,
-        )
-        if rule:
-            raise ModexpError(
-                f"train.lr is swept but {rule} sets every run's LR (the preset may set train.lr_law): "
-                "sweep sweep.lr_grid=[...] instead, or clear the rule, e.g. 'train.lr_law={}'"
-            )
+def _plan(cfg: Config) -> Plan:
+    """plan_sweep, with a missing data.path said first when the plan fails without it (data=tokens's
+    vocabulary can leave no shape of the ladder that fits)."""
+    try:
+        return plan_sweep([cfg])
+    except ModexpError as exc:
+        if cfg.data.name != "stdlib" and not cfg.data.path:
+            raise ModexpError(f"{missing_path(cfg.data)} (planned without it: {exc})") from None
+        raise
 
 
 def _count_epochs(plan: Plan, cfg: Config) -> list[str]:

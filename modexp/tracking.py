@@ -58,7 +58,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(strict_json(record) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())  # the README's promise: what a run wrote survives a crash
+        os.fsync(self._file.fileno())  # docs/troubleshooting.md's promise: what a run wrote survives a crash
 
     def records(self) -> list[dict[str, Any]]:
         """Every record written so far (after a resume: those up to the checkpoint)."""
@@ -202,6 +202,24 @@ def wandb_identity(run_dir: Path, run_id: str, suffix: str = "") -> tuple[str, s
     return f"{digest}-{study}{suffix}", f"{study_dir.name}-{study}"
 
 
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as W&B's run config: one key per setting, dotted (model.capacity, run.params), so the
+    runs table and filters read `model.capacity` directly."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def env_tags() -> list[str]:
+    """WANDB_TAGS (comma-separated), as W&B documents it: wandb.init's own tags would replace them."""
+    return [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+
+
 def record_to_wandb(record: dict[str, Any]) -> dict[str, Any]:
     """A metrics.jsonl record as logged to W&B: train/... or val/..., with flops and tokens at the top so
     every chart can use them as its x-axis."""
@@ -260,8 +278,8 @@ class WandbMirror:
                     name=run_id,
                     group=group,
                     job_type=job_type,
-                    tags=[*settings.tags, job_type, sweep],
-                    config=config,
+                    tags=list(dict.fromkeys([*settings.tags, *env_tags(), job_type, sweep])),
+                    config=flat_config(config),
                     dir=str(run_dir),
                     mode=self.mode,
                     resume="allow",
@@ -359,7 +377,7 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
             name=f"analysis {(sweep_dir or out).name}",
             group=group,
             job_type="analysis",
-            tags=[*settings.tags, "analysis"],
+            tags=list(dict.fromkeys([*settings.tags, *env_tags(), "analysis"])),
             config={"sweep_dir": str(sweep_dir) if sweep_dir else None, "loss": result.loss},
             dir=str(out),
             mode=mode,

@@ -62,6 +62,7 @@ from .step import (
     wrap_parallel,
 )
 from .tracking import MetricsLog, WandbMirror
+from .units import duration, si
 
 __all__ = [
     "NonFiniteLoss",
@@ -284,7 +285,7 @@ def _prepare(
             cfg.tracker.wandb,
             spec.sweep,
             spec.variant,
-            {"config": OmegaConf.to_container(dict_cfg, resolve=False), "run": dict(spec.row())},
+            {**OmegaConf.to_container(dict_cfg, resolve=False), "run": dict(spec.row())},
             history=run.metrics.records() if start_step else None,  # what W&B must hold before this step
         )
     run.val_batches = corpus.val_batches(cfg.train.batch_size, spec.model.seq_len, cfg.train.eval_tokens)
@@ -331,7 +332,7 @@ def _loop(run: _Run, clock: _Clock) -> None:
             )  # fmt: skip
             if run.main:
                 _write_record(run, record)
-                run.progress.update(done, lm_loss)
+                run.progress.update(done, lm_loss, record["tokens_per_s"], dt)
         del out
         if done in spec.branch_points:  # with what trained it, which each branch starting here checks
             point = branch_point(run.run_dir, done)
@@ -439,7 +440,7 @@ def _finish(run: _Run, clock: _Clock) -> dict[str, Any]:
     set_status(run.run_dir, "done", step=run.spec.steps, steps=run.spec.steps, wall_time=wall_time)
     retain_checkpoints(run.run_dir, run.cfg.train.keep)
     run.mirror.finish({"val_loss": summary["val_loss"], "flops": summary["flops"]}, exit_code=0)
-    log.info("done %s: val_loss %.4f in %.1f s", run.spec.run_id, summary["val_loss"], wall_time)
+    log.info("done %s in %.1f s: %s", run.spec.run_id, wall_time, result_words(summary))
     if run.spec.stem:
         branches.release_branch_point(run.run_dir, run.spec)
     return summary
@@ -500,6 +501,17 @@ def _close(
         mirror.finish(None, exit_code=exit_code)
 
 
+def result_words(summary: dict[str, Any]) -> str:
+    """A run's result as its last log line says it: the causal loss (what a study of a routed model is judged
+    on, as at sampling) and the share of tokens its routed blocks then processed; the top-k loss beside it."""
+    causal = summary.get("val_loss_causal")
+    if causal is None or not math.isfinite(causal):
+        return f"val loss {summary['val_loss']:.4f}"
+    frac = summary.get("val_causal_frac")
+    processed = f", routed blocks processed {frac:.1%} of tokens" if frac is not None else ""
+    return f"causal val loss {causal:.4f} (top-k {summary['val_loss']:.4f}){processed}"
+
+
 class _Progress:
     """A tqdm bar on a terminal; plain periodic log lines otherwise (sweeps, CI, log files)."""
 
@@ -514,13 +526,17 @@ class _Progress:
                 total=spec.steps, initial=start, desc=spec.run_id[:40], unit="step", dynamic_ncols=True
             )
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_s: float, step_time: float) -> None:
+        """The step, its loss, tokens/s and the time left at the current pace (evaluations not counted)."""
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=True)
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=si(tokens_per_s), refresh=True)
         elif time.monotonic() - self.last_line > 10 or step == self.spec.steps:
             self.last_line = time.monotonic()
-            log.info("step %d/%d loss %.4f", step, self.spec.steps, loss)
+            left = duration(step_time * (self.spec.steps - step))
+            log.info(
+                "step %d/%d loss %.4f %s tok/s ETA %s", step, self.spec.steps, loss, si(tokens_per_s), left
+            )
 
     def note(self, text: str) -> None:
         if self.bar is not None:

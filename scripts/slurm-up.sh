@@ -28,6 +28,22 @@ die() {
 }
 log() { echo "slurm-up: $*"; }
 
+# Say what it does before doing it; outside CI, act only when asked to (a prompt, or SLURM_UP_YES=1).
+if [ "${SLURM_UP_CONFIRMED:-}" != 1 ]; then
+    echo "slurm-up: this installs slurm-wlm and munge with apt-get (when missing), rewrites $CONF," \
+        "creates /etc/munge/munge.key if absent, and starts munged, slurmctld and slurmd, as root (via sudo when needed)."
+    if [ "${CI:-}" != true ] && [ "${SLURM_UP_YES:-}" != 1 ]; then
+        if [ -t 0 ]; then
+            read -r -p "slurm-up: go ahead? [y/N] " answer
+            case "$answer" in y|Y|yes|YES) ;; *) echo "slurm-up: nothing done" >&2; exit 1 ;; esac
+        else
+            echo "slurm-up: not a terminal: nothing done; run 'make slurm-up YES=1' (SLURM_UP_YES=1) to go ahead" >&2
+            exit 1
+        fi
+    fi
+    export SLURM_UP_CONFIRMED=1  # said and agreed once: not again after the sudo re-exec below
+fi
+
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         exec sudo -n -E bash "$0" "$@"

@@ -50,7 +50,7 @@ def true_multiplier_inside(row) -> bool:
 
 
 def test_seeds_at_two_sizes_with_noise_growing_with_size_cover_at_the_nominal_rate() -> None:
-    """A small version of `modexp selfcheck calibration` (the README has the 200-study figures) on the design
+    """A small version of `modexp selfcheck calibration` (docs/verdict.md has the 200-study figures) on the design
     the presets plan (WSD stems, a second seed at the 2 sizes nearest each optimum) with 4x the noise at the
     2 largest sizes, where the seeds say nothing about the noise: residuals now always join the seeds' evidence
     (covered 0.60-0.73 before). Over 30 studies the coverage of L*, N*, m and the headline is consistent with 90%

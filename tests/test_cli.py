@@ -134,15 +134,21 @@ def test_plan_json_is_a_list_and_notes_go_to_stderr(
     rc, out, err = run_main(["plan", "sweep=paper", f"runs_dir={tmp_path}", "--format", "json"], capsys)
     assert rc == 0
     assert isinstance(json.loads(out), list)
-    assert err.startswith("budget 6e18 baseline: 5 of 6 sizes fit"), err  # why the paper ladder falls short
+    # Why the paper ladder falls short: the five short ladders in one line, naming the limits that stop them.
+    assert "warning: 5 ladders are short or off-centre (6e18 baseline 5 of 6 sizes" in err, err
+    assert "sweep.max_tokens_per_param=200" in err and len(err.strip().splitlines()) <= 4, err
 
 
 def test_plan_table_summary_reads_like_prose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run_main(["plan", "sweep=paper", f"runs_dir={tmp_path}"], capsys)
     assert rc == 0
     assert "e+" not in out, out  # FLOPs as 6e18, not 6e+18; times as 2.9 days, not 2.5e+05 s
-    summary = next(line for line in out.splitlines() if " FLOPs in all" in line)
-    assert "GPU-hours at 4e14 FLOP/s per GPU" in summary and " days one run at a time" in summary, summary
+    summary = next(line for line in out.splitlines() if " to train, " in line)
+    assert (
+        summary.startswith("31 runs to train, 1.19e21 FLOPs, about ")
+        and " days (one run at a time" in summary
+    )
+    assert summary.endswith(f"into {tmp_path}/paper; 823.6 GPU-hours, 1 GPU per run (launcher.gpus_per_run)")
     rc, out, _ = run_main(
         [
             "plan",
@@ -154,7 +160,7 @@ def test_plan_table_summary_reads_like_prose(tmp_path: Path, capsys: pytest.Capt
         ],
         capsys,
     )
-    assert "\n1 run, " in out, out
+    assert "\n1 run to train, " in out and "GPU-hours" not in out, out  # no device-hours on a CPU
 
 
 def test_launcher_extra_takes_any_sbatch_option(tmp_path: Path) -> None:

@@ -245,6 +245,27 @@ def test_shell_completion_knows_commands_presets_and_settings(tmp_path: Path, ca
         assert "paper" in listed and "demo_lr" in listed and "sweep=paper" not in listed
 
 
+def test_completion_gives_paths_where_a_command_takes_a_folder_and_the_users_own_presets(
+    tmp_path: Path, capsys
+) -> None:
+    """`modexp analyze ru<TAB>` completes the folder (not runs_dir=); presets of --config-dir DIR (or
+    MODEXP_CONFIG_DIR) are offered beside modexp's."""
+    rc, out, _ = run_main(["completion", "bash"], capsys)
+    script = tmp_path / "modexp.bash"
+    script.write_text(out)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "mine" / "sweep").mkdir(parents=True)
+    (tmp_path / "mine" / "sweep" / "tiny.yaml").write_text("defaults: [smoke]\nname: tiny\n")
+    with InteractiveBash(script) as bash:
+        bash.complete(f"cd {tmp_path}\n", until="$ ")
+        assert bash.complete("modexp analyze ru\t", until="runs/").endswith("modexp analyze runs/")
+        assert bash.complete("modexp status ru\t").endswith("modexp status runs")  # runs/ or runs_dir=
+        assert bash.complete("modexp status runs_\t").endswith("modexp status runs_dir=")
+        assert bash.complete("modexp status runs/\t", until="demo").endswith("modexp status runs/demo/")
+        assert bash.complete("modexp plan --config-dir mine sweep=ti\t").endswith("sweep=tiny ")
+        assert bash.complete("modexp sample --\t\t", until="--prompt")  # flags still complete
+
+
 class InteractiveBash:
     """bash -i on a pseudo-terminal with a completion script sourced; complete() types keys, returns the echo."""
 

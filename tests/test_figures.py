@@ -359,18 +359,57 @@ def figure_data(sweep_result) -> figures.FigureData:
     )
 
 
-@pytest.mark.parametrize("size", [(3.5, 2.6), (7, 4.5)], ids=["column", "page"])
-def test_no_text_overlaps_or_leaves_the_canvas(figure_data, size: tuple[float, float]) -> None:
+@pytest.mark.parametrize("size", [None, (3.5, 2.6), (7, 4.5)], ids=["own", "column", "page"])
+def test_no_text_overlaps_or_leaves_the_canvas(figure_data, size: tuple[float, float] | None) -> None:
+    """At each figure's own size (what `modexp analyze` writes), a paper column's and a page's."""
     drawn = 0
     for spec in figures.FIGURES:
         if spec.skip(figure_data):
             continue
         with figures.styled():
             fig = spec.draw(figure_data)
-            figures.style.resize(fig, size)
+            if size is not None:
+                figures.style.resize(fig, size)
             assert _layout_problems(fig) == [], (spec.name, size)
         drawn += 1
     assert drawn >= 6
+
+
+def test_learning_curves_over_less_than_a_decade_of_flops_keep_their_labels_apart(figure_data) -> None:
+    """A branching study's runs log only their cooldown: every curve spans under a decade of FLOPs, where
+    matplotlib labels minor ticks (2x10^10, 3x10^10, ...) that ran into each other in the demo's figure."""
+    import dataclasses
+
+    metrics = figure_data.metrics
+    end = metrics.groupby("run_id")["flops"].transform("max")
+    budgets = figure_data.results.set_index("run_id")["budget"]
+    small = metrics["run_id"].map(budgets) <= sorted(budgets.unique())[1]  # the demo's span: under a decade
+    narrow = dataclasses.replace(figure_data, metrics=metrics[(metrics["flops"] >= 0.8 * end) & small])
+    for size in (None, (3.5, 2.6), (7, 4.5)):
+        with figures.styled():
+            fig = figures.learning_curves(narrow.metrics, narrow.results)
+            if size is not None:
+                figures.style.resize(fig, size)
+            assert _layout_problems(fig) == [], size
+            for ax in fig.axes[:4:2]:  # the FLOPs panels: labels 1e11, 2e11, 5e11, never minor ones
+                labels = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+                assert labels == [], labels
+
+
+def test_isoflop_marks_every_optimum_it_did_not_fit(sweep_result) -> None:
+    """A star per located optimum; a triangle at the end for a bound; a downward triangle at the best point
+    where the lowest run is interior but the parabola's vertex lies outside (L* is only at most that)."""
+    fits = sweep_result.fits.copy()
+    poor = fits.index[fits["bracketed"].astype(bool)][0]
+    fits.loc[poor, ["bracketed", "bound"]] = [False, ""]
+    fig = figures.isoflop_curves(sweep_result.points, fits)
+    markers = [line.get_marker() for line in fig.axes[0].lines]
+    unbracketed = fits[~fits["bracketed"].astype(bool)]
+    assert markers.count("*") == int(fits["bracketed"].astype(bool).sum())
+    assert markers.count("v") == int((unbracketed["bound"] == "").sum()) == 1
+    assert markers.count("<") + markers.count(">") == int(unbracketed["bound"].isin(["below", "above"]).sum())
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "optimum not located: L* at most" in labels
 
 
 def test_one_style_whatever_the_users_matplotlibrc(sweep_result, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The learning-rate transfer recipe end to end at smoke scale: an LR-grid study, then a study whose every run
-takes its LR from the grid's fitted lr*(N) per variant (README, "Learning rates")."""
+takes its LR from the grid's fitted lr*(N) per variant (docs/learning-rates.md)."""
 
 from __future__ import annotations
 
@@ -92,9 +92,12 @@ def test_lr_law_in_the_config_sets_each_runs_lr(tmp_path: Path) -> None:
     # The law is not part of a run's identity, the LR it gives is: the same LR is the same run.
     plain = json.loads(modexp(tmp_path, "plan", "sweep=smoke", "--format", "json").stdout)
     assert {r["run_id"] for r in plain}.isdisjoint(r["run_id"] for r in json.loads(plan.stdout))
-    # A grid wins over the (preset's) law: an LR-grid study needs no `train.lr_law={}`.
-    grid = modexp(tmp_path, "plan", "sweep=smoke", law, "sweep.lr_grid=[1e-3,1e-2]", "--format", "json")
+    # A grid wins over the preset's law: an LR-grid study needs no `train.lr_law={}` (demo_lr is the demo's
+    # preset, law included, with a grid). A law given beside a grid would do nothing: refused.
+    grid = modexp(tmp_path, "plan", "sweep=demo_lr", "sweep.lr_grid=[1e-3,1e-2]", "--format", "json")
     assert {r["lr"] for r in json.loads(grid.stdout)} == {1e-3, 1e-2}
+    both = modexp(tmp_path, "plan", "sweep=smoke", law, "sweep.lr_grid=[1e-3,1e-2]")
+    assert both.returncode == 2 and "sweep.lr_grid sets every run's learning rate" in both.stderr
 
 
 @pytest.mark.parametrize(
@@ -115,7 +118,7 @@ def test_lr_law_in_the_config_sets_each_runs_lr(tmp_path: Path) -> None:
                 "train.lr_law={baseline:{coefficient:1.0,exponent:-0.4},mod:{coefficient:1.0,exponent:-0.4}}",
                 "train.lr=1e-3,3e-3",
             ],
-            "train.lr is swept but train.lr_law sets every run's LR",
+            "train.lr=0.001 does nothing here: train.lr_law sets every run's learning rate",
         ),
     ],
 )

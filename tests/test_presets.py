@@ -1,4 +1,4 @@
-"""A user's own presets (issue 26): the README's example composes as written; a mistake inside a preset names
+"""A user's own presets (issue 26): the getting-started example (docs/getting-started.md) composes as written; a mistake inside a preset names
 the file and the key; `~key` deletions are one clear line."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_preset() -> tuple[str, str]:
-    """(path under DIR, text) of the README's custom-preset example."""
+    """(path under DIR, text) of the custom-preset example in docs/getting-started.md."""
     block = re.search(
-        r"```yaml\n# DIR/(\S+), used as: [^\n]*\n(.*?)```", (ROOT / "README.md").read_text(), re.S
+        r"```yaml\n# DIR/(\S+), used as: [^\n]*\n(.*?)```",
+        (ROOT / "docs" / "getting-started.md").read_text(),
+        re.S,
     )
-    assert block, "the README's custom-preset example"
+    assert block, "the custom-preset example of docs/getting-started.md"
     return block.group(1).rstrip(","), block.group(2)
 
 

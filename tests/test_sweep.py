@@ -122,7 +122,7 @@ def assert_trained_once_per_start(run_dir: Path, run_id: str, resumed_from: int 
     """The run is done; its log shows one fresh start (or one resume at `resumed_from`) and one end."""
     assert status(run_dir).get("state") == "done", status(run_dir)
     log = (run_dir / "train.log").read_text()
-    assert len(re.findall(rf" done {re.escape(run_id)}: val_loss \d", log)) == 1, log
+    assert len(re.findall(rf" done {re.escape(run_id)} in [\d.]+ s: (causal )?val loss \d", log)) == 1, log
     meta = read_json(run_dir / "meta.json")
     assert meta["resumed_from_step"] == resumed_from, (meta["resumed_from_step"], resumed_from)
     if resumed_from is not None:
@@ -526,8 +526,8 @@ def test_sigterm_during_the_interrupt_record_still_marks_the_run_interrupted(
     real_update, real_set_status = train_mod._Progress.update, train_mod.set_status
     sent: list[int] = []
 
-    def update(self, step: int, loss: float) -> None:
-        real_update(self, step, loss)
+    def update(self, step: int, loss: float, *pace: float) -> None:  # pace: tokens/s, step time
+        real_update(self, step, loss, *pace)
         if step >= 10 and not sent:
             sent.append(signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)

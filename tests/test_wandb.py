@@ -270,3 +270,42 @@ def test_wandb_charts_default_to_flops_and_both_losses_keep_their_minimum(
     assert metrics["train/*"].step_metric == "flops" and metrics["val/*"].step_metric == "flops"
     for loss in ("val/loss", "val/loss_causal"):
         assert metrics[loss].step_metric == "flops" and metrics[loss].summary.min
+
+
+def test_wandb_takes_its_project_entity_and_tags_from_the_environment_unless_the_config_sets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WANDB_PROJECT, WANDB_ENTITY and WANDB_TAGS as W&B documents them; a value given in the config wins.
+    The run config reaches W&B flat: model.capacity, not config.config.model.capacity."""
+    from modexp.config import compose_config, to_typed
+    from modexp.tracking import WandbMirror
+
+    monkeypatch.setenv("WANDB_PROJECT", "myproj")
+    monkeypatch.setenv("WANDB_ENTITY", "myteam")
+    monkeypatch.setenv("WANDB_TAGS", "first, second")
+    settings = to_typed(compose_config(["sweep=smoke"], export=False)).tracker.wandb
+    assert (settings.project, settings.entity) == ("myproj", "myteam")
+    given = to_typed(
+        compose_config(["sweep=smoke", "tracker.wandb.project=mine"], export=False)
+    ).tracker.wandb
+    assert (given.project, given.entity) == ("mine", "myteam")
+    monkeypatch.delenv("WANDB_PROJECT")
+    monkeypatch.delenv("WANDB_ENTITY")
+    plain = to_typed(compose_config(["sweep=smoke"], export=False)).tracker.wandb
+    assert (plain.project, plain.entity) == ("modexp", None)
+
+    offline_in_process(monkeypatch, tmp_path)
+    run_dir = tmp_path / "study" / "mod_c0.125_e2-d16-l4-1e10-0123456789"
+    run_dir.mkdir(parents=True)
+    config = {"model": {"capacity": 0.125, "routing": "topk"}, "run": {"params": 7670}}
+    WandbMirror(run_dir, run_dir.name, settings, "smoke", "mod", config).finish(None, 0)
+    __import__("wandb").teardown()
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = list(wandb_records(wandb_file))
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.project == "myproj" and run.entity == "myteam"
+    assert {"first", "second", "mod", "smoke"} <= set(run.tags)
+    keys = {item.key for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update}
+    keys |= {item.key for item in run.config.update}
+    assert {"model.capacity", "model.routing", "run.params"} <= keys, keys
+    assert not [k for k in keys if k in ("config", "model", "run")], keys

@@ -24,6 +24,33 @@ class DataConfig:
     cache_dir: str = "runs/_data"  # where prepared memmaps are cached (one subfolder per fingerprint)
 
 
+# The data.* keys each kind reads. A key outside its kind's set does nothing for it, so giving one is refused
+# (modexp/unused.py) instead of recorded in every run's identity and ignored.
+READS = {
+    "stdlib": ("name", "vocab_size", "val_fraction", "cache_dir"),
+    "text": ("name", "path", "vocab_size", "val_fraction", "cache_dir"),
+    "tokens": ("name", "path", "vocab_size", "token_dtype", "val_fraction", "cache_dir"),
+}
+_WHAT = {
+    "stdlib": "the embedded corpus of Python's standard library",
+    "text": "byte-level text",
+    "tokens": "token shards",
+}
+
+
+def unused_key(name: str, key: str) -> str | None:
+    """Why data.<key> does nothing for data=<name> (None when it is read), with the fix, in a few words."""
+    if name not in READS or key in READS[name]:
+        return None
+    if key == "path":
+        return (
+            f"data={name} is {_WHAT[name]} and reads no path: add data=text for a text file or folder, or "
+            "data=tokens for token shards (modexp prepare), or drop data.path"
+        )
+    kinds = " or ".join(f"data={k}" for k, keys in READS.items() if key in keys)
+    return f"data={name} ({_WHAT[name]}) does not read it; only {kinds} does"
+
+
 def _where(cfg: DataConfig) -> str:
     return f"data.path={cfg.path}" if cfg.name != "stdlib" else "data.name=stdlib"
 
@@ -47,8 +74,22 @@ def _check_settings(cfg: DataConfig, seq_len: int, need_path: bool = True) -> No
         )
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ModexpError(f"seq_len={seq_len!r} is not allowed: it must be a positive integer")
+    if cfg.name == "stdlib" and cfg.path:  # the corpus would be stdlib whatever the path says
+        raise ModexpError(f"data.path={cfg.path} does nothing here: {unused_key('stdlib', 'path')}")
     if need_path and cfg.name != "stdlib" and not cfg.path:
-        raise ModexpError(f"data.path is not set: data.name={cfg.name} needs {_source_kind(cfg)}")
+        raise ModexpError(missing_path(cfg))
+
+
+def require_path(cfg: DataConfig) -> None:
+    """Before planning anything to train: data=text and data=tokens need data.path, said first."""
+    if cfg.name != "stdlib" and not cfg.path:
+        raise ModexpError(missing_path(cfg))
+
+
+def missing_path(cfg: DataConfig) -> str:
+    """The one line for data=text or data=tokens without data.path."""
+    example = "data/mine (made by modexp prepare)" if cfg.name == "tokens" else "corpus.txt"
+    return f"data.path is not set: data={cfg.name} needs {_source_kind(cfg)}, e.g. data.path={example}"
 
 
 def check_data(cfg: DataConfig, seq_len: int) -> None:

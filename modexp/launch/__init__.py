@@ -50,6 +50,10 @@ class Options:
 
 
 class Launcher(Protocol):
+    # The launcher.* keys it reads; one given on the command line that it does not read is refused as doing
+    # nothing (modexp/unused.py). A launcher without the attribute is not checked.
+    reads: tuple[str, ...]
+
     def validate(self, cfg: Config) -> None:
         """Refuse settings this launcher cannot honour (one line), once the config is checked."""
 

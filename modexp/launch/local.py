@@ -273,6 +273,9 @@ class LocalPool:
 class Local:
     """The device pool of this machine: one child process per run, on the GPUs or CPU cores at hand."""
 
+    # The launcher.* keys it reads: any other given with launcher=local is refused (modexp/unused.py).
+    reads = ("name", "workers", "gpus_per_run", "gpu_mem_gb", "startup_s")
+
     def __init__(self) -> None:
         self.slots: list[Slot] = []
 

@@ -360,6 +360,12 @@ def _slurm_log_tail(folder: Path, job_id: str | None, lines: int = 20) -> str:
 class Slurm:
     """A job array through submitit; the sweep follows the queue, or detaches and collects on its next call."""
 
+    # The launcher.* keys it reads (workers is the local pool's): see modexp/unused.py.
+    reads = (
+        "name", "partition", "account", "extra", "gpus_per_run", "gpus_per_node", "gpu_mem_gb", "cpus_per_run",
+        "mem_gb", "time_min", "array_parallelism", "startup_s",
+    )  # fmt: skip
+
     def validate(self, cfg: Config) -> None:
         if cfg.device == "cuda" and not cfg.launcher.gpus_per_run:
             raise ModexpError(

@@ -29,7 +29,8 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
     """Loss against parameters per budget with fitted parabolas and optima (paper Fig. 4, left).
 
     Points are seed means at the best LR (bars: seed spread; hollow: best LR at the edge of the grid).
-    A filled star is a bracketed optimum; a triangle at an end says the optimum lies beyond it.
+    A filled star is a bracketed optimum; a triangle at an end says the optimum lies beyond it; a downward
+    triangle at the best point, that the parabola did not locate the optimum (L* is at most that loss).
     """
     given = ax
     fig, ax = new_axes(ax, (10, 5.5))
@@ -64,24 +65,7 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
                 ls=style["ls"],
                 lw=1.2,
             )
-        if fit.bracketed:
-            shown.add("optimum")
-            ax.plot(
-                fit.n_opt, fit.loss_opt, marker="*", ms=14, color=colour, mec="black", ls="none", zorder=4
-            )
-        elif fit.bound in ("below", "above"):
-            shown.add("bound")
-            at = x.min() if fit.bound == "below" else x.max()
-            ax.plot(
-                at,
-                fit.loss_opt,
-                marker="<" if fit.bound == "below" else ">",
-                ms=11,
-                color=colour,
-                mec="black",
-                ls="none",
-                zorder=4,
-            )
+        shown.add(_mark_optimum(ax, fit, x, y, colour))
     ax.set_xscale("log")
     ax.set_xlabel("parameters (total)")
     ax.set_ylabel(f"validation loss (nats/token, {loss_name(fits)})")
@@ -101,6 +85,19 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
                 [], [], marker=">", ms=9, color="0.3", mec="black", ls="none", label="optimum beyond this end"
             )
         )
+    if "not_located" in shown:
+        extra.append(
+            Line2D(
+                [],
+                [],
+                marker="v",
+                ms=9,
+                color="0.3",
+                mec="black",
+                ls="none",
+                label="optimum not located: L* at most",
+            )
+        )
     if "lr_edge" in shown:
         extra.append(
             Line2D([], [], marker="o", mfc="none", color="0.3", ls="none", label="best LR at the grid's edge")
@@ -109,6 +106,21 @@ def isoflop_curves(points: pd.DataFrame, fits: pd.DataFrame, ax: Axes | None = N
     log_ticks(ax.xaxis)
     ax.grid(alpha=0.3, which="both")
     return fig
+
+
+def _mark_optimum(ax: Axes, fit: pd.Series, x: np.ndarray, y: np.ndarray, colour: str) -> str:
+    """The optimum of one curve: a star where located; a triangle at the end it lies beyond; a downward triangle
+    at the best point where that point is interior but the parabola's vertex is not (L* at most its loss)."""
+    style = {"color": colour, "mec": "black", "ls": "none", "zorder": 4}
+    if fit.bracketed:
+        ax.plot(fit.n_opt, fit.loss_opt, marker="*", ms=14, **style)
+        return "optimum"
+    if fit.bound in ("below", "above"):
+        below = fit.bound == "below"
+        ax.plot(x.min() if below else x.max(), fit.loss_opt, marker="<" if below else ">", ms=11, **style)
+        return "bound"
+    ax.plot(x[int(np.argmin(y))], fit.loss_opt, marker="v", ms=11, **style)
+    return "not_located"
 
 
 def baseline_reference(points: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,8 @@ def learning_curves(metrics: pd.DataFrame, df: pd.DataFrame) -> Figure:
             values = run[y].rolling(5, min_periods=1).mean() if kind == "train" else run[y]
             ax.plot(run[x], values, color=styles[variant_of[run_id]]["colour"], lw=0.9, alpha=0.7)
         ax.set_xscale("log" if x == "flops" else "linear")
+        if x == "flops":  # matplotlib labels minor ticks over under a decade, and they collide ("2x10^3x10^")
+            log_ticks(ax.xaxis, flops=True)
         ax.set_xlabel("training FLOPs" if x == "flops" else "wall-clock time (s)")
         ax.set_ylabel(f"{'validation' if kind == 'val' else 'training'} loss (nats/token)")
         ax.set_title(title, fontsize=PANEL_TITLE_SIZE)
