@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from . import branches
+from . import branches, variants
 from .config import Config
 from .errors import ModexpError
 from .plan import RunSpec
@@ -39,6 +39,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     does not load (a kill mid-write, a truncated copy, a bad disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(state, tmp), keep=path.with_name(PREVIOUS))
+
+
+def same_model(saved: Any, spec: RunSpec) -> bool:
+    """A checkpoint's model settings are the run's model, read through the registry as its kind takes them (a
+    checkpoint written before kinds had their own configs holds every kind's settings; its kind keeps its own)."""
+    try:
+        return variants.model_config(saved) == spec.model
+    except (ValueError, TypeError, ModexpError):
+        return False
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -61,7 +70,7 @@ def resume_state(
             state = load_checkpoint(path)
             if state.get("run_id") != spec.run_id:
                 raise ValueError(f"it belongs to run {state.get('run_id')}, not {spec.run_id}")
-            if state.get("model_config") != vars(spec.model):
+            if not same_model(state.get("model_config"), spec):
                 raise ValueError("its model config differs from the run's")
             if "optimizer_fqn" not in state and "optimizer" not in state and state.get("step") != spec.steps:
                 raise ValueError(
@@ -143,7 +152,7 @@ def start_from_stem(
         state = load_checkpoint(path)
         if state.get("run_id") != spec.stem or int(state.get("step", -1)) != spec.cooldown_start:
             raise ValueError(f"it belongs to {state.get('run_id')} at step {state.get('step')}")
-        if state.get("model_config") != vars(spec.model):
+        if not same_model(state.get("model_config"), spec):
             raise ValueError("its model config differs from the branch's")
     except Exception as exc:
         raise ModexpError(

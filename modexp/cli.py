@@ -20,12 +20,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import ModexpError, Terminated
-
-if TYPE_CHECKING:
-    from .config import Config
 
 FORMATS = ("table", "csv", "json")
 
@@ -75,51 +71,10 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import compose_config, processes_per_run, to_typed
-    from .data import load_corpus
-    from .data.config import require_path
-    from .plan import set_epochs, single_run
-    from .rundir import sweep_dir, write_run
-    from .sweep import run_config
-    from .train import NonFiniteLoss, RunLocked, train_run
-    from .unused import refuse_unused
+    from .sweep import train_single
 
-    dict_cfg = compose_config(overrides)
-    cfg = to_typed(dict_cfg)
-    refuse_unused(overrides, cfg, "train")
-    require_path(cfg.data)  # before the run's plan: its vocabulary may leave no budget that fits
-    spec = single_run(cfg)
-    corpus = load_corpus(cfg.data, spec.model.seq_len)  # before the run folder: bad data leaves nothing
-    set_epochs([spec], len(corpus.train), cfg)  # the sweep's repetition limit holds for one run too
-    run_dir = sweep_dir(cfg) / spec.run_id
-    if not write_run(run_dir, run_config(dict_cfg, spec), spec):  # its trainer keeps its own files
-        raise ModexpError(f"{run_dir} is being trained by another process")
-    if processes_per_run(cfg) > 1:
-        return _train_processes(run_dir, cfg)
-    try:
-        train_run(run_dir, corpus)
-    except RunLocked as exc:
-        raise ModexpError(str(exc)) from None
-    except NonFiniteLoss as exc:
-        raise ModexpError(f"run failed: {exc} (see {run_dir / 'status.json'})") from None
-    print(run_dir)  # the log already said "done <run>: val_loss ..."; stdout carries the folder, for scripts
-    return 0
-
-
-def _train_processes(run_dir: Path, cfg: Config) -> int:
-    """One run on launcher.gpus_per_run processes: what a sweep's pool does, for `modexp train`."""
-    from .launch.local import train_processes
-    from .rundir import EXIT_LOCKED, read_status
-
-    code = train_processes(run_dir, cfg)
-    if code == EXIT_LOCKED:
-        raise ModexpError(f"{run_dir} is being trained by another process")
-    if code != 0:
-        status = read_status(run_dir)
-        raise ModexpError(
-            f"run {status.get('state', 'failed')}: {status.get('reason') or f'exit code {code}'}"
-        )
-    print(run_dir)
+    # The log already said "done <run>: val_loss ..."; stdout carries the folder, for scripts.
+    print(train_single(overrides))
     return 0
 
 
@@ -434,10 +389,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"modexp: error: {message} (see {self.prog} --help)\n")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers.")
-    p.add_argument("--version", action=_Version, help="version and the commit modexp was built from")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """Sweep, plan and train: Hydra overrides after the flags."""
     hydra_help = "Hydra overrides: key=value, comma lists sweep (model.capacity=0.125,0.5)"
 
     s = sub.add_parser(
@@ -472,6 +425,9 @@ def parser() -> argparse.ArgumentParser:
     _hydra_flags(s, sweeps=False)
     s.set_defaults(func=cmd_train)
 
+
+def _add_status_commands(sub: argparse._SubParsersAction) -> None:
+    """Status and completion."""
     s = sub.add_parser(
         "status",
         help="a study's progress from its folder: done, running, interrupted, failed, pending, ETA",
@@ -489,6 +445,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("shell", choices=("bash", "zsh"))
     s.set_defaults(func=cmd_completion)
 
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    """Analyze."""
     s = sub.add_parser("analyze", help="results table, isoFLOP fits and figures")
     s.add_argument("sweep_dir", nargs="?", help="a sweep folder, e.g. runs/demo")
     s.add_argument("--table", help="analyse a CSV with variant, budget, params, tokens, flops, val_loss")
@@ -521,6 +480,9 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_analyze)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """Sample and export: a trained run."""
     s = sub.add_parser("sample", help="generate text from a trained run with causal routing")
     s.add_argument(
         "run_dir",
@@ -567,6 +529,9 @@ def parser() -> argparse.ArgumentParser:
     _plugins_flag(s)
     s.set_defaults(func=cmd_export)
 
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    """Prepare: a corpus."""
     s = sub.add_parser(
         "prepare",
         help="tokenise text, JSONL, Parquet or a Hugging Face dataset into token shards",
@@ -591,6 +556,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-tokens", type=float, default=1e8, help="tokens per shard (default 1e8, as llm.c)")
     s.set_defaults(func=cmd_prepare)
 
+
+def _add_checks(sub: argparse._SubParsersAction) -> None:
+    """Selfcheck and bench."""
     s = sub.add_parser(
         "selfcheck",
         help="check the tool against a known truth: calibration of the verdict's intervals",
@@ -625,6 +593,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="modexp", description="isoFLOP studies of Mixture-of-Depths transformers.")
+    p.add_argument("--version", action=_Version, help="version and the commit modexp was built from")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_study_commands,
+        _add_status_commands,
+        _add_analyze,
+        _add_run_commands,
+        _add_prepare,
+        _add_checks,
+    ):
+        add(sub)
     return p
 
 

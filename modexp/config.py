@@ -11,7 +11,7 @@ import itertools
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,11 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from . import launch, variants
+from . import variants
 from .data import DataConfig, check_data, prepared_meta
 from .errors import ModexpError
-from .model import ModelConfig
 from .plugins import export as plugins_export
-from .ranges import Range, above, first_violation, whole, within
+from .ranges import RANGES, check_id_suffix, first_violation
 
 # The presets ship inside the package (a wheel has them too); the repository's top-level conf/ links here.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -47,61 +46,9 @@ COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")
 REUSE = ("none", "branches")
 
 
-# Every number of the config outside the model (model/config.py has the model's) and what it may be. The
-# checks in check() below say more for some keys; this table makes sure none is left unchecked.
-RANGES: dict[str, Range] = {
-    "seed": whole(0, 2**32 - 1),
-    "budget": above(0, 1e30, nullable=True),
-    "data.vocab_size": whole(2, 2**24),
-    "data.val_fraction": above(0, 1),
-    "train.batch_size": whole(1, 2**24),
-    "train.lr": above(0, 100),
-    "train.lr_law.*.coefficient": above(0, 1e6),
-    "train.lr_law.*.exponent": within(-10, 10),
-    "train.lr_law.*.params_min": above(0, 1e18, nullable=True),
-    "train.lr_law.*.params_max": above(0, 1e18, nullable=True),
-    "train.min_lr_ratio": within(0, 1),
-    "train.warmup_fraction": within(0, 1),
-    "train.cooldown_fraction": above(0, 0.99),  # strictly inside (0, 1): _check_schedule says why
-    "train.max_warmup_steps": whole(0, 2**40),
-    "train.weight_decay": within(0, 1e3),
-    "train.beta1": within(0, 0.999999),
-    "train.beta2": within(0, 0.999999),
-    "train.grad_clip": above(0, 1e12),
-    "train.eval_every": whole(1, 2**40),
-    "train.eval_tokens": whole(1, 2**50),
-    "train.log_every": whole(1, 2**40),
-    "train.checkpoint_every": whole(1, 2**40),
-    "train.micro_batch_size": whole(1, 2**24),
-    "sweep.budgets": above(0, 1e30),
-    "sweep.sizes_per_budget": whole(1, 1000),
-    "sweep.seeds": whole(1, 1000),
-    "sweep.seed_sizes": whole(0, 1000),  # 0: every size
-    "sweep.tokens_per_param": above(0, 1e6),
-    "sweep.mod_size_shift": above(0, 1e3),
-    "sweep.min_steps": whole(1, 2**40),
-    "sweep.min_tokens_per_param": above(0, 1e6),
-    "sweep.max_tokens_per_param": above(0, 1e9),
-    "sweep.flops_per_second": above(0, 1e24),
-    "sweep.max_epochs": above(0, 1e6),
-    "sweep.lr_grid": above(0, 100),
-    "sweep.ladder.widths": whole(1, 2**16),
-    "sweep.ladder.aspect_ratio": above(0, 1e4),
-    "sweep.ladder.min_layers": whole(1, 1024),
-    "sweep.ladder.max_layers": whole(1, 1024),
-    "sweep.ladder.head_dim": whole(2, 2**16),
-    "launcher.workers": whole(0, 4096),  # 0: one per core
-    "launcher.gpus_per_run": whole(0, 4096),
-    "launcher.gpus_per_node": whole(1, 1024),
-    "launcher.gpu_mem_gb": above(0, 1e5, nullable=True),
-    "launcher.cpus_per_run": whole(1, 4096),
-    "launcher.mem_gb": above(0, 1e6),
-    "launcher.time_min": whole(1, 10**7),
-    "launcher.array_parallelism": whole(1, 10**6),
-    "launcher.startup_s": Range(0, 1e5, nullable=True),
-    "launcher.worker_startup_s": Range(0, 1e5, nullable=True),
-}
-UNRANGED = ("launcher.extra.*",)  # passed to sbatch as words, checked by _check_sbatch
+# The settings of modexp's own kinds, in one flat `model:` node (model.capacity, model.experts); each kind's
+# config class takes the ones it has (modexp.variants).
+ModelSettings = variants.settings_class()
 
 
 @dataclass
@@ -226,7 +173,7 @@ class Config:
     plugins: list[str] = MISSING
     budget: float | None = None  # FLOPs of one `modexp train` run
     variant: str | None = None  # name recorded for a single `modexp train` run (None: derived from routing)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)  # every kind's settings (modexp.variants)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -234,7 +181,31 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
-ConfigStore.instance().store(name="schema", node=Config)
+def _schema_node() -> DictConfig:
+    """The schema Hydra composes onto. Its `model` node takes keys it does not know, so that a plug-in's settings
+    (its module is loaded after composing, from the config's `plugins`) compose in; to_typed then refuses, in one
+    line, any key that no registered kind has."""
+    node = OmegaConf.structured(Config)
+    OmegaConf.set_struct(node.model, False)
+    return node
+
+
+ConfigStore.instance().store(name="schema", node=_schema_node())
+
+
+def typed_schema() -> type[Config]:
+    """Config with every registered kind's settings under `model` (a plug-in's once it is loaded)."""
+    settings = variants.settings_class()
+    if settings is ModelSettings:
+        return Config
+    if settings not in _TYPED:
+        _TYPED[settings] = make_dataclass(
+            "Config", [("model", settings, field(default_factory=settings))], bases=(Config,)
+        )
+    return _TYPED[settings]
+
+
+_TYPED: dict[type, type[Config]] = {}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -253,7 +224,7 @@ _TYPE_WORDS = {
 def _known_keys(full_key: str) -> list[str]:
     """The keys the schema allows beside full_key (model.foo -> model.d_model, model.n_layers, ...)."""
     parent, _, _ = full_key.rpartition(".")
-    node: Any = OmegaConf.structured(Config)
+    node: Any = OmegaConf.structured(typed_schema())
     for part in parent.split(".") if parent else []:
         node = node.get(part) if isinstance(node, DictConfig) else None
     if not isinstance(node, DictConfig):
@@ -266,7 +237,10 @@ def _not_a_setting(full_key: str) -> str:
     known = {k.rpartition(".")[2]: k for k in _known_keys(full_key)}
     close = [known[k] for k in difflib.get_close_matches(leaf, list(known), n=3, cutoff=0.75)]
     hint = f": did you mean {' or '.join(close)}?" if close else ""
-    return f"{full_key} is not a modexp setting{hint} (the keys are in conf/ and modexp/config.py)"
+    where = "conf/ and modexp/config.py"
+    if parent == "model":  # a variant kind's setting: a plug-in's is known once its module is in `plugins`
+        where = "conf/model/ and each variant kind's config; a plug-in's once it is in plugins"
+    return f"{full_key} is not a modexp setting{hint} (the keys are in {where})"
 
 
 def _refuse_unknown_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
@@ -466,15 +440,18 @@ def to_typed(cfg: DictConfig) -> Config:
     loads those of the user's config; a trainer, those its sweep named)."""
     try:
         # Merging onto the schema also types a config read back from a run folder's config.yaml.
-        schema = OmegaConf.structured(Config)
+        schema_class = typed_schema()
+        schema = OmegaConf.structured(schema_class)
         _refuse_unknown_keys(cfg, schema)
-        typed = OmegaConf.to_object(OmegaConf.merge(schema, cfg))
+        # A plug-in's schema types `model` as a class the composed node's is not a subclass of: merge it as data.
+        source = cfg if schema_class is Config else OmegaConf.to_container(cfg, resolve=False)
+        typed = OmegaConf.to_object(OmegaConf.merge(schema, source))
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", "") or "a required key"
         raise ModexpError(f"{key} is not set: give it on the command line, e.g. {key}=...") from None
     except OmegaConfBaseException as exc:
         raise ModexpError(_one_line(exc)) from None
-    except ValueError as exc:  # ModelConfig.validate names the field
+    except ValueError as exc:  # the model settings' check names the field
         raise ModexpError(f"model.{_one_line(exc)}") from None
     assert isinstance(typed, Config)
     check(typed)
@@ -512,39 +489,90 @@ def _check_schedule(cfg: Config) -> None:
 
 
 def check(cfg: Config) -> None:
-    """Checks across keys that the dataclass types cannot express."""
+    """Checks across keys that the dataclass types cannot express. Every number's range is in one table
+    (modexp.ranges.RANGES; a model kind's in its config class); the checks here say more for some keys. The
+    launcher's own checks are its `validate` (modexp.launch), run where a launcher is about to be used."""
     _check_schedule(cfg)
-    if cfg.locking not in ("flock", "none"):
-        raise ModexpError(f"locking={cfg.locking} is not allowed: choose flock or none")
+    _check_choices(cfg)
+    _check_names(cfg)
+    _check_study(cfg)
+    _check_lr(cfg)
+    check_data(cfg.data, cfg.model.seq_len)
+    if cfg.model.vocab_size != cfg.data.vocab_size:
+        raise ModexpError(
+            f"model.vocab_size={cfg.model.vocab_size} differs from data.vocab_size={cfg.data.vocab_size}: "
+            "set them equal"
+        )
+    _check_step_settings(cfg)
+    problem = first_violation(cfg, RANGES)  # the model's were checked when its settings were built
+    if problem:
+        raise ModexpError(problem)
+
+
+def _check_choices(cfg: Config) -> None:
+    """Settings that name one of a few choices, and the model's kind."""
+    for key, value, allowed in (
+        ("locking", cfg.locking, ("flock", "none")),
+        ("device", cfg.device, DEVICES),
+        ("tracker.wandb.mode", cfg.tracker.wandb.mode, WANDB_MODES),
+        ("train.precision", cfg.train.precision, ("auto", "fp32", "bf16")),
+    ):
+        if value not in allowed:
+            raise ModexpError(f"{key}={value} is not allowed: choose one of {', '.join(allowed)}")
+    if cfg.train.keep not in KEEP:
+        raise ModexpError(f"train.keep={cfg.train.keep} is not allowed: choose {', '.join(KEEP)}")
+    variants.of_model(cfg.model)  # model.routing and model.moe select a kind (a single run's)
+
+
+def _check_names(cfg: Config) -> None:
+    """Values that end up in folder names."""
     if Path(cfg.runs_dir).exists() and not Path(cfg.runs_dir).is_dir():
         raise ModexpError(f"runs_dir={cfg.runs_dir} is a file: give a folder (it is created if missing)")
-    if cfg.device not in DEVICES:
-        raise ModexpError(f"device={cfg.device} is not allowed: choose one of {', '.join(DEVICES)}")
-    if cfg.tracker.wandb.mode not in WANDB_MODES:
-        raise ModexpError(
-            f"tracker.wandb.mode={cfg.tracker.wandb.mode} is not allowed: choose one of {', '.join(WANDB_MODES)}"
-        )
+    for key, name in (("sweep.name", cfg.sweep.name), ("variant", cfg.variant)):
+        if name is not None and not SAFE_NAME.fullmatch(str(name)):
+            raise ModexpError(
+                f"{key}={name!r} is not allowed: it names a folder, so use letters, digits and . _ - "
+                "(starting with a letter or digit), e.g. my_study-2"
+            )
+    check_id_suffix(cfg.tracker.wandb.id_suffix)  # it reaches folder names
+
+
+def _check_study(cfg: Config) -> None:
+    """The budgets, variants and limits of a study, and a single run's budget."""
     if cfg.budget is not None and not (cfg.budget > 0 and math.isfinite(cfg.budget)):
         raise ModexpError(f"budget={cfg.budget} is not allowed: give a positive number of FLOPs, e.g. 1e12")
     if not cfg.sweep.budgets:
         raise ModexpError(
             "sweep.budgets is empty: give at least one budget in FLOPs, e.g. sweep.budgets=[1e11,3e11]"
         )
-    if not cfg.sweep.variants:
-        raise ModexpError(
-            f"sweep.variants is empty: give some of {', '.join(variants.kinds())}, e.g. [baseline,mod]"
-        )
     for budget in cfg.sweep.budgets:
         if not (budget > 0 and math.isfinite(budget)):
             raise ModexpError(
                 f"sweep.budgets contains {budget}: every budget must be a positive number of FLOPs, e.g. 1e12"
             )
+    if not cfg.sweep.variants:
+        raise ModexpError(
+            f"sweep.variants is empty: give some of {', '.join(variants.kinds())}, e.g. [baseline,mod]"
+        )
+    for variant in cfg.sweep.variants:
+        if variant not in variants.kinds():
+            raise ModexpError(
+                f"sweep.variants contains {variant!r}: choose from {', '.join(variants.kinds())}"
+            )
+    if cfg.sweep.min_tokens_per_param >= cfg.sweep.max_tokens_per_param:
+        raise ModexpError(
+            f"sweep.min_tokens_per_param={cfg.sweep.min_tokens_per_param:g} is not below "
+            f"sweep.max_tokens_per_param={cfg.sweep.max_tokens_per_param:g}: no model could be planned"
+        )
+
+
+def _check_lr(cfg: Config) -> None:
+    """Precedence: sweep.lr_grid, then train.lr_from, then train.lr_law (a preset's measured law), then train.lr."""
     for lr in cfg.sweep.lr_grid:
         if not lr > 0:
             raise ModexpError(
                 f"sweep.lr_grid contains {lr}: every learning rate must be positive, e.g. [1e-3,3e-3]"
             )
-    # Precedence: sweep.lr_grid, then train.lr_from, then train.lr_law (a preset's measured law), then train.lr.
     if cfg.sweep.lr_grid and cfg.train.lr_from:
         raise ModexpError(
             "sweep.lr_grid and train.lr_from are both set: a run takes its LR from the grid or from the "
@@ -564,88 +592,11 @@ def check(cfg: Config) -> None:
                 f"train.lr_law.{kind}: params_min={law.params_min}, params_max={law.params_max} are not allowed: "
                 "give both, positive and finite, params_min <= params_max (the sizes the law was fitted on)"
             )
-    if not cfg.sweep.max_epochs > 0:
-        raise ModexpError(
-            f"sweep.max_epochs={cfg.sweep.max_epochs} is not allowed: it must be positive (default 4)"
-        )
-    for variant in cfg.sweep.variants:
-        if variant not in variants.kinds():
-            raise ModexpError(
-                f"sweep.variants contains {variant!r}: choose from {', '.join(variants.kinds())}"
-            )
-    check_data(cfg.data, cfg.model.seq_len)
-    if cfg.model.vocab_size != cfg.data.vocab_size:
-        raise ModexpError(
-            f"model.vocab_size={cfg.model.vocab_size} differs from data.vocab_size={cfg.data.vocab_size}: "
-            "set them equal"
-        )
-    positive = {
-        "train.batch_size": cfg.train.batch_size,
-        "train.lr": cfg.train.lr,
-        "train.eval_tokens": cfg.train.eval_tokens,
-        "train.eval_every": cfg.train.eval_every,
-        "train.log_every": cfg.train.log_every,
-        "train.checkpoint_every": cfg.train.checkpoint_every,
-        "sweep.sizes_per_budget": cfg.sweep.sizes_per_budget,
-    }
-    positive.update(
-        {
-            "train.grad_clip": cfg.train.grad_clip,  # <= 0 would clip every update to nothing, or ascend
-            "sweep.tokens_per_param": cfg.sweep.tokens_per_param,
-            "sweep.mod_size_shift": cfg.sweep.mod_size_shift,
-            "sweep.min_steps": cfg.sweep.min_steps,
-            "sweep.min_tokens_per_param": cfg.sweep.min_tokens_per_param,
-            "sweep.max_tokens_per_param": cfg.sweep.max_tokens_per_param,
-            "sweep.flops_per_second": cfg.sweep.flops_per_second,
-        }
-    )
-    for key, value in positive.items():
-        if not (value > 0 and math.isfinite(value)):
-            raise ModexpError(f"{key}={value} is not allowed: it must be a positive finite number")
-    ranges = {  # key: (value, low, high, high included)
-        "train.beta1": (cfg.train.beta1, 0.0, 1.0, False),
-        "train.beta2": (cfg.train.beta2, 0.0, 1.0, False),
-        "train.min_lr_ratio": (cfg.train.min_lr_ratio, 0.0, 1.0, True),
-        "train.warmup_fraction": (cfg.train.warmup_fraction, 0.0, 1.0, True),
-        "train.weight_decay": (cfg.train.weight_decay, 0.0, math.inf, False),
-        "train.max_warmup_steps": (cfg.train.max_warmup_steps, 0, math.inf, False),
-        "seed": (cfg.seed, 0, math.inf, False),
-    }
-    for key, (value, low, high, closed) in ranges.items():
-        if not (low <= value and (value <= high if closed else value < high)):
-            upper = f"{high:g}" if math.isfinite(high) else "inf"
-            raise ModexpError(
-                f"{key}={value} is not allowed: it must lie in [{low:g}, {upper}{']' if closed else ')'}"
-            )
-    if cfg.sweep.min_tokens_per_param >= cfg.sweep.max_tokens_per_param:
-        raise ModexpError(
-            f"sweep.min_tokens_per_param={cfg.sweep.min_tokens_per_param:g} is not below "
-            f"sweep.max_tokens_per_param={cfg.sweep.max_tokens_per_param:g}: no model could be planned"
-        )
-    for key, name in (("sweep.name", cfg.sweep.name), ("variant", cfg.variant)):
-        if name is not None and not SAFE_NAME.fullmatch(str(name)):
-            raise ModexpError(
-                f"{key}={name!r} is not allowed: it names a folder, so use letters, digits and . _ - "
-                "(starting with a letter or digit), e.g. my_study-2"
-            )
-    from .tracking import check_id_suffix
-
-    check_id_suffix(cfg.tracker.wandb.id_suffix)  # it reaches folder names
-    if cfg.train.keep not in KEEP:
-        raise ModexpError(f"train.keep={cfg.train.keep} is not allowed: choose {', '.join(KEEP)}")
-    if cfg.train.precision not in ("auto", "fp32", "bf16"):
-        raise ModexpError(f"train.precision={cfg.train.precision} is not allowed: choose auto, fp32 or bf16")
-    launcher = launch.get(cfg.launcher.name)  # an unknown name is refused, naming the launchers there are
-    _check_step_settings(cfg)
-    problem = first_violation(cfg, RANGES)  # the model's were checked when ModelConfig was built
-    if problem:
-        raise ModexpError(problem)
-    launcher.validate(cfg)
 
 
 def _check_step_settings(cfg: Config) -> None:
-    """Micro-batches, compile, parallelism and the launcher's device counts."""
-    train, launcher = cfg.train, cfg.launcher
+    """Micro-batches, compile and parallelism (the launcher's numbers are in RANGES, its words its own)."""
+    train = cfg.train
     mbs = train.micro_batch_size
     if mbs is not None and mbs != "auto" and (isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1):
         raise ModexpError(
@@ -656,48 +607,6 @@ def _check_step_settings(cfg: Config) -> None:
         raise ModexpError(f"train.compile={train.compile} is not allowed: choose auto, true or false")
     if train.parallel not in ("ddp", "fsdp"):
         raise ModexpError(f"train.parallel={train.parallel} is not allowed: choose ddp or fsdp")
-    for key, value, low in (
-        ("launcher.gpus_per_run", launcher.gpus_per_run, 0),
-        ("launcher.gpus_per_node", launcher.gpus_per_node, 1),
-        ("launcher.cpus_per_run", launcher.cpus_per_run, 1),
-    ):
-        if value < low:
-            raise ModexpError(f"{key}={value} is not allowed: it must be a whole number >= {low}")
-    if launcher.gpu_mem_gb is not None and not launcher.gpu_mem_gb > 0:
-        raise ModexpError(f"launcher.gpu_mem_gb={launcher.gpu_mem_gb} is not allowed: give GB > 0 or null")
-    for key, value in (("launcher.mem_gb", launcher.mem_gb), ("launcher.time_min", launcher.time_min)):
-        if not (value > 0 and math.isfinite(value)):
-            raise ModexpError(f"{key}={value} is not allowed: it must be a positive number")
-    if launcher.array_parallelism < 1:
-        raise ModexpError(
-            f"launcher.array_parallelism={launcher.array_parallelism} is not allowed: give >= 1"
-        )
-    _check_sbatch(launcher)
-
-
-SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
-SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=@%+/-]{1,256}")  # one sbatch word: no spaces, quotes or newlines
-
-
-def _check_sbatch(launcher: LauncherConfig) -> None:
-    """Values that are written into sbatch scripts: one `#SBATCH --key=value` line each, nothing more."""
-    words = {"launcher.partition": launcher.partition, "launcher.account": launcher.account}
-    for key, value in launcher.extra.items():
-        if not SBATCH_KEY.fullmatch(str(key)):
-            raise ModexpError(
-                f"launcher.extra.{key} is not allowed: sbatch option names are letters, digits, _ and -"
-            )
-        if isinstance(value, (dict, list)) or value is None:
-            raise ModexpError(
-                f"launcher.extra.{key}={value} is not allowed: give one word, number or true/false"
-            )
-        words[f"launcher.extra.{key}"] = value if isinstance(value, str) else None
-    for key, value in words.items():
-        if value is not None and not SBATCH_VALUE.fullmatch(str(value)):
-            raise ModexpError(
-                f"{key}={value!r} is not allowed: it goes into an sbatch script, so one word of letters, "
-                "digits and _ . , : = @ % + / - (no spaces, quotes or newlines)"
-            )
 
 
 def processes_per_run(cfg: Config) -> int:

@@ -29,7 +29,7 @@ from .unused import ONLY_WITH, TRAIN_READS_SWEEP
 
 SECTIONS = (  # (title, key prefix, schema, what the section is)
     ("Top level", "", config.Config, "where runs go, the device, the seed; `budget` and `variant` are `modexp train`'s"),
-    ("model", "model.", model_config.ModelConfig, "the transformer and its routing (`modexp train`'s model; a sweep "
+    ("model", "model.", config.ModelSettings, "the transformer and its routing (`modexp train`'s model; a sweep "
      "takes shapes from `sweep.ladder` and routing from `sweep.variants`)"),
     ("data", "data.", data_config.DataConfig, "the corpus: `data=stdlib` (default), `data=text`, `data=tokens`"),
     ("train", "train.", config.TrainConfig, "one run's optimisation, schedule, evaluation and checkpoints"),
@@ -44,9 +44,9 @@ SECTIONS = (  # (title, key prefix, schema, what the section is)
 CHOICES: dict[str, Any] = {
     "device": config.DEVICES,
     "locking": ("flock", "none"),
-    "model.routing": model_config.ROUTINGS,
-    "model.router_weight": model_config.ROUTER_WEIGHTS,
-    "model.causal_router": model_config.CAUSAL_ROUTERS,
+    "model.routing": tuple(dict.fromkeys(record.routing for record in variants.records())),
+    "model.router_weight": variants.mod.ROUTER_WEIGHTS,
+    "model.causal_router": variants.mod.CAUSAL_ROUTERS,
     "model.attention": model_config.ATTENTIONS,
     "model.mlp": model_config.MLPS,
     "data.name": data_config.NAMES,
@@ -99,13 +99,22 @@ def yaml_comments(path: Path, prefix: str = "") -> dict[str, str]:
 
 
 def source_comments(schema: type, prefix: str) -> dict[str, str]:
-    """{key: the comment beside its field} in the dataclass's source."""
-    out = {}
-    for line in inspect.getsource(schema).splitlines():
-        match = re.match(r"^\s+(\w+): [^#]*#\s?(.*)$", line)
-        if match:
-            out[f"{prefix}{match[1]}"] = match[2].strip()
+    """{key: the comment beside its field} in the dataclass's source (the model settings': in each kind's config
+    class and its bases, modexp.variants)."""
+    out: dict[str, str] = {}
+    for source in _source_classes(schema):
+        for line in inspect.getsource(source).splitlines():
+            match = re.match(r"^\s+(\w+): [^#]*#\s?(.*)$", line)
+            if match:
+                out.setdefault(f"{prefix}{match[1]}", match[2].strip())
     return out
+
+
+def _source_classes(schema: type) -> list[type]:
+    if schema is not config.ModelSettings:
+        return [schema]
+    classes = [k for r in variants.records() for k in r.config.__mro__ if dataclasses.is_dataclass(k)]
+    return list(dict.fromkeys(classes))
 
 
 def all_comments() -> dict[str, str]:
@@ -149,11 +158,15 @@ def _num(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e5 or value == int(value) and abs(value) < 1e7 else sci(value, 3)
 
 
+# Each model setting's range, from the config class of every kind that has it (modexp.variants).
+_MODEL_RANGES = {k: r for record in variants.records() for k, r in record.config.ranges().items()}
+
+
 def allowed(key: str, declared: str) -> str:
     """What a value may be: a list of names, a range, or the type."""
     if key in CHOICES:
         return " | ".join(str(c) for c in CHOICES[key])
-    table = model_config.RANGES if key.startswith("model.") else config.RANGES
+    table = _MODEL_RANGES if key.startswith("model.") else config.RANGES
     rule = table.get(key.removeprefix("model.") if key.startswith("model.") else key)
     if rule is not None:
         kind = "whole number" if rule.whole else "number"

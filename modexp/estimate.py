@@ -100,7 +100,7 @@ def _fit(records: list[dict[str, Any]], x_key: str, y_key: str, kind: str, x: fl
 
 def slot_of(cfg: Config) -> tuple[str, str, int]:
     """(device kind, slot key, slots) a study of cfg would train on here, without importing torch."""
-    from .launch.local import make_slots, visible_gpus
+    from .launch.slots import make_slots, visible_gpus
 
     per_run = max(1, cfg.launcher.gpus_per_run)
     if cfg.launcher.name != "local":  # a cluster's own slots: as many runs at a time as it allows

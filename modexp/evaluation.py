@@ -60,10 +60,11 @@ def evaluate(
                 sums[0] += weight * out.loss.double() * y.numel()
                 sums[1] += weight * y.numel()
                 if mode == "causal":
-                    for rec in out.routing:
-                        sums[2] += weight * rec.mask.sum()
-                        sums[3] += weight * (rec.mask == rec.topk_mask).sum()
-                        sums[4] += weight * rec.mask.numel()
+                    for rec in out.routing:  # over the tokens each router chose among (see RoutingRecord)
+                        scored = torch.ones_like(rec.mask) if rec.scored is None else rec.scored
+                        sums[2] += weight * (rec.mask & scored).sum()
+                        sums[3] += weight * ((rec.mask == rec.topk_mask) & scored).sum()
+                        sums[4] += weight * scored.sum()
         total, count, processed, agreed, decided = distributed.all_sum(sums, world).tolist()
         result["val_loss" if mode == "topk" else "val_loss_causal"] = total / count
         if decided:
@@ -134,7 +135,6 @@ def routing_sample(
         out = model(x.to(device))
     model.train()
     tokens = x[0].tolist()
-    gate = torch.sigmoid if model.cfg.router_weight == "sigmoid" else (lambda t: t)
     text, pieces, spec = _as_text(tok, tokens, model.cfg.vocab_size)
     return {
         "tokens": tokens,
@@ -143,6 +143,6 @@ def routing_sample(
         "tokenizer": spec,
         "layers": [r.layer for r in out.routing],
         "selected": [r.mask[0].int().tolist() for r in out.routing],
-        "router_weights": [gate(r.router_logits[0].float()).tolist() for r in out.routing],
-        "capacity": model.cfg.capacity,
+        "router_weights": [r.weights()[0].tolist() for r in out.routing],
+        "capacity": getattr(model.cfg, "capacity", None),  # one capacity for all routed blocks (MoD's)
     }

@@ -1,7 +1,7 @@
 """`modexp export RUN_DIR --out DIR`: a trained run's model in a form other tools read.
 
 DIR/model.safetensors   the weights (safetensors; tied tensors stored once)
-DIR/config.json         the architecture (`model`, modexp.model.ModelConfig's fields) and where it came from
+DIR/config.json         the architecture (`model`: its kind's config, modexp.variants) and where it came from
 DIR/README.md           how to load it
 
 Loading needs modexp's model code and safetensors only, not its training code:
@@ -17,7 +17,6 @@ lm-evaluation-harness, generation) use routing_mode="causal", as modexp's causal
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -168,14 +167,14 @@ def load_export(folder: Path | str, device: str = "cpu") -> torch.nn.Module:
     folder is one ModexpError line."""
     from safetensors.torch import load_model
 
-    from .model import Transformer
+    from . import variants
 
     folder = Path(folder)
     config = _export_config(folder)
     cfg = _model_config(config["model"], folder)
     _check_weights(folder / WEIGHTS, cfg)
     try:
-        model = Transformer(cfg)
+        model = variants.build_model(cfg)  # its kind builds it (a plug-in's once the user loaded it)
         load_model(model, str(folder / WEIGHTS), device=device)
         return model.to(device).eval()
     except Exception as exc:  # a device that is not there, a file changed meanwhile
@@ -228,13 +227,14 @@ def _export_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _model_config(settings: dict[str, Any], folder: Path):  # -> ModelConfig
-    """config.json's `model` as a ModelConfig: known keys only, each of its field's type, in its range."""
-    from .model import ModelConfig
+def _model_config(settings: dict[str, Any], folder: Path):  # -> its kind's ModelConfig
+    """config.json's `model` as its kind's config: known keys only, each of its field's type, in its range."""
+    from . import variants
     from .plugins import require_kind
 
     path = folder / CONFIG
-    fields = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)}
+    require_kind(settings.get("routing"), folder)  # a plug-in's kind, not loaded: one line naming --plugins
+    fields = {name: str(f.type) for name, f in variants.settings_fields().items()}
     for key, value in settings.items():
         if key not in fields:
             raise ModexpError(f"{path}: model.{key} is no model setting: allowed are {', '.join(fields)}")
@@ -249,9 +249,8 @@ def _model_config(settings: dict[str, Any], folder: Path):  # -> ModelConfig
         }
         if not any(ok.get(kind, False) for kind in kinds):
             raise ModexpError(f"{path}: model.{key}={value!r} is not allowed: expected {fields[key]}")
-    require_kind(settings.get("routing"), folder)
     try:
-        return ModelConfig(**settings)
+        return variants.model_config(settings)
     except (TypeError, ValueError) as exc:
         raise ModexpError(f"{path}: model.{_one_line(exc)}") from None
 
@@ -265,7 +264,7 @@ def _check_weights(path: Path, cfg) -> None:
     allocate more than the file holds)."""
     from safetensors import safe_open
 
-    from .model import Transformer
+    from . import variants
 
     if not path.is_file():
         raise ModexpError(f"{path.parent} has no {path.name} (a regular file): not a whole modexp export")
@@ -278,7 +277,7 @@ def _check_weights(path: Path, cfg) -> None:
     except Exception as exc:  # SafetensorError: not a safetensors file, a truncated one
         raise ModexpError(f"{path} is not a readable safetensors file ({_one_line(exc)})") from None
     with torch.device("meta"):  # shapes only: no memory, whatever the config says
-        expected = Transformer(cfg).state_dict(keep_vars=True)
+        expected = variants.build_model(cfg).state_dict(keep_vars=True)
     groups: dict[int, list[str]] = {}  # tied tensors (one object, several names): stored under one of them
     for name, tensor in expected.items():
         groups.setdefault(id(tensor), []).append(name)

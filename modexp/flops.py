@@ -1,17 +1,22 @@
-"""FLOP accounting: one analytic formula for the planner, the trainer and the run records.
+"""FLOP accounting: one analytic count for the planner, the trainer and the run records.
 
-The formula and a worked example are in docs/flops.md. Only matmul FLOPs are counted (2 per multiply-add; bias adds,
-softmax, norms, activations, rotary and the losses are not), which is exactly what
+Each kind of model counts itself: its config (modexp.model.config.ModelConfig, and each variant kind's subclass
+in modexp.variants or a plug-in) gives its parameters and the forward matmul FLOPs of one sequence, built from
+the pieces below; count() turns them into per-token forward and training FLOPs under a convention. The formula
+and a worked example are in docs/flops.md. Only matmul FLOPs are counted (2 per multiply-add; bias adds, softmax,
+norms, activations, rotary and the losses are not), which is exactly what
 torch.utils.flop_counter.FlopCounterMode sees on the model's math attention path; tests/test_flops.py holds the
-two to each other. Everything here is plain integer arithmetic on the config: the planner calls count() thousands
-of times, so no torch and no model building.
+two to each other for every registered kind. Everything here is plain integer arithmetic on the config: the
+planner calls count() thousands of times, so no torch and no model building.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from modexp.model.config import ModelConfig
+if TYPE_CHECKING:
+    from modexp.model.config import ModelConfig
 
 CONVENTIONS = ("exact", "6N", "chinchilla")
 COMPONENTS = ("qkv", "attention", "out", "mlp", "lm_head", "router", "predictor", "embedding")
@@ -27,88 +32,92 @@ class FlopCount:
     convention: str
 
 
-def _mlp_params(cfg: ModelConfig, layer: int) -> int:
-    """One block's MLP: a dense SwiGLU/GELU MLP, or every expert of its MoE plus the MoE's router and predictor."""
-    d, f, h = cfg.d_model, cfg.ffn_dim, cfg.predictor_dim
-    mlp = d * (2 if cfg.mlp == "swiglu" else 1) * f + f * d  # up (and gate), down
-    if not cfg.moe:
-        return mlp
-    params = cfg.experts * mlp + d * (cfg.experts + cfg.noop_experts_in(layer))  # router d -> E + N, no bias
-    if cfg.has_expert_predictor:
-        params += d * h + h + h * cfg.experts + cfg.experts  # Linear(d, h) and Linear(h, E), both with bias
-    return params
+@dataclass
+class Matmuls:
+    """The forward matmul FLOPs of one sequence by component, kept as integers so sums stay exact, and
+    `detached`: those of them whose input needs no gradient (a predictor's first layer reads x.detach()), so
+    that the backward pass does not double them."""
+
+    by_component: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0))
+    detached: int = 0
+
+    def add(self, flops: dict[str, int]) -> None:
+        for name, value in flops.items():
+            self.by_component[name] += value
 
 
-def _params(cfg: ModelConfig) -> tuple[int, int]:
-    """(all parameters, non-embedding parameters), mirroring the modules the model builds."""
-    d, h, v = cfg.d_model, cfg.predictor_dim, cfg.vocab_size
-    d_a = cfg.n_heads * cfg.head_dim
-    attention = 2 * d + d * 3 * d_a + d_a * d  # two RMSNorm weights, qkv, out
-    routed = d if cfg.routing == "topk" else 0  # router d -> 1, no bias; random routing has none
-    if cfg.has_predictor:
-        routed += d * h + h + h + 1  # Linear(d, h) and Linear(h, 1), both with bias
-    non_embedding = d  # the final RMSNorm
-    for layer in range(cfg.n_layers):
-        non_embedding += attention + _mlp_params(cfg, layer) + (routed if cfg.is_routed(layer) else 0)
-    embedding = v * d * (1 if cfg.tie_embeddings else 2)
-    return non_embedding + embedding, non_embedding
+# -- the pieces every kind is made of ------------------------------------------------------------------------
 
 
-def _block_forward(cfg: ModelConfig, layer: int, t: int) -> dict[str, int]:
-    """Forward matmul FLOPs of block `layer`'s update on t tokens (t = k for a routed block).
+def mlp_params(cfg: ModelConfig) -> int:
+    """A dense SwiGLU (gate, up, down) or GELU (up, down) MLP, no biases."""
+    d, f = cfg.d_model, cfg.ffn_dim
+    return d * (2 if cfg.mlp == "swiglu" else 1) * f + f * d
 
-    An MoE's experts each run on their k_e = fraction * t tokens; its router scores all t tokens for every
-    expert (no-op ones included) and its predictor, if any, reads all t. Forward only: see count() for training.
-    """
-    d, f, h = cfg.d_model, cfg.ffn_dim, cfg.predictor_dim
-    d_a = cfg.n_heads * cfg.head_dim
-    m = 3 if cfg.mlp == "swiglu" else 2  # SwiGLU: up is d -> 2f, down f -> d
-    flops = {
-        "qkv": 2 * t * d * 3 * d_a,
-        "attention": 2 * 2 * t * t * d_a,  # QK^T and AV over the full t x t square, as the math path computes
-        "out": 2 * t * d_a * d,
-        "mlp": 2 * t * d * f * m,
-        "router": 0,
-        "predictor": 0,
-    }
-    if cfg.moe:
-        k_e = cfg.capacity_tokens(t, cfg.expert_fraction(layer))
-        flops["mlp"] = cfg.experts * 2 * k_e * d * f * m
-        flops["router"] = 2 * t * d * (cfg.experts + cfg.noop_experts_in(layer))
-        if cfg.has_expert_predictor:
-            flops["predictor"] = 2 * t * (d * h + h * cfg.experts)  # d -> h -> E, biases free
-    return flops
+
+def attention_params(cfg: ModelConfig) -> int:
+    """A block's attention half with both norms: two RMSNorm weights, the fused qkv and the output projection."""
+    d, d_a = cfg.d_model, cfg.n_heads * cfg.head_dim
+    return 2 * d + d * 3 * d_a + d_a * d
+
+
+def mlp_flops(cfg: ModelConfig, t: int) -> int:
+    """A dense MLP on t tokens: SwiGLU's up is d -> 2f, GELU's d -> f; down f -> d."""
+    return 2 * t * cfg.d_model * cfg.ffn_dim * (3 if cfg.mlp == "swiglu" else 2)
+
+
+def attention_flops(cfg: ModelConfig, t: int) -> dict[str, int]:
+    """A block's attention on t tokens attending among themselves: the full t x t square for QK^T and AV, as the
+    math path computes it (a causal flash kernel does about half)."""
+    d, d_a = cfg.d_model, cfg.n_heads * cfg.head_dim
+    return {"qkv": 2 * t * d * 3 * d_a, "attention": 2 * 2 * t * t * d_a, "out": 2 * t * d_a * d}
+
+
+def block_flops(cfg: ModelConfig, t: int) -> dict[str, int]:
+    """A dense block's update on t tokens."""
+    return {**attention_flops(cfg, t), "mlp": mlp_flops(cfg, t)}
+
+
+def router_flops(t: int, d: int, outputs: int = 1) -> int:
+    """A linear router d -> outputs scoring t tokens (no bias)."""
+    return 2 * t * d * outputs
+
+
+def predictor_params(d: int, h: int, outputs: int = 1) -> int:
+    """A causal predictor d -> h -> outputs, both layers with biases."""
+    return d * h + h + h * outputs + outputs
+
+
+def predictor_flops(t: int, d: int, h: int, outputs: int = 1) -> tuple[int, int]:
+    """(forward FLOPs, detached FLOPs) of a predictor on t tokens: it reads x.detach(), so its first layer has a
+    weight gradient only (2 t d h instead of 4 t d h in the backward pass)."""
+    return 2 * t * (d * h + h * outputs), 2 * t * d * h
+
+
+def head_flops(cfg: ModelConfig) -> int:
+    """The LM head on a whole sequence."""
+    return 2 * cfg.seq_len * cfg.d_model * cfg.vocab_size
+
+
+def embedding_params(cfg: ModelConfig) -> int:
+    return cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+
+
+# -- the count --------------------------------------------------------------------------------------------------
 
 
 def count(cfg: ModelConfig, convention: str = "exact") -> FlopCount:
     """Parameters and FLOPs per token of cfg at its seq_len. convention: exact (default), 6N or chinchilla."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention={convention!r} is not allowed: choose one of {', '.join(CONVENTIONS)}")
-    t, d, h, v = cfg.seq_len, cfg.d_model, cfg.predictor_dim, cfg.vocab_size
-    params, non_embedding = _params(cfg)
-
-    # Per-sequence FLOPs, kept as integers until the end so sums are exact. A routed MoD block sees k tokens.
-    k = cfg.capacity_tokens(t)
-    fwd = dict.fromkeys(COMPONENTS, 0)
-    detached = 0  # FLOPs of predictor first layers, whose input is detached (no input-gradient matmul)
-    for layer in range(cfg.n_layers):
-        routed = cfg.is_routed(layer)
-        tokens = k if routed else t
-        for name, value in _block_forward(cfg, layer, tokens).items():
-            fwd[name] += value
-        if cfg.has_expert_predictor:
-            detached += 2 * tokens * d * h
-        if routed:
-            fwd["router"] += 2 * t * d if cfg.routing == "topk" else 0  # scores every token, d -> 1
-            if cfg.has_predictor:
-                fwd["predictor"] += 2 * t * (d * h + h)  # d -> h -> 1, biases free
-                detached += 2 * t * d * h
-    fwd["lm_head"] = 2 * t * d * v
+    t, d, v = cfg.seq_len, cfg.d_model, cfg.vocab_size
+    params, non_embedding = cfg.parameters()
+    matmuls = cfg.matmuls()  # the kind's own count of one sequence's forward
+    fwd = dict(matmuls.by_component)
     fwd["embedding"] = 2 * t * d * v if convention == "chinchilla" else 0  # a lookup: no FLOPs but here
 
-    # Backward = 2 x forward (input grad + weight grad) for every matmul whose input needs a gradient. A
-    # predictor reads x.detach(), so its first layer has a weight grad only: 2 t d h, not 4 t d h.
-    train = 3 * sum(fwd.values()) - detached
+    # Backward = 2 x forward (input grad + weight grad) for every matmul whose input needs a gradient.
+    train = 3 * sum(fwd.values()) - matmuls.detached
 
     forward_per_token = sum(fwd.values()) / t
     train_per_token = train / t

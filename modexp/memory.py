@@ -44,9 +44,7 @@ class MemoryEstimate:
 
 
 def params_of(model: ModelConfig) -> int:
-    from .flops import count
-
-    return int(count(model).params)
+    return int(model.parameters()[0])
 
 
 def estimate(
@@ -59,26 +57,22 @@ def estimate(
 ) -> MemoryEstimate:
     """Peak bytes on one device for micro_batch sequences; precision is "fp32" or "bf16"."""
     d, tokens = model.d_model, micro_batch * model.seq_len
-    routed = len(model.routed_layers)
-    dense = model.n_layers - routed
+    routed = set(model.routed_layers)
     per_layer_dense = DENSE_PER_D[precision] * d
-    per_layer_routed = model.capacity * per_layer_dense + ROUTED_EXTRA_PER_D[precision] * d
-    # Each block's MoE against a dense MLP, per token of the sequence (a MoD-routed block sees capacity of them).
-    moe = [
-        (model.capacity if model.is_routed(i) else 1.0)
-        * d
-        * (
-            MOE_BASE_PER_D[precision]
-            + MOE_SLOPE_PER_D[precision] * (model.experts * model.expert_fraction(i) - 1)
-        )
-        for i in range(model.n_layers)
-        if model.moe
-    ]
+    # Each block as its kind computes it: a routed block keeps its share of a dense block's plus its gathered
+    # inputs, router and gate; an MoE against a dense MLP, per token it sees (model.mlp_load: experts x share).
+    blocks, moe = [], []
+    for i in range(model.n_layers):
+        share = model.token_fraction(i)
+        blocks.append(share * per_layer_dense + (ROUTED_EXTRA_PER_D[precision] * d if i in routed else 0.0))
+        load = model.mlp_load(i)
+        if load is not None:
+            moe.append(share * d * (MOE_BASE_PER_D[precision] + MOE_SLOPE_PER_D[precision] * (load - 1)))
     if activation_checkpointing:  # each block keeps its fp32 input; one block's activations live at a time
-        largest = max(per_layer_dense, per_layer_routed if routed else 0) + max([0.0, *moe])
+        largest = max([per_layer_dense, *blocks]) + max([0.0, *moe])
         saved = model.n_layers * 4 * d + largest
     else:
-        saved = dense * per_layer_dense + routed * per_layer_routed + sum(moe)
+        saved = sum(blocks) + sum(moe)
     activations = tokens * (saved + LOSS_PER_VOCAB[precision] * model.vocab_size)
     params = params_of(model)
     state = params * STATE_BYTES_PER_PARAM / (processes if fsdp else 1)

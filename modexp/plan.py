@@ -16,6 +16,8 @@ from . import flops, variants
 from .errors import ModexpError
 from .model import ModelConfig
 from .repetition import EPOCH_SPREAD, epoch_spread_notes  # noqa: F401 (kept importable from here)
+from .spec import NOT_IDENTITY as _NOT_IDENTITY
+from .spec import RunSpec
 from .units import sci, si
 from .variants import MOD_ONLY, MOE_ONLY  # noqa: F401 (kept importable from here)
 
@@ -24,21 +26,6 @@ if (
 ):  # annotations only: the planner's arithmetic needs no Hydra (rundir, the analysis import it)
     from .config import Config, LadderConfig, SweepConfig
 
-# Keys that change how a run is watched or stored, never its result: left out of the run's identity.
-# lr_from too: the lr it resolves to is in the identity, wherever it came from.
-# How often things happen and how a step is computed: none of it changes what a run computes.
-_NOT_IDENTITY = {
-    "eval_every",
-    "log_every",
-    "checkpoint_every",
-    "keep",
-    "compile",
-    "lr_from",
-    "lr_law",
-    "micro_batch_size",
-    "activation_checkpointing",
-    "parallel",
-}
 # The LR schedule's own keys: a cosine run's identity leaves them out, so its id is what it was before WSD.
 _SCHEDULE_KEYS = ("schedule", "cooldown_fraction", "cooldown_shape")
 
@@ -52,73 +39,6 @@ class Shape:
     @property
     def name(self) -> str:
         return f"d{self.d_model}-l{self.n_layers}"
-
-
-@dataclass
-class RunSpec:
-    """One training run: everything `modexp train` needs, and what the plan reports about it."""
-
-    run_id: str
-    sweep: str
-    variant: str
-    budget: float
-    shape: str
-    model: ModelConfig
-    batch_size: int
-    num_sequences: int  # training sequences in all; the last step may hold fewer than batch_size
-    steps: int
-    tokens: int
-    flops: float  # FLOPs the run will spend (within 1% of budget)
-    accounting: dict[str, Any] = field(default_factory=dict)
-    lr: float | None = None  # the run's peak learning rate (its config's train.lr)
-    lr_rule: str = "train.lr"  # how that LR was chosen: train.lr | sweep.lr_grid | the law of train.lr_from
-    epochs: float | None = None  # passes over the training split; None while the corpus is not known
-    lr_domain: str = ""  # '' or why the LR law that set lr does not cover this run (outside its fitted sizes)
-    seed: int | None = None  # the run's seed (None in run folders written before sweep.seeds)
-    schedule: str = "cosine"  # cosine | wsd (train.schedule)
-    warmup: int | None = None  # warm-up steps (None: train.warmup_fraction of the steps, as before WSD)
-    cooldown_start: int | None = (
-        None  # wsd: the first step of the decay (a stem's: its steps, it never decays)
-    )
-    stem: str | None = None  # a branch: the stem whose state at cooldown_start it starts from (None: scratch)
-    stem_flops: float = 0.0  # the FLOPs of its first cooldown_start steps, which its stem spends once for all
-    role: str = "run"  # run | stem (constant LR to its branches' cooldown starts; never analysed)
-    branch_points: list[int] = field(default_factory=list)  # a stem: the steps whose state it keeps
-
-    @property
-    def tokens_per_param(self) -> float:
-        return self.tokens / self.accounting["params"]
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "variant": self.variant,
-            "budget": self.budget,
-            "shape": self.shape,
-            "d_model": self.model.d_model,
-            "n_layers": self.model.n_layers,
-            "n_heads": self.model.n_heads,
-            "params": self.accounting["params"],
-            "non_embedding_params": self.accounting["non_embedding_params"],
-            "train_flops_per_token": self.accounting["train_flops_per_token"],
-            "forward_flops_per_token": self.accounting["forward_flops_per_token"],
-            "tokens": self.tokens,
-            "steps": self.steps,
-            "flops": self.flops,
-            "flops_error": self.flops / self.budget - 1.0,
-            "tokens_per_param": self.tokens_per_param,
-            "lr": self.lr,
-            "lr_rule": self.lr_rule,
-            "epochs": self.epochs,
-            "lr_domain": self.lr_domain,
-            "seed": self.seed,
-            "schedule": self.schedule,
-            "warmup": self.warmup,
-            "cooldown_start": self.cooldown_start,
-            "stem": self.stem,
-            "stem_flops": self.stem_flops,
-            "role": self.role,
-        }
 
 
 @dataclass
@@ -152,12 +72,13 @@ def ladder_shapes(ladder: LadderConfig) -> list[Shape]:
     return shapes
 
 
-def variant_model(base: ModelConfig, variant: str, shape: Shape | None) -> ModelConfig:
-    """base with the variant's routing and MLP (and shape); ValueError when they do not fit (ModelConfig.validate)."""
-    changes: dict[str, Any] = variants.get(variant).settings
+def variant_model(base: Any, variant: str, shape: Shape | None) -> ModelConfig:
+    """The config of `variant` from a config's model settings (and shape): the kind's own settings only.
+    ValueError when they do not fit (the kind's config checks)."""
+    changes = {}
     if shape is not None:
         changes.update(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads)
-    return replace(base, **changes)
+    return variants.get(variant).model_config(base, **changes)
 
 
 def variant_kind(model: ModelConfig) -> str:
@@ -204,9 +125,9 @@ def run_identity(cfg: Config, model: ModelConfig, budget: float, warmup: int | N
     else:
         train["warmup_steps"] = warmup
     data = {k: v for k, v in asdict(cfg.data).items() if k != "cache_dir"}
-    arch = asdict(model)
-    for key in inert_keys(model):  # a baseline is the same run whatever MoD settings sit beside it
-        arch.pop(key)
+    # The kind's own settings: a baseline is the same run whatever MoD settings sit beside it in the config.
+    inert = set(inert_keys(model))
+    arch = {k: v for k, v in asdict(model).items() if k not in inert}
     return {"model": arch, "train": train, "data": data, "seed": cfg.seed, "budget": float(budget)}
 
 
@@ -494,12 +415,13 @@ def _ladder_runs(
 
 
 def _rung(cfg: Config, shape: Shape, budget: float, variant: str) -> _Rung:
-    if variants.get(variant).routing != "none" and cfg.model.route_every > shape.n_layers:
-        # A shallow rung cannot honour a long routing interval: it would train a baseline under MoD's name.
-        params = flops.count(variant_model(cfg.model, "baseline", shape)).params
-        reason = f"route_every={cfg.model.route_every} > n_layers={shape.n_layers}"
-        return _Rung(shape, params, None, reason, params)
-    model = variant_model(cfg.model, variant, shape)
+    try:
+        model = variant_model(cfg.model, variant, shape)
+    except ValueError as exc:
+        # A shape the kind cannot take (MoD: a rung shallower than route_every would train a baseline under
+        # MoD's name): left out, with the kind's reason.
+        params = variant_model(cfg.model, "baseline", shape).parameters()[0]
+        return _Rung(shape, params, None, str(exc).split(" (")[0], params)
     run = make_run(cfg, model, budget)
     params = run.accounting["params"]
     return _Rung(shape, params, run, _unsensible(run, cfg.sweep), active_params(model))
@@ -600,16 +522,20 @@ def single_run(cfg: Config) -> RunSpec:
     if cfg.budget is None:
         raise ModexpError("budget is not set: give the run's training FLOPs, e.g. budget=1e11")
     kind = variant_kind(cfg.model)
+    try:
+        model = variants.get(kind).model_config(cfg.model)
+    except ValueError as exc:
+        raise ModexpError(f"model.{exc}") from None
     if cfg.variant in variants.kinds() and cfg.variant != kind:  # a dense run filed as "mod" would mislead
         raise ModexpError(
             f"variant={cfg.variant} names a {cfg.variant} run but the model settings (model.routing="
             f"{cfg.model.routing}) make a {kind} one: set the model, or leave variant unset (it is derived)"
         )
-    run = make_run(cfg, cfg.model, cfg.budget, cfg.variant)
+    run = make_run(cfg, model, cfg.budget, cfg.variant)
     law = load_lr_law(cfg)
     if law is not None:
         ((lr, rule, outside),) = run_lrs(cfg, law, run.variant, run.accounting["params"])
-        run = make_run(cfg, cfg.model, cfg.budget, cfg.variant, lr=lr, lr_rule=rule)
+        run = make_run(cfg, model, cfg.budget, cfg.variant, lr=lr, lr_rule=rule)
         run.lr_domain = outside
     if abs(run.flops / run.budget - 1) > 0.01 or run.steps < cfg.sweep.min_steps:
         # Too few steps cannot train sensibly (warm-up and decay need room), and under one sequence the run

@@ -13,7 +13,7 @@ import pandas as pd
 from . import flops
 from .config import Config
 from .estimate import pace_of, run_seconds, study_seconds
-from .launch.local import visible_gpus
+from .launch.slots import visible_gpus
 from .memory import plan_step
 from .rundir import run_state
 from .sweep import Study

@@ -100,7 +100,7 @@ def listed_in(config_text: str) -> list[str]:
 
 def listed_by_study(folder: Path) -> list[str]:
     """Every plug-in the runs (and stems) of a study folder name in their config.yaml, sorted; read as data."""
-    from .rundir import read_text
+    from .files import read_text
 
     names: set[str] = set()
     for path in [*folder.glob("*/config.yaml"), *folder.glob("stems/*/config.yaml")]:
@@ -144,10 +144,10 @@ def unknown_kind(routing: object, listed: Iterable[str], what: str, how: str | N
 
 def require_kind(routing: object, run_dir: Path) -> None:
     """Refuse, in one line naming --plugins, a run whose model routing is a plug-in's not imported here."""
-    from .model import config as model_config
-    from .rundir import read_text
+    from . import variants
+    from .files import read_text
 
-    if not isinstance(routing, str) or routing in model_config.ROUTINGS:
+    if not isinstance(routing, str) or routing in variants.routings():
         return
     try:
         listed = listed_in(read_text(Path(run_dir) / "config.yaml"))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ModexpError
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,72 @@ def first_violation(obj: Any, table: dict[str, Range], prefix: str = "") -> str 
         if rule is not None and not rule.allows(value):
             return f"{prefix}{key}={value!r} is not allowed: it must be {rule.describe()}"
     return None
+
+
+def check_id_suffix(suffix: str) -> str:
+    """tracker.wandb.id_suffix ends W&B run ids and the offline folders named by them: letters, digits and
+    . _ - only (a '/' or '..' would move another study's folders)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", suffix or "") or ".." in (suffix or ""):
+        raise ModexpError(
+            f"tracker.wandb.id_suffix={suffix!r} is not allowed: it ends W&B run ids and folder names, so use "
+            "letters, digits and . _ - (no '/', no '..'), e.g. -2"
+        )
+    return suffix or ""
+
+
+# Every number of the config outside the model and what it may be: the one table config.check reads (a model
+# kind's own numbers are in its config class's RANGES, modexp/model/config.py and modexp/variants/). A few
+# checks there say more for some keys; this table makes sure none is left unchecked.
+RANGES: dict[str, Range] = {
+    "seed": whole(0, 2**32 - 1),
+    "budget": above(0, 1e30, nullable=True),
+    "data.vocab_size": whole(2, 2**24),
+    "data.val_fraction": above(0, 1),
+    "train.batch_size": whole(1, 2**24),
+    "train.lr": above(0, 100),
+    "train.lr_law.*.coefficient": above(0, 1e6),
+    "train.lr_law.*.exponent": within(-10, 10),
+    "train.lr_law.*.params_min": above(0, 1e18, nullable=True),
+    "train.lr_law.*.params_max": above(0, 1e18, nullable=True),
+    "train.min_lr_ratio": within(0, 1),
+    "train.warmup_fraction": within(0, 1),
+    "train.cooldown_fraction": above(0, 0.99),  # strictly inside (0, 1): _check_schedule says why
+    "train.max_warmup_steps": whole(0, 2**40),
+    "train.weight_decay": within(0, 1e3),
+    "train.beta1": within(0, 0.999999),
+    "train.beta2": within(0, 0.999999),
+    "train.grad_clip": above(0, 1e12),
+    "train.eval_every": whole(1, 2**40),
+    "train.eval_tokens": whole(1, 2**50),
+    "train.log_every": whole(1, 2**40),
+    "train.checkpoint_every": whole(1, 2**40),
+    "train.micro_batch_size": whole(1, 2**24),
+    "sweep.budgets": above(0, 1e30),
+    "sweep.sizes_per_budget": whole(1, 1000),
+    "sweep.seeds": whole(1, 1000),
+    "sweep.seed_sizes": whole(0, 1000),  # 0: every size
+    "sweep.tokens_per_param": above(0, 1e6),
+    "sweep.mod_size_shift": above(0, 1e3),
+    "sweep.min_steps": whole(1, 2**40),
+    "sweep.min_tokens_per_param": above(0, 1e6),
+    "sweep.max_tokens_per_param": above(0, 1e9),
+    "sweep.flops_per_second": above(0, 1e24),
+    "sweep.max_epochs": above(0, 1e6),
+    "sweep.lr_grid": above(0, 100),
+    "sweep.ladder.widths": whole(1, 2**16),
+    "sweep.ladder.aspect_ratio": above(0, 1e4),
+    "sweep.ladder.min_layers": whole(1, 1024),
+    "sweep.ladder.max_layers": whole(1, 1024),
+    "sweep.ladder.head_dim": whole(2, 2**16),
+    "launcher.workers": whole(0, 4096),  # 0: one per core
+    "launcher.gpus_per_run": whole(0, 4096),
+    "launcher.gpus_per_node": whole(1, 1024),
+    "launcher.gpu_mem_gb": above(0, 1e5, nullable=True),
+    "launcher.cpus_per_run": whole(1, 4096),
+    "launcher.mem_gb": above(0, 1e6),
+    "launcher.time_min": whole(1, 10**7),
+    "launcher.array_parallelism": whole(1, 10**6),
+    "launcher.startup_s": Range(0, 1e5, nullable=True),
+    "launcher.worker_startup_s": Range(0, 1e5, nullable=True),
+}
+UNRANGED = ("launcher.extra.*",)  # passed to sbatch as words, checked by the SLURM launcher (launch/slurm.py)

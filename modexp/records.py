@@ -52,7 +52,7 @@ def run_meta(
     }
 
 
-def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str, float]:
+def routing_stats(records: list[RoutingRecord]) -> dict[str, float]:
     """Per routed block: fraction processed, router weight statistics, causal-router accuracy vs top-k.
 
     Gathered into one tensor and read with one host sync (a logged step must not stall once per statistic).
@@ -60,19 +60,23 @@ def routing_stats(records: list[RoutingRecord], router_weight: str) -> dict[str,
     names, values = [], []
     accs = []
     for rec in records:
-        r = rec.router_logits.detach().float()
-        g = torch.sigmoid(r) if router_weight == "sigmoid" else r
+        g = rec.weights()
         layer = rec.layer
+        # Over the tokens the router scored (MoD: every token; a router deeper in a hierarchy: those still active).
+        scored = torch.ones_like(g) if rec.scored is None else rec.scored.float()
+        n = scored.sum().clamp(min=1)
+        mean = (g * scored).sum() / n
+        std = (((g - mean) ** 2 * scored).sum() / (n - 1).clamp(min=1)).sqrt()
         names += [f"routed_frac/{layer}", f"router_weight_mean/{layer}", f"router_weight_std/{layer}"]
-        values += [rec.mask.float().mean(), g.mean(), g.std()]
+        values += [rec.mask.float().mean(), mean, std]
         causal_logits = rec.predictor_logits
         if causal_logits is None and rec.aux_loss is not None:
-            causal_logits = r  # aux_loss: the router itself decides (sigmoid(r) > 0.5)
+            causal_logits = rec.router_logits  # aux_loss: the router itself decides (sigmoid(r) > 0.5)
         if causal_logits is not None:
             decided = causal_logits.detach() > 0
-            acc = (decided == rec.topk_mask).float().mean()
+            acc = ((decided == rec.topk_mask).float() * scored).sum() / n
             names += [f"causal_acc/{layer}", f"causal_frac/{layer}"]
-            values += [acc, decided.float().mean()]
+            values += [acc, (decided.float() * scored).sum() / n]
             accs.append(acc)
     if accs:
         names.append("causal_acc")
@@ -107,7 +111,6 @@ def train_record(
     tokens_per_step: int,
     wall_time: float,
     out: ModelOutput,
-    router_weight: str,
 ) -> dict[str, Any]:
     """One line of metrics.jsonl for a logged training step; routing statistics are of rank 0's last
     micro-batch: a sample of the step, not the whole batch."""
@@ -126,7 +129,7 @@ def train_record(
     }
     if out.aux_loss is not None:
         record["aux_loss"] = aux_loss
-    record.update(routing_stats(out.routing, router_weight))
+    record.update(routing_stats(out.routing))
     record.update(expert_stats(out.experts))
     return record
 
@@ -191,20 +194,12 @@ def run_summary(
     model = spec.model
     seq_len = model.seq_len
     step_time = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
-    routed_by = model.causal_router if model.routing == "topk" or model.moe else "none"
     summary = {
         **spec.row(),
         "sweep": spec.sweep,
-        "routing": model.routing,
-        "capacity": model.capacity if model.routing != "none" else 1.0,
-        "route_every": model.route_every if model.routing != "none" else 0,
-        "causal_router": routed_by,
-        # Mixture of experts (moe, mode_staged, mode_integrated): 0 experts for a dense MLP.
-        "moe": model.moe,
-        "experts": model.experts if model.moe else 0,
-        "expert_capacity": model.expert_capacity if model.moe else 1.0,
-        "noop_experts": model.noop_experts if model.routing == "integrated" else 0,
-        "router_weight": model.router_weight,
+        # What routes and how (routing, capacity, route_every, causal_router, experts...): the kind says, with
+        # the values a kind without one of them has (modexp.variants.Variant.record).
+        **variants.of_model(model).record(model),
         "d_ff": model.ffn_dim,
         "seq_len": seq_len,
         "vocab_size": model.vocab_size,
@@ -226,8 +221,6 @@ def run_summary(
         "precision": cfg.train.precision,
         "eval_tokens": cfg.train.eval_tokens,
         "seed": cfg.seed,
-        "aux_loss_weight": model.aux_loss_weight if routed_by == "aux_loss" else 0.0,
-        "predictor_hidden": model.predictor_hidden if routed_by == "predictor" else 0,
         **{key: scores.get(key) for key in OUTCOMES},
         "wall_time": wall_time,
         "step_time": step_time,

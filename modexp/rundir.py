@@ -18,19 +18,19 @@ import fcntl
 import json
 import math
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import variants
 from .data import LOCKS_REFUSED
 from .errors import ModexpError
-from .model.config import ModelConfig
-from .plan import RunSpec, inert_keys
+from .files import NotRegular, open_regular, read_text  # noqa: F401 (the run folder's readers)
+from .spec import RunSpec
 
 EXIT_LOCKED = 75  # exit status of a training process whose run another process holds (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # stopped by a signal: the run resumes on the next plain rerun
@@ -144,31 +144,6 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-class NotRegular(OSError):
-    """A file a reader expected is a FIFO, a device, a socket or a folder: never opened for reading."""
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """Open a (run folder's) file for reading only if it is a regular file: a FIFO planted there would block
-    the reader, a device would never end. NotRegular (an OSError) otherwise; symbolic links are followed."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO swapped in meanwhile does not block
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegular(errno.EINVAL, "not a regular file", str(path))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_text(path: Path) -> str:
-    """A regular file's text (UTF-8): OSError (NotRegular for a FIFO or device), or UnicodeDecodeError."""
-    with open_regular(path) as f:
-        return f.read().decode("utf-8")
-
-
 def read_json(path: Path) -> Any:
     return json.loads(read_text(path))
 
@@ -235,7 +210,7 @@ def write_run(run_dir: Path, cfg: DictConfig, spec: RunSpec) -> bool:
     try:
         atomic_write(run_dir / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         record = asdict(spec)
-        inert = inert_keys(spec.model)  # a baseline has no router: its record carries no inert MoD settings
+        inert = variants.of_model(spec.model).inert  # a baseline's record carries no MoD settings
         record["model"] = {k: v for k, v in record["model"].items() if k not in inert}
         write_json(run_dir / "run.json", record)
         if not (run_dir / "status.json").exists():
@@ -267,7 +242,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, RunSpec]:
     try:
         raw = read_json(run_dir / "run.json")
         _known_routing(run_dir, cfg, raw["model"].get("routing", "none"))
-        raw["model"] = ModelConfig(**raw["model"])
+        raw["model"] = variants.model_config(raw["model"])  # its kind's config (a plug-in's once loaded)
         spec = RunSpec(**raw)
     except ModexpError:
         raise
@@ -317,9 +292,8 @@ def _interpolation(node: Any) -> str | None:
 def _known_routing(run_dir: Path, cfg: DictConfig, routing: Any) -> None:
     """A run of a plug-in kind whose plug-in this process was not given: one line saying how to name it."""
     from . import plugins
-    from .model import config as model_config
 
-    if not isinstance(routing, str) or routing in model_config.ROUTINGS:
+    if not isinstance(routing, str) or routing in variants.routings():
         return
     listed = OmegaConf.to_container(cfg).get("plugins") if isinstance(cfg, DictConfig) else None
     names = [n for n in listed if plugins.is_module_name(n)] if isinstance(listed, list) else []

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from modexp import plugins
+from modexp import plugins, variants
 from modexp import tokenizer as tokenizers
 from modexp.errors import ModexpError
-from modexp.model import ModelConfig, RoutedBlock, Transformer
+from modexp.model import Transformer
 from modexp.model.layers import KVCache
 
 
@@ -29,9 +29,10 @@ class Decoder:
     """Incremental forward of a Transformer under causal routing, with one KV cache per block.
 
     Caches are preallocated for `max_len` positions, in the autocast dtype when the Decoder is built under
-    autocast (else the weights' dtype). Each block feeds its own cache (`Block.decode`, `RoutedBlock.decode` in
-    modexp/model/): dense blocks hold every token; a routed block holds, per sequence, only the tokens it took.
-    `taken[i]` records which positions routed block i processed, (B, max_len) bool.
+    autocast (else the weights' dtype). Each block of the stack its kind built feeds its own cache (`new_cache`,
+    `prefill`, `decode`: `Block.decode`, `RoutedBlock.decode` in modexp/model/, or a plug-in's): dense blocks
+    hold every token; a routed block holds, per sequence, only the tokens it took. `taken[i]` records which
+    positions MoD's routed block i processed, (B, max_len) bool; `routing_masks` every routing block's.
 
     `masked` is how routed blocks decode a token (see `RoutedBlock.decode`): masked (no host-device sync, the
     skipped rows' FLOPs spent and thrown away) or select (one sync per routed block; only the taking rows
@@ -50,7 +51,7 @@ class Decoder:
         self.caches: list[KVCache] = [
             block.new_cache(batch_size, max_len, dtype, self.slots) for block in model.blocks
         ]
-        self.routed = [i for i, block in enumerate(model.blocks) if isinstance(block, RoutedBlock)]
+        self.routed = [i for i, block in enumerate(model.blocks) if getattr(block, "routes", False)]
         self.length = 0  # positions fed so far; dense caches hold exactly this many tokens
         model.rotary.ensure_length(max_len)  # decoding may run past the training length
 
@@ -93,8 +94,9 @@ class Decoder:
         return self._logits(x[:, 0])
 
     def routing_masks(self) -> list[torch.Tensor]:
-        """Per routed block, (B, positions fed) bool: which tokens it processed."""
-        return [self.caches[i].taken[:, : self.length] for i in self.routed]  # type: ignore[attr-defined]
+        """Per routing step in depth order (MoD's routed blocks, or a plug-in's steps), (B, positions fed) bool: which tokens
+        it processed."""
+        return [mask for i in self.routed for mask in self.caches[i].masks(self.length)]  # type: ignore[attr-defined]
 
     def _check_room(self, t: int) -> None:
         if self.length + t > self.max_len:
@@ -189,13 +191,18 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> Transformer:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         plugins.require_kind(dict(ckpt["model_config"]).get("routing"), run_dir)  # a plug-in's, not named
-        cfg = ModelConfig(**ckpt["model_config"])
-        model = Transformer(cfg)
-        # A state_dict saved from a torch.compile'd model carries an "_orig_mod." prefix.
-        state = {key.removeprefix("_orig_mod."): value for key, value in ckpt["model"].items()}
-        model.load_state_dict(state)
+        # Its kind builds and loads it (modexp.variants).
+        model = variants.load_model(ckpt["model_config"], ckpt["model"])
     # UnpicklingError: weights_only loading refuses objects beyond tensors and plain containers.
-    except (KeyError, TypeError, ValueError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        OSError,
+        pickle.UnpicklingError,
+        ModexpError,
+    ) as exc:
         if isinstance(exc, KeyError):
             detail = f"the checkpoint has no {exc.args[0]!r} entry"
         else:
@@ -214,28 +221,29 @@ def shown(piece: str) -> str:
     return "".join(GLYPHS.get(ch, ch if ch.isprintable() else "?") for ch in piece)
 
 
-def render_routing(pieces: list[str], masks: list[torch.Tensor], layers: list[int], width: int = 96) -> str:
-    """Under the text, one line per routed block: '#' under each token the block processed, '.' else.
+def render_routing(
+    pieces: list[str], masks: list[torch.Tensor], layers: list[int | str], width: int = 96
+) -> str:
+    """Under the text, one line per routing step: '#' under each token it processed, '.' else.
 
-    Each token (a byte, or a subword piece of the run's tokenizer) takes as many columns as its text, at least
-    one; long text wraps every `width` columns; each block's share of processed tokens closes the picture.
+    `layers`: each step's name, or its block index (shown as "block <i>"). Each token (a byte, or a subword
+    piece of the run's tokenizer) takes as many columns as its text, at least one; long text wraps every
+    `width` columns; each step's share of processed tokens closes the picture.
     """
+    names = [name if isinstance(name, str) else f"block {name}" for name in layers]
     texts = [shown(p) or "?" for p in pieces]
     text_line = "".join(texts)
-    label = max(len(f"block {layer}") for layer in layers) if layers else 5
+    label = max(len(name) for name in names) if names else 5
     marks = [
         "".join(("#" if taken else ".") * len(t) for t, taken in zip(texts, mask.tolist())) for mask in masks
     ]
     chunks = []
     for start in range(0, len(text_line), width):
         lines = [f"{'text':>{label}} |{text_line[start : start + width]}|"]
-        lines += [
-            f"{f'block {layer}':>{label}} |{m[start : start + width]}|" for layer, m in zip(layers, marks)
-        ]
+        lines += [f"{name:>{label}} |{m[start : start + width]}|" for name, m in zip(names, marks)]
         chunks.append("\n".join(lines))
     shares = [
-        f"block {layer}: {sum(mask.tolist()) / max(1, len(mask)):.0%} processed"
-        for layer, mask in zip(layers, masks)
+        f"{name}: {sum(mask.tolist()) / max(1, len(mask)):.0%} processed" for name, mask in zip(names, masks)
     ]
     return "\n\n".join(chunks) + "\n\n" + ", ".join(shares)
 
@@ -294,5 +302,5 @@ def sample_cli(
         return text
     if not masks:
         return text + "\n(dense model: every block processes every token)"
-    layers = model.cfg.routed_layers
-    return text + "\n\n" + render_routing(tok.pieces(out_ids), [m[0] for m in masks], layers)
+    steps = model.cfg.routing_steps  # one name per routing step, as the masks come
+    return text + "\n\n" + render_routing(tok.pieces(out_ids), [m[0] for m in masks], steps)

@@ -136,16 +136,17 @@ def noise_seed(seed: int, stream: int, index: int) -> int:
 
 
 def routing_noise(model: Transformer, rows: int, device: torch.device, seed: int) -> torch.Tensor | None:
-    """Random routing's scores for a whole batch (rows, routed blocks, T), from their own seeded stream.
+    """Random routing's scores for a whole batch (rows, the model's noise rows, T), from their own seeded stream;
+    None for a model whose blocks take none (Transformer.noise_rows: each routing block says how many it takes).
 
     Every process draws the whole batch and takes its rows: the noise a sequence gets depends on the run's
     seed and the step, not on the micro-batch size or the number of processes, and resumes exactly.
     """
-    if model.cfg.routing != "random":
+    if not model.noise_rows:
         return None
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    shape = (rows, model.n_routed, model.cfg.seq_len)
+    shape = (rows, model.noise_rows, model.cfg.seq_len)
     return torch.randn(shape, generator=generator, device=device)
 
 

@@ -8,18 +8,18 @@ are settings too.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from .data.config import DataConfig
 from .model.config import ModelConfig
-from .variants import MOD_ONLY, of_model
+from .variants import MOD_ONLY, settings_fields
 
-# Every model and data setting, from their dataclasses (a field added there is recorded and checked without
+# Every model and data setting, from their dataclasses (the model's: every modexp kind's, modexp.variants) (a field added there is recorded and checked without
 # touching this file): the model's under its own name, the data's as data_<name>. The shape varies along a
 # curve (a point's size), and the data's cache folder is where the corpus is kept, not what it holds.
 SHAPE_KEYS = ("d_model", "n_layers", "n_heads")
-MODEL_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.name not in SHAPE_KEYS)
+MODEL_SETTINGS: tuple[str, ...] = tuple(name for name in settings_fields() if name not in SHAPE_KEYS)
 DATA_SETTINGS: tuple[str, ...] = tuple(f"data_{f.name}" for f in fields(DataConfig) if f.name != "cache_dir")
 
 # Settings that must agree among the runs of one point: the analysis pools runs only over seed and lr, and
@@ -67,10 +67,10 @@ NOT_SETTINGS: frozenset[str] = frozenset(IDENTITY + MEASURED)
 
 
 def recorded_settings(model: ModelConfig, data: DataConfig) -> dict[str, Any]:
-    """The model's settings that act in its variant (the inert ones are left out, as from its id) and every
-    data setting but cache_dir: what summary.json records beside its hand-written keys."""
-    inert = set(of_model(model).inert)
-    settings = {k: getattr(model, k) for k in MODEL_SETTINGS if k not in inert}
+    """The model's settings that act in its variant (its kind's config: the others are left out, as from its
+    id; a plug-in kind's own included) and every data setting but cache_dir: what summary.json records beside
+    its hand-written keys."""
+    settings = {k: v for k, v in asdict(model).items() if k not in SHAPE_KEYS}
     settings.update(
         {f"data_{f.name}": getattr(data, f.name) for f in fields(DataConfig) if f.name != "cache_dir"}
     )

@@ -19,12 +19,31 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import launch
-from .config import Config, compose_config, expand_overrides, to_typed
+from .config import Config, compose_config, expand_overrides, processes_per_run, to_typed
 from .data import is_prepared, load_corpus, train_split_tokens
 from .data.config import missing_path, require_path
 from .errors import ModexpError
-from .plan import Plan, RunSpec, epoch_spread_notes, load_lr_law, plan_sweep, set_epochs, sort_runs
-from .rundir import STEMS, read_json, read_status, run_state, set_status, sweep_dir, write_json, write_run
+from .plan import (
+    Plan,
+    RunSpec,
+    epoch_spread_notes,
+    load_lr_law,
+    plan_sweep,
+    set_epochs,
+    single_run,
+    sort_runs,
+)
+from .rundir import (
+    EXIT_LOCKED,
+    STEMS,
+    read_json,
+    read_status,
+    run_state,
+    set_status,
+    sweep_dir,
+    write_json,
+    write_run,
+)
 from .units import count, duration
 from .unused import refuse_unused
 from .variants import short_tag
@@ -72,6 +91,7 @@ def build_study(overrides: list[str], to_train: bool = False) -> Study:
     for combo in expand_overrides(overrides):
         dict_cfg = compose_config(combo)
         typed = to_typed(dict_cfg)
+        launch.get(typed.launcher.name).validate(typed)  # an unknown launcher, or settings it cannot honour
         refuse_unused(combo, typed, "sweep")
         if to_train:
             require_path(typed.data)
@@ -97,6 +117,48 @@ def build_study(overrides: list[str], to_train: bool = False) -> Study:
     stems = [r for r in runs.values() if r.role == "stem"]
     trained = sort_runs(r for r in runs.values() if r.role != "stem")
     return Study(dirs.pop(), configs, Plan(trained, notes, stems), run_sources)
+
+
+def train_single(overrides: list[str]) -> Path:
+    """`modexp train`: the one run the overrides describe (plan.single_run), in its folder under the study
+    sweep.name names, trained in this process (or launcher.gpus_per_run of them); returns its folder."""
+    from .train import NonFiniteLoss, RunLocked, train_run
+
+    dict_cfg = compose_config(overrides)
+    cfg = to_typed(dict_cfg)
+    launch.get(cfg.launcher.name).validate(cfg)
+    refuse_unused(overrides, cfg, "train")
+    require_path(cfg.data)  # before the run's plan: its vocabulary may leave no budget that fits
+    spec = single_run(cfg)
+    corpus = load_corpus(cfg.data, spec.model.seq_len)  # before the run folder: bad data leaves nothing
+    set_epochs([spec], len(corpus.train), cfg)  # the sweep's repetition limit holds for one run too
+    run_dir = sweep_dir(cfg) / spec.run_id
+    if not write_run(run_dir, run_config(dict_cfg, spec), spec):  # its trainer keeps its own files
+        raise ModexpError(f"{run_dir} is being trained by another process")
+    if processes_per_run(cfg) > 1:
+        _train_processes(run_dir, cfg)
+        return run_dir
+    try:
+        train_run(run_dir, corpus)
+    except RunLocked as exc:
+        raise ModexpError(str(exc)) from None
+    except NonFiniteLoss as exc:
+        raise ModexpError(f"run failed: {exc} (see {run_dir / 'status.json'})") from None
+    return run_dir
+
+
+def _train_processes(run_dir: Path, cfg: Config) -> None:
+    """One run on launcher.gpus_per_run processes: what a sweep's pool does, for `modexp train`."""
+    from .launch.local import train_processes
+
+    code = train_processes(run_dir, cfg)
+    if code == EXIT_LOCKED:
+        raise ModexpError(f"{run_dir} is being trained by another process")
+    if code != 0:
+        status = read_status(run_dir)
+        raise ModexpError(
+            f"run {status.get('state', 'failed')}: {status.get('reason') or f'exit code {code}'}"
+        )
 
 
 def _plan(cfg: Config) -> Plan:

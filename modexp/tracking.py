@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import platform
-import re
 import secrets
 import socket
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .provenance import code_version
+from .ranges import check_id_suffix
 from .rundir import atomic_write, strict_json
 
 log = logging.getLogger(__name__)
@@ -115,19 +115,6 @@ def _interpolated(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_interpolated(v) for v in value)
     return isinstance(value, str) and "${" in value
-
-
-def check_id_suffix(suffix: str) -> str:
-    """tracker.wandb.id_suffix ends W&B run ids and the offline folders named by them: letters, digits and
-    . _ - only (a '/' or '..' would move another study's folders)."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]*", suffix or "") or ".." in (suffix or ""):
-        from .errors import ModexpError
-
-        raise ModexpError(
-            f"tracker.wandb.id_suffix={suffix!r} is not allowed: it ends W&B run ids and folder names, so use "
-            "letters, digits and . _ - (no '/', no '..'), e.g. -2"
-        )
-    return suffix or ""
 
 
 WANDB_REACH_TIMEOUT = 3.0  # seconds: a reachable server answers a TCP connect well within this

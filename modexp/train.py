@@ -148,7 +148,12 @@ def train_run(run_dir: Path, corpus: Corpus | None = None, started: float | None
 def check_identity(run_dir: Path, cfg: Config, spec: RunSpec) -> None:
     """config.yaml and run.json still describe the run its id names: an edited setting that changes the result
     must never be trained (and tabled) under the old id."""
-    if cfg.model != spec.model or (spec.lr is not None and cfg.train.lr != spec.lr):
+    kind = variants.of_model(spec.model)
+    try:  # config.yaml's model settings as run.json's kind takes them
+        model = kind.model_config(cfg.model) if variants.of_model(cfg.model) is kind else None
+    except (ValueError, ModexpError):
+        model = None
+    if model != spec.model or (spec.lr is not None and cfg.train.lr != spec.lr):
         raise ModexpError(
             f"config.yaml of {spec.run_id} was edited: its model or learning rate differs from run.json; "
             "rerun the sweep (or modexp train) to restore it, or plan a new run with the new setting"
@@ -376,7 +381,7 @@ def _loop(run: _Run, clock: _Clock) -> None:
             clock.step_times.append(dt)
             record = records.train_record(
                 done, tokens, flops_per_token, (lm_loss, aux_loss), lr, norm, dt, spec.batch_size * seq_len,
-                clock.wall(), out, spec.model.router_weight,
+                clock.wall(), out,
             )  # fmt: skip
             if run.main:
                 _write_record(run, record)
@@ -676,10 +681,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of a run's own process: `python -m modexp.train RUN_DIR` (several processes per run, or a
     launcher without workers; the local pool trains runs in its workers, modexp.launch.worker)."""
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--worker"]:  # the local pool's persistent worker (modexp/launch/worker.py)
-        from .launch import worker
-
-        return worker.main(args[1:])
     if len(args) != 1:
         print("usage: python -m modexp.train RUN_DIR", file=sys.stderr)
         return 2

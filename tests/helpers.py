@@ -84,3 +84,28 @@ def trainer_pids(run_dir: Path, inside: bool = False) -> list[int]:
         if b"modexp.train" in argv and ours and state != "Z":
             pids.append(int(proc.name))
     return pids
+
+
+def assert_counts_match(cfg, batch: int = 2) -> None:
+    """A kind's own parameter and FLOP counts (its config, modexp.flops) against the model its kind builds: every
+    parameter, and the matmul FLOPs torch's FlopCounterMode sees for a forward and a backward on the explicit
+    attention path (on CPU the counter does not see SDPA), to 1e-9."""
+    import dataclasses
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modexp import flops, variants
+
+    cfg = dataclasses.replace(cfg, attention="math")
+    torch.manual_seed(0)
+    model = variants.build_model(cfg)
+    count = flops.count(cfg)
+    assert (count.params, count.non_embedding_params) == (model.num_params(), model.num_params(True)), cfg
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x, x)
+        (out.loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
+    counted = counter.get_total_flops() / (batch * cfg.seq_len)
+    assert abs(counted / count.train_per_token - 1) < 1e-9, (cfg, counted, count.train_per_token)

@@ -21,8 +21,9 @@ from modexp.bench import (
     spread,
 )
 from modexp.errors import ModexpError
-from modexp.model import ModelConfig, Transformer
+from modexp.model import Transformer
 from modexp.model.layers import Rotary, apply_rotary
+from modexp.variants import model_config
 
 TINY = BenchShape("tiny", d_model=32, n_layers=2, n_heads=2, seq_len=32, train_batch=2, decode_batch=8,
                   prompt_len=4, decode_steps=2, repeats=2, warmup=1)  # fmt: skip
@@ -76,7 +77,7 @@ def test_run_bench_tiny_writes_json_and_markdown(tmp_path: Path) -> None:
 
 def test_calibrate_predictors_takes_capacity() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = model_config(
         vocab_size=64, seq_len=32, d_model=32, n_layers=4, n_heads=2, routing="topk", capacity=0.25
     )
     model = Transformer(cfg)
@@ -190,7 +191,7 @@ def test_apply_rotary_is_bit_identical_to_the_plain_formula(dtype: torch.dtype) 
 
 def test_dense_slice_path_equals_gather_path_bit_for_bit() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=64, seq_len=32, d_model=32, n_layers=2, n_heads=2)
+    cfg = model_config(vocab_size=64, seq_len=32, d_model=32, n_layers=2, n_heads=2)
     block = Transformer(cfg).blocks[0]
     x = torch.randn(3, 32, 32, requires_grad=True)
     results = []
@@ -207,7 +208,7 @@ def test_dense_slice_path_equals_gather_path_bit_for_bit() -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_rotary_tables_stay_float32_when_the_model_is_cast(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=64, seq_len=32, d_model=32, n_layers=2, n_heads=2)
+    cfg = model_config(vocab_size=64, seq_len=32, d_model=32, n_layers=2, n_heads=2)
     model = Transformer(cfg)
     before = {name: buf.clone() for name, buf in model.rotary.named_buffers()}
     model.to(dtype)
@@ -230,7 +231,7 @@ def test_rotary_tables_stay_float32_when_the_model_is_cast(dtype: torch.dtype) -
 def test_dense_model_compiles_with_dynamic_shapes() -> None:
     # Under dynamic shapes the sequence length is a SymInt, which must still take the slice path.
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=64, seq_len=32, d_model=32, n_layers=2, n_heads=2))
+    model = Transformer(model_config(vocab_size=64, seq_len=32, d_model=32, n_layers=2, n_heads=2))
     compiled = torch.compile(model, backend="eager", dynamic=True)
     for t in (16, 24):
         tokens = torch.randint(0, 64, (2, t))

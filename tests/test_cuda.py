@@ -15,9 +15,10 @@ import time
 import pytest
 import torch
 
-from modexp.model import ModelConfig, RoutedBlock, Transformer
+from modexp.model import RoutedBlock, Transformer
 from modexp.sample import Decoder
 from modexp.train import clip_gradients, split_predictor_params
+from modexp.variants import model_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -47,7 +48,7 @@ def record(name: str, **values) -> None:
 
 def make(variant: str, shape: dict, **overrides) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(ModelConfig(**shape, **VARIANTS[variant], **overrides)).cuda()
+    return Transformer(model_config(**shape, **VARIANTS[variant], **overrides)).cuda()
 
 
 def batch(model: Transformer, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 
 from modexp.model import ModelConfig, MoE, RoutedBlock, Transformer
 from modexp.sample import Decoder, generate
+from modexp.variants import model_config
 
 D, VOCAB = 32, 64
 FORMS = {
@@ -36,7 +37,7 @@ def make_cfg(**overrides) -> ModelConfig:
         init_std=0.1,
     )
     fields.update(overrides)
-    return ModelConfig(**fields)
+    return model_config(**fields)
 
 
 def make_model(seed: int = 0, **overrides) -> Transformer:
@@ -236,12 +237,12 @@ def test_activation_checkpointing_gives_the_same_gradients(form: str) -> None:
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(routing="integrated"), "routing=integrated is not allowed with moe=False"),
+        (dict(routing="integrated"), "routing=integrated with model.moe=false is no variant kind"),
         (dict(routing="integrated", moe=True, noop_experts=0), "needs moe=true and noop_experts >= 1"),
         (dict(moe=True, experts=0), r"experts=0 is not allowed: it must be an integer >= 1"),
         (dict(moe=True, expert_capacity=1.5), r"expert_capacity=1.5 is not allowed: it must lie in \(0, 1\]"),
         (dict(noop_experts=-1), r"noop_experts=-1 is not allowed"),
-        (dict(moe="yes"), r"moe='yes' is not allowed: give true or false"),
+        (dict(moe="yes"), r"moe='yes' is not allowed: choose one of false, true"),
     ],
 )
 def test_validation_names_the_bad_value(overrides: dict, message: str) -> None:

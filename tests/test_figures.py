@@ -16,8 +16,8 @@ from modexp import analysis
 from modexp.analysis import figures
 from modexp.analysis.notebook import compare_verdicts
 from modexp.errors import ModexpError
-from modexp.model import ModelConfig
 from modexp.plan import variant_name
+from modexp.variants import model_config
 
 # ------------------------------------------------------------------ labels
 
@@ -55,7 +55,7 @@ def test_every_name_variant_name_makes_gets_its_own_readable_label() -> None:
     for routing, capacity, every, weight, causal in itertools.product(
         ROUTINGS, (0.125, 0.5, 1.0, 1e-3), (1, 2, 3, 4, 11, 21), WEIGHTS, CAUSAL
     ):
-        model = ModelConfig(
+        model = model_config(
             n_layers=24,
             routing=routing,
             capacity=capacity,

@@ -6,10 +6,13 @@ import time
 
 import pytest
 import torch
+from helpers import assert_counts_match
 from torch.utils.flop_counter import FlopCounterMode
 
+from modexp import variants
 from modexp.flops import COMPONENTS, CONVENTIONS, FlopCount, count, describe
 from modexp.model import ModelConfig, Transformer
+from modexp.variants import model_config
 
 BATCH = 2
 
@@ -79,7 +82,7 @@ GRID = list(dict.fromkeys(GRID))
 
 
 def make_cfg(shape: str, variant: str, **overrides) -> ModelConfig:
-    return ModelConfig(**{**SHAPES[shape], **VARIANTS[variant], "attention": "math", **overrides})
+    return model_config(**{**SHAPES[shape], **VARIANTS[variant], "attention": "math", **overrides})
 
 
 def counted_flops(cfg: ModelConfig, backward: bool = True) -> float:
@@ -138,8 +141,8 @@ PARAM_CFGS = [
     for v in VARIANTS
     if VARIANTS[v].get("route_every", 1) <= SHAPES[s]["n_layers"]  # else the config routes no block
 ] + [
-    ModelConfig(d_model=40, n_heads=5, n_layers=5, routing="topk", route_every=4, predictor_hidden=3),
-    ModelConfig(d_model=64, n_heads=8, mlp="gelu", d_ff=100, routing="random", route_every=1),
+    model_config(d_model=40, n_heads=5, n_layers=5, routing="topk", route_every=4, predictor_hidden=3),
+    model_config(d_model=64, n_heads=8, mlp="gelu", d_ff=100, routing="random", route_every=1),
 ]
 
 
@@ -156,8 +159,8 @@ def test_mod_saves_the_expected_amount(capacity: float) -> None:
     """Wide model, short sequence: blocks are nearly all linear FLOPs, so routing every other block at
     capacity c saves about (1 - c) / 2 of them; the routers cost a negligible 2 x d per token each."""
     shape = dict(vocab_size=256, seq_len=128, d_model=4096, n_layers=8, n_heads=32)
-    dense = count(ModelConfig(**shape))
-    mod = count(ModelConfig(**shape, routing="topk", capacity=capacity, route_every=2, causal_router="none"))
+    dense = count(model_config(**shape))
+    mod = count(model_config(**shape, routing="topk", capacity=capacity, route_every=2, causal_router="none"))
     assert mod.train_per_token < dense.train_per_token
     blocks = sum(dense.by_component[name] for name in ("qkv", "attention", "out", "mlp"))
     saved = (dense.forward_per_token - mod.forward_per_token) / blocks
@@ -165,8 +168,8 @@ def test_mod_saves_the_expected_amount(capacity: float) -> None:
     # And on a small model too, with a predictor, the saving is real.
     small = dict(vocab_size=256, seq_len=128, d_model=64, n_layers=4, n_heads=4)
     assert (
-        count(ModelConfig(**small, routing="topk", capacity=capacity)).train_per_token
-        < count(ModelConfig(**small)).train_per_token
+        count(model_config(**small, routing="topk", capacity=capacity)).train_per_token
+        < count(model_config(**small)).train_per_token
     )
 
 
@@ -175,18 +178,18 @@ def test_moe_counts_every_expert_but_pays_for_its_capacity() -> None:
     experts cost exactly the dense MLP; staged and integrated MoDE cut that further by MoD's capacity."""
     shape = dict(vocab_size=256, seq_len=128, d_model=64, n_layers=4, n_heads=4, causal_router="none")
     dense, moe = (
-        count(ModelConfig(**shape)),
-        count(ModelConfig(**shape, moe=True, experts=4, expert_capacity=0.25)),
+        count(model_config(**shape)),
+        count(model_config(**shape, moe=True, experts=4, expert_capacity=0.25)),
     )
-    d, f = 64, ModelConfig(**shape).ffn_dim
+    d, f = 64, model_config(**shape).ffn_dim
     assert moe.params - dense.params == 4 * (
         3 * (3 * d * f) + 4 * d
     )  # 3 more experts and a d -> 4 router/block
     assert moe.by_component["mlp"] == dense.by_component["mlp"]
     assert moe.by_component["router"] == 4 * 2 * d * 4
     mode = dict(shape, moe=True, experts=4, expert_capacity=0.25, capacity=0.5, route_every=2)
-    staged = count(ModelConfig(**mode, routing="topk"))
-    integrated = count(ModelConfig(**mode, routing="integrated", noop_experts=1))
+    staged = count(model_config(**mode, routing="topk"))
+    integrated = count(model_config(**mode, routing="integrated", noop_experts=1))
     assert (
         staged.by_component["mlp"]
         == integrated.by_component["mlp"]
@@ -221,17 +224,17 @@ def test_conventions() -> None:
 
 
 def test_absent_components_are_zero() -> None:
-    dense = count(ModelConfig())
+    dense = count(model_config())
     assert set(dense.by_component) == set(COMPONENTS)
     assert dense.by_component["router"] == dense.by_component["predictor"] == 0
-    random = count(ModelConfig(routing="random"))
+    random = count(model_config(routing="random"))
     assert random.by_component["router"] == random.by_component["predictor"] == 0
-    aux = count(ModelConfig(routing="topk", causal_router="aux_loss"))
+    aux = count(model_config(routing="topk", causal_router="aux_loss"))
     assert aux.by_component["router"] > 0 and aux.by_component["predictor"] == 0
 
 
 def test_describe() -> None:
-    cfg = ModelConfig(routing="topk")
+    cfg = model_config(routing="topk")
     record, c = describe(cfg), count(cfg)
     assert record["params"] == c.params and record["non_embedding_params"] == c.non_embedding_params
     assert record["forward_flops_per_token"] == c.forward_per_token
@@ -242,9 +245,17 @@ def test_describe() -> None:
 
 def test_count_is_cheap() -> None:
     """The planner calls count() thousands of times: pure arithmetic, ~10 us a call (measured ~0.1 s / 10k)."""
-    cfg = ModelConfig(routing="topk", n_layers=12)
+    cfg = model_config(routing="topk", n_layers=12)
     start = time.perf_counter()
     for _ in range(10_000):
         count(cfg)
     assert time.perf_counter() - start < 5.0  # generous: a shared CI core, not a benchmark
     assert isinstance(count(cfg), FlopCount)
+
+
+@pytest.mark.parametrize("kind", variants.kinds())
+def test_every_registered_kind_counts_itself(kind: str) -> None:
+    """Each kind's config counts its own parameters and FLOPs (flops.py asks it): at its defaults, on a small
+    shape, they are the model's. A plug-in's kind is checked the same way in its own tests (helpers)."""
+    cfg = variants.get(kind).model_config({}, d_model=32, n_heads=2, n_layers=4, seq_len=32, vocab_size=64)
+    assert_counts_match(cfg)

@@ -94,15 +94,20 @@ def smoke_cfg():
 
 def test_every_numeric_setting_has_a_range(smoke_cfg) -> None:
     """A number added to a schema without a range fails here, so none arrives unchecked."""
-    from modexp.config import RANGES, UNRANGED
-    from modexp.model.config import RANGES as MODEL_RANGES
-    from modexp.ranges import numeric_fields
+    from modexp.ranges import RANGES, UNRANGED, numeric_fields
 
-    known = {**RANGES, **{f"model.{k}": r for k, r in MODEL_RANGES.items()}}
+    known = {**RANGES, **{f"model.{k}": r for k, r in _model_ranges().items()}}
     missing = {p for _, p, _ in numeric_fields(smoke_cfg) if p not in known and p not in UNRANGED}
     assert not missing, f"give these a range in RANGES: {sorted(missing)}"
     for _, pattern, value in numeric_fields(smoke_cfg):  # the defaults lie inside their own ranges
         assert known[pattern].allows(value), (pattern, value)
+
+
+def _model_ranges() -> dict:
+    """Every registered kind's ranges (each kind's config class keeps its own settings')."""
+    from modexp import variants
+
+    return {k: r for record in variants.records() for k, r in record.config.ranges().items()}
 
 
 def _set(obj, dotted: str, value) -> None:
@@ -123,10 +128,10 @@ def test_every_setting_refuses_what_its_range_does_not_hold(smoke_cfg, bad) -> N
     import copy
     from dataclasses import asdict
 
-    from modexp.config import RANGES, check
+    from modexp import variants
+    from modexp.config import check
     from modexp.errors import ModexpError
-    from modexp.model.config import RANGES as MODEL_RANGES
-    from modexp.model.config import ModelConfig
+    from modexp.ranges import RANGES
 
     for key, rule in RANGES.items():
         if rule.allows(bad):
@@ -136,12 +141,12 @@ def test_every_setting_refuses_what_its_range_does_not_hold(smoke_cfg, bad) -> N
         with pytest.raises(ModexpError) as caught:
             check(cfg)
         assert key.replace("*", "baseline").split(".")[-1] in str(caught.value), (key, str(caught.value))
-    for key, rule in MODEL_RANGES.items():
+    for key, rule in _model_ranges().items():
         if rule.allows(bad):
             continue
         fields = {**asdict(smoke_cfg.model), key: bad}
         with pytest.raises(ValueError, match=f"{key}=.* is not allowed"):
-            ModelConfig(**fields)
+            variants.settings_class()(**fields)
 
 
 @pytest.mark.parametrize(

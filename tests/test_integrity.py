@@ -21,6 +21,7 @@ from modexp import variants
 from modexp.data.config import DataConfig
 from modexp.model.config import ModelConfig
 from modexp.tracking import MetricsLog, truncate_metrics
+from modexp.variants import model_config
 
 
 def _metrics(path: Path, steps: range) -> list[str]:
@@ -129,7 +130,7 @@ def test_summary_records_every_model_and_data_setting(trained: Path) -> None:
     """Derived from the dataclasses: every ModelConfig field not inert for the variant, every data field but
     cache_dir."""
     summary = json.loads((trained / "summary.json").read_text())
-    inert = set(variants.of_model(ModelConfig()).inert)
+    inert = set(variants.of_model(model_config()).inert)
     assert {f.name for f in fields(ModelConfig)} - inert <= summary.keys()
     assert summary["tie_embeddings"] is True and summary["rope_base"] == 500
     for f in fields(DataConfig):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from modexp.model import Block, ModelConfig, RoutedBlock, Transformer
+from modexp.variants import model_config
 
 D = 32
 VOCAB = 64
@@ -31,7 +32,7 @@ def make_cfg(**overrides) -> ModelConfig:
         causal_router="predictor",
     )
     base.update(overrides)
-    return ModelConfig(**base)
+    return model_config(**base)
 
 
 def make_model(seed: int = 0, **overrides) -> Transformer:
@@ -598,7 +599,7 @@ def _expected_params(cfg: ModelConfig) -> tuple[int, int]:
     up = (2 if cfg.mlp == "swiglu" else 1) * f
     block = 2 * d + 4 * d * d + d * up + f * d
     routed = d if cfg.routing == "topk" else 0
-    if cfg.has_predictor:
+    if getattr(cfg, "has_predictor", False):
         h = cfg.predictor_dim
         routed += d * h + h + h + 1
     body = cfg.n_layers * block + len(cfg.routed_layers) * routed + d
@@ -704,7 +705,7 @@ def test_random_routing_model_forward_and_loss():
 @pytest.mark.parametrize("causal_router", ["predictor", "aux_loss"])
 def test_router_and_predictor_score_in_fp32_under_bf16_autocast(causal_router):
     """bf16 router logits tie at the top-k cut (measured on an H200); the decision must come from fp32 scores."""
-    cfg = ModelConfig(d_model=32, n_heads=4, seq_len=64, routing="topk", causal_router=causal_router)
+    cfg = model_config(d_model=32, n_heads=4, seq_len=64, routing="topk", causal_router=causal_router)
     torch.manual_seed(0)
     model = Transformer(cfg)
     x = torch.randint(0, 256, (2, 64))
@@ -736,7 +737,7 @@ def test_causal_mode_runs_plain_causal_attention_without_a_mask(monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     for routing in ("topk", "random"):
-        model = Transformer(ModelConfig(d_model=32, n_heads=4, seq_len=32, routing=routing))
+        model = Transformer(model_config(d_model=32, n_heads=4, seq_len=32, routing=routing))
         with torch.no_grad():
             model(torch.randint(0, 256, (2, 32)), routing_mode="causal")
     assert seen and all(mask is None and causal for mask, causal in seen)
@@ -744,7 +745,7 @@ def test_causal_mode_runs_plain_causal_attention_without_a_mask(monkeypatch):
 
 def test_random_routing_takes_its_noise_from_the_caller():
     """Noise drawn per sequence by the trainer: a sequence is routed alike whatever batch it sits in."""
-    cfg = ModelConfig(d_model=32, n_heads=4, seq_len=32, routing="random", capacity=0.25)
+    cfg = model_config(d_model=32, n_heads=4, seq_len=32, routing="random", capacity=0.25)
     model = Transformer(cfg)
     x = torch.randint(0, 256, (4, 32))
     noise = torch.randn(4, model.n_routed, 32)

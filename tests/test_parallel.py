@@ -19,9 +19,10 @@ from helpers import child_env, start_detached, train_in_process, trainer_pids
 from modexp import flops
 from modexp.distributed import World, chunks, share
 from modexp.errors import ModexpError
-from modexp.launch.local import make_slots, visible_gpus
+from modexp.launch.slots import make_slots, visible_gpus
 from modexp.memory import estimate, resolve_micro_batch
-from modexp.model import ModelConfig, Transformer
+from modexp.model import Transformer
+from modexp.variants import model_config
 
 EXE = Path(sys.executable).parent / "modexp"
 TINY = [
@@ -52,7 +53,7 @@ def budget_with_last_batch(extra: list[str], rows: int, steps: int = 12) -> floa
     """A budget whose run has `steps` full batches of 8 and a last one of `rows` sequences."""
     routing = next((o.split("=")[1] for o in extra if o.startswith("model.routing=")), "none")
     causal = next((o.split("=")[1] for o in extra if o.startswith("model.causal_router=")), "predictor")
-    cfg = ModelConfig(d_model=16, n_heads=2, seq_len=64, routing=routing, causal_router=causal)
+    cfg = model_config(d_model=16, n_heads=2, seq_len=64, routing=routing, causal_router=causal)
     return (8 * steps + rows) * flops.count(cfg).train_per_token * 64
 
 
@@ -114,7 +115,7 @@ def test_quarter_micro_batches_give_the_full_batch_losses(tmp_path: Path, varian
 
 def test_activation_checkpointing_gives_the_same_gradients() -> None:
     for routing in ("none", "topk", "random"):
-        cfg = ModelConfig(d_model=32, n_heads=4, seq_len=32, n_layers=4, routing=routing)
+        cfg = model_config(d_model=32, n_heads=4, seq_len=32, n_layers=4, routing=routing)
         torch.manual_seed(0)
         model = Transformer(cfg)
         x = torch.randint(0, 256, (3, 32))
@@ -233,7 +234,7 @@ def test_shares_cover_the_batch_in_order() -> None:
 
 
 def test_micro_batch_auto_takes_the_largest_that_fits_and_evens_it_out() -> None:
-    cfg = ModelConfig(vocab_size=32000, seq_len=2048, d_model=1024, n_layers=16, n_heads=16)
+    cfg = model_config(vocab_size=32000, seq_len=2048, d_model=1024, n_layers=16, n_heads=16)
     per_seq = estimate(cfg, 2, "bf16").peak_bytes - estimate(cfg, 1, "bf16").peak_bytes
     fixed = estimate(cfg, 1, "bf16").peak_bytes - per_seq
     device = (fixed + 40.5 * per_seq) / 0.9  # 40 sequences fit
@@ -270,7 +271,7 @@ MEMORY_VARIANTS = {
 def test_memory_estimate_tracks_the_measured_saved_activations(routing: str, precision: str) -> None:
     """The activation part of the estimate against what autograd really saves for backward (CPU)."""
     shape = dict(vocab_size=512, seq_len=128, d_model=96, n_layers=4, n_heads=4)
-    cfg = ModelConfig(**shape, **MEMORY_VARIANTS[routing])
+    cfg = model_config(**shape, **MEMORY_VARIANTS[routing])
     model = Transformer(cfg)
     storages: dict[int, int] = {}
 
@@ -301,11 +302,11 @@ def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(monkeypatch: pytes
 
 
 def test_slots_give_each_run_its_gpus_and_never_fall_back_silently(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("modexp.launch.local.visible_gpus", lambda: ["0", "1", "2", "3", "4"])
+    monkeypatch.setattr("modexp.launch.slots.visible_gpus", lambda: ["0", "1", "2", "3", "4"])
     slots = make_slots("cuda", 0, 2)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3"]
     assert len(make_slots("auto", 0, 1)) == 5
-    monkeypatch.setattr("modexp.launch.local.visible_gpus", lambda: [])
+    monkeypatch.setattr("modexp.launch.slots.visible_gpus", lambda: [])
     with pytest.raises(ModexpError, match="device=cuda but 0 GPU"):
         make_slots("cuda", 0, 1)
     cpu = make_slots("cpu", 0, 2)

@@ -538,7 +538,7 @@ BAD = [
     (["plan", "sweep=smoke", "train.batch_size=1.5"], "train.batch_size expects a whole number"),
     (["plan", "sweep=smoke", "model.tie_embeddings=maybe"], "expects true or false"),
     (["plan", "sweep=smoke", "foo"], "'foo' is not an override: key=value expected"),
-    (["plan", "sweep=nope"], "choose one of cpu, cpu_lr, demo, demo_lr, gpu, mode, paper, smoke"),
+    (["plan", "sweep=nope"], "choose one of cpu, cpu_lr, demo, demo_lr, gpu, mode, mor, paper, smoke"),
     (["plan", "sweep=smoke", "data=nope"], "choose one of stdlib, text, tokens"),
     (["plan", "sweep=smoke", "model.capcity=0.5"], "did you mean model.capacity?"),
     (["plan", "sweep=smoke", "+model.foo=1"], "model.foo is not a modexp setting"),

@@ -14,9 +14,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from modexp.errors import ModexpError
-from modexp.model import ModelConfig, RoutedBlock, Transformer
+from modexp.model import RoutedBlock, Transformer
 from modexp.sample import Decoder, generate, load_model, next_token, render_routing, sample_cli
 from modexp.tokenizer import ByteTokenizer
+from modexp.variants import model_config
 
 VOCAB = 64
 
@@ -27,7 +28,7 @@ def make_model(seed: int = 0, sparse: bool = False, **overrides) -> Transformer:
     torch.manual_seed(seed)
     fields = dict(vocab_size=VOCAB, seq_len=16, d_model=32, n_layers=4, n_heads=4, init_std=0.1)
     fields.update(overrides)
-    model = Transformer(ModelConfig(**fields)).eval()
+    model = Transformer(model_config(**fields)).eval()
     if sparse:
         with torch.no_grad():
             tokens = torch.randint(0, VOCAB, (8, 16))

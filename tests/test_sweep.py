@@ -74,16 +74,16 @@ def _pgid(pid: int) -> int | None:
 
 def train_children(sweep_dir: Path) -> dict[str, int]:
     """run_id -> pid of each live process training a run of sweep_dir: `python -m modexp.train
-    <sweep_dir>/<run_id>`, or a pool worker (`python -m modexp.train --worker FD <sweep_dir>`) whose run's
+    <sweep_dir>/<run_id>`, or a pool worker (`python -m modexp.launch.worker FD <sweep_dir>`) whose run's
     status.json names it as running (zombies have no cmdline)."""
     found, workers = {}, set()
     prefix = f"{sweep_dir}/"
     for pid in _pids():
         argv = _cmdline(pid)
-        if "modexp.train" not in argv:
-            continue
-        if "--worker" in argv and str(sweep_dir) in argv:
+        if "modexp.launch.worker" in argv and str(sweep_dir) in argv:
             workers.add(pid)
+            continue
+        if "modexp.train" not in argv:
             continue
         for arg in argv:
             if arg.startswith(prefix):

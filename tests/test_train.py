@@ -23,11 +23,12 @@ import modexp.train as train_mod
 from modexp import flops
 from modexp.cli import main
 from modexp.config import compose_config, to_typed
-from modexp.model import ModelConfig, Transformer
+from modexp.model import Transformer
 from modexp.plan import single_run
 from modexp.rundir import run_state, sweep_dir, write_run
 from modexp.sweep import run_config
 from modexp.train import NonFiniteLoss, lr_at, train_run
+from modexp.variants import model_config
 
 EXE = Path(sys.executable).parent / "modexp"
 # A MoD run of the smoke preset's shape: 204 steps of 8 x 64 tokens, about 2-3 s on one thread.
@@ -136,7 +137,7 @@ def test_status_run_and_meta(mod_run) -> None:
     assert len(meta["corpus"]["fingerprint"]) == 40
     assert meta["corpus"]["name"] == "stdlib"
     assert meta["resumed_from_step"] is None
-    count = flops.count(ModelConfig(**run["model"]))
+    count = flops.count(model_config(**run["model"]))
     assert meta["accounting"]["params"] == count.params == summary["params"]
     assert meta["accounting"]["train_flops_per_token"] == count.train_per_token
     assert meta["accounting"]["shape"] == "d16-l4"
@@ -147,7 +148,7 @@ def test_summary(mod_run) -> None:
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["budget"] == 1e10
     assert abs(s["flops"] / s["budget"] - 1) < 0.01
-    model = ModelConfig(**json.loads((run_dir / "run.json").read_text())["model"])
+    model = model_config(**json.loads((run_dir / "run.json").read_text())["model"])
     count = flops.count(model)
     assert s["params"] == count.params
     assert s["non_embedding_params"] == count.non_embedding_params
@@ -216,7 +217,7 @@ def test_checkpoint_loads_with_weights_only(mod_run) -> None:
     # train.keep=final-weights (the default): a done run keeps its final weights alone
     assert {"model", "wall_time", "model_config"} <= set(state) and "optimizer_fqn" not in state
     assert not (run_dir / "checkpoints" / "previous.pt").exists()
-    model = Transformer(ModelConfig(**run["model"]))
+    model = Transformer(model_config(**run["model"]))
     model.load_state_dict(state["model"])  # strict: every key and shape matches
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -548,10 +549,10 @@ def test_predictor_gradients_never_scale_the_trunk_update() -> None:
     """With one global clip norm a large predictor gradient would shrink the LM's step: clipped apart."""
     import torch
 
-    from modexp.model import ModelConfig, Transformer
+    from modexp.model import Transformer
     from modexp.train import clip_gradients, split_predictor_params
 
-    cfg = ModelConfig(vocab_size=256, seq_len=32, d_model=32, n_layers=4, n_heads=2, routing="topk")
+    cfg = model_config(vocab_size=256, seq_len=32, d_model=32, n_layers=4, n_heads=2, routing="topk")
     model = Transformer(cfg)
     tokens = torch.randint(0, 256, (2, 33))
     out = model(tokens[:, :-1], tokens[:, 1:])

@@ -13,8 +13,7 @@ import pytest
 from modexp import variants
 from modexp.cli import main
 from modexp.errors import ModexpError
-from modexp.model import ModelConfig
-from modexp.model import config as model_config
+from modexp.variants import base as registry
 
 TESTS = Path(__file__).resolve().parent
 PRESETS = TESTS / "presets"
@@ -22,29 +21,23 @@ PRESETS = TESTS / "presets"
 
 @pytest.fixture
 def toy(monkeypatch: pytest.MonkeyPatch):
-    """The toy plug-in on the path of this process and of the runs it starts; the registry restored after."""
-    registry, routings, skipping = (
-        dict(variants._REGISTRY),
-        list(model_config.ROUTINGS),
-        set(model_config.SKIPPING_ROUTINGS),
-    )
+    """The toy plug-in on the path of this process and of the runs it starts; the registry (the only state a
+    registration changes) restored after."""
+    kinds = dict(registry._REGISTRY)
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("PYTHONPATH", f"{TESTS}:{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("MODEXP_CONFIG_DIR", str(PRESETS))
     yield
     sys.modules.pop("toy_variant", None)
-    variants._REGISTRY.clear()
-    variants._REGISTRY.update(registry)
-    model_config.ROUTINGS[:] = routings
-    model_config.SKIPPING_ROUTINGS.clear()
-    model_config.SKIPPING_ROUTINGS.update(skipping)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(kinds)
 
 
 def test_every_model_setting_pair_is_one_kind_and_its_id_reads_back() -> None:
     for kind in variants.kinds():
         record = variants.get(kind)
-        model = ModelConfig(**record.settings)
-        assert variants.of_model(model) is record
+        model = variants.model_config(**record.settings)
+        assert variants.of_model(model) is record and isinstance(model, record.config)
         assert variants.of_id(record.name(model)) is record
         assert variants.label(record.name(model)) is not None
 
@@ -53,50 +46,104 @@ def test_unknown_kinds_are_one_line_errors_naming_the_kinds() -> None:
     with pytest.raises(ModexpError, match="choose from baseline, mod, random"):
         variants.get("nope")
     with pytest.raises(ModexpError, match="is no variant kind"):
-        variants.of_model(ModelConfig(routing="random", moe=True))
+        variants.of_model(variants.settings_class()(routing="random", moe=True))
 
 
 def test_the_toy_plugin_is_named_nowhere_in_modexp() -> None:
-    package = Path(variants.__file__).parent
-    assert not [p for p in package.rglob("*.py") if "strided" in p.read_text()]
-    assert not [p for p in package.rglob("*.yaml") if "strided" in p.read_text()]
+    package = Path(variants.__file__).parent.parent
+    for word in ("deeprouter", "toy_variant", "router_hidden"):
+        assert not [p for p in package.rglob("*.py") if word in p.read_text()]
+        assert not [p for p in package.rglob("*.yaml") if word in p.read_text()]
 
 
-def test_a_plugin_variant_plans_trains_analyses_and_is_labelled(toy, tmp_path: Path, capsys) -> None:
-    """One new module (tests/toy_variant.py) and one preset (tests/presets/sweep/toy.yaml), nothing else."""
+def test_a_plugin_variant_plans_trains_analyses_samples_and_exports(toy, tmp_path: Path, capsys) -> None:
+    """One new module (tests/toy_variant.py: a learned two-layer router, its own block class, its own setting,
+    parameter and FLOP counts) and one preset (tests/presets/sweep/toy.yaml), nothing else."""
     runs = tmp_path / "runs"
-    assert main(["plan", "sweep=toy", f"runs_dir={runs}", "--format", "json"]) == 0
+    assert main(["plan", "sweep=toy", f"runs_dir={runs}", "model.router_hidden=8", "--format", "json"]) == 0
     planned = pd.DataFrame(json.loads(capsys.readouterr().out))
-    assert set(planned["variant"]) == {"baseline", "strided_c0.125_e2"}
+    assert set(planned["variant"]) == {"baseline", "deeprouter_c0.125_e2_h8"}
 
     assert main(["sweep", "sweep=toy", f"runs_dir={runs}", "launcher.workers=2"]) == 0
+    capsys.readouterr()
     study = runs / "toy"
     results = pd.read_csv(study / "results.csv")
-    strided = results[results["variant"] == "strided_c0.125_e2"]
-    assert len(strided) == 2 and (strided["routing"] == "strided").all()
-    # Its fixed rule is causal, so both losses exist and agree, and the routed blocks took capacity's share.
-    assert strided["val_loss_causal"].notna().all()
-    assert (strided["val_loss_causal"] - strided["val_loss"]).abs().max() < 1e-6
+    toy_runs = results[results["variant"] == "deeprouter_c0.125_e2_h16"]
+    assert len(toy_runs) == 2 and (toy_runs["routing"] == "deep").all()
+    assert (toy_runs["router_hidden"] == 16).all()  # its own setting is recorded with the run
+    # Its router is learned and top-k is not causal: both losses exist, from the predictor's decision.
+    assert toy_runs["val_loss_causal"].notna().all() and (toy_runs["causal_router"] == "predictor").all()
     verdict = pd.read_csv(study / "verdict.csv")
-    assert set(zip(verdict["curve"], verdict["reference"])) == {("strided_c0.125_e2", "baseline")}
+    assert set(zip(verdict["curve"], verdict["reference"])) == {("deeprouter_c0.125_e2_h16", "baseline")}
     assert (study / "plots" / "isoflop.png").exists()
 
     from modexp.analysis.figures import variant_label
 
-    assert variant_label("strided_c0.125_e2") == "MoD 12.5%, every 2nd block, every n-th token"
+    assert variant_label("deeprouter_c0.125_e2_h16") == "MoD 12.5%, every 2nd block, 16-wide MLP router"
 
     # A standalone `modexp analyze DIR` in a process that never imported the plug-in: the runs' config.yaml
     # names it, but a study folder is data: the plug-in is named in a note, its curve analysed by its id ...
     sys.modules.pop("toy_variant", None)
-    variants._REGISTRY.pop("strided", None)
+    registry._REGISTRY.pop("deeprouter", None)
     assert "MODEXP_PLUGINS" not in os.environ  # the sweep named it to its own processes only
-    assert variants.label("strided_c0.125_e2") is None
+    assert variants.label("deeprouter_c0.125_e2_h16") is None
     capsys.readouterr()
     assert main(["analyze", str(study), "--out", str(tmp_path / "again"), "--wandb", "disabled"]) == 0
     assert "--plugins toy_variant" in capsys.readouterr().out
-    assert "toy_variant" not in sys.modules and variants.label("strided_c0.125_e2") is None
+    assert "toy_variant" not in sys.modules and variants.label("deeprouter_c0.125_e2_h16") is None
     again = pd.read_csv(tmp_path / "again" / "verdict.csv")
-    assert set(zip(again["curve"], again["reference"])) == {("strided_c0.125_e2", "baseline")}
-    # ... and labelled as at the sweep's end once the user names it.
+    assert set(zip(again["curve"], again["reference"])) == {("deeprouter_c0.125_e2_h16", "baseline")}
+    # Sampling and export build it through the registry, once the user names it: its own block class, with its
+    # router's weights.
+    run = study / toy_runs["run_id"].iloc[0]
+    assert main(["sample", str(run), "--max-new-tokens", "8"]) == 2
+    assert "--plugins toy_variant" in capsys.readouterr().err
+    sample = ["sample", str(run), "--plugins", "toy_variant", "--max-new-tokens", "8", "--show-routing"]
+    assert main(sample) == 0
+    assert "block 1: " in capsys.readouterr().out
+    assert main(["export", str(run), "--plugins", "toy_variant", "--out", str(tmp_path / "export")]) == 0
+    from modexp.export import load_export
+
+    model = load_export(tmp_path / "export")
+    assert type(model.blocks[1]).__name__ == "DeepRoutedBlock" and len(model.blocks[1].router) == 3
+    # ... and the study is labelled as at the sweep's end once the user names it.
     assert main(["analyze", str(study), "--out", str(tmp_path / "named"), "--plugins", "toy_variant"]) == 0
-    assert variants.label("strided_c0.125_e2") == "MoD 12.5%, every 2nd block, every n-th token"
+    assert variants.label("deeprouter_c0.125_e2_h16") == "MoD 12.5%, every 2nd block, 16-wide MLP router"
+
+
+def test_a_plugin_kinds_counts_match_the_counter(toy) -> None:
+    """Its parameters and FLOPs, as its config counts them, are what the model it builds has and does."""
+    import toy_variant  # noqa: F401
+    from helpers import assert_counts_match
+
+    for causal_router in ("predictor", "aux_loss", "none"):
+        assert_counts_match(
+            variants.model_config(routing="deep", router_hidden=5, causal_router=causal_router)
+        )
+
+
+def test_register_refuses_a_kind_that_routes_nothing(toy) -> None:
+    """A kind registered as the recipe says, but whose config routes no block, would train a dense model under
+    its own name: refused at registration, in one line."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Nothing(variants.ModelConfig):
+        routing: str = "nothing"
+
+    class NoRoute(variants.Variant):
+        kind, routing, tag, config = "noroute", "nothing", "nor", Nothing
+
+    with pytest.raises(ModexpError, match="would train no routed block"):
+        variants.register(NoRoute)
+
+    @dataclass
+    class Clash(variants.MoDConfig):
+        capacity: int = 3  # MoD's capacity is a float with another default
+
+    class Clashing(variants.Variant):
+        kind, routing, tag, config = "clashing", "clash", "cla", Clash
+
+    with pytest.raises(ModexpError, match="setting capacity .* clashes with kind mod"):
+        variants.register(Clashing)
+    assert "noroute" not in variants.kinds() and "clashing" not in variants.kinds()

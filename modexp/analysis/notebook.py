@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -161,6 +162,50 @@ def compare_verdicts(by_budget: dict[str, pd.DataFrame], overall: dict[str, pd.D
     left.set_xlabel("training budget C (FLOPs)")
     left.set_title("Compute multiplier per budget", fontsize=PANEL_TITLE_SIZE)
 
+    _headline_panel(right, pairs, studies, overall, colours, markers)
+    right.set_ylim(len(pairs) * (len(studies) + 1) - 0.5, -0.5)
+    right.set_xscale("log")
+    right.set_xlabel(
+        "compute multiplier m (pooled over budgets; dashed: from the first budget's to the last's)"
+    )
+    right.set_title("Headline per pair (bars: 5–95% bootstrap)", fontsize=PANEL_TITLE_SIZE)
+    left.set_yscale("log")
+    left.axhline(1, color="0.4", lw=0.8)
+    right.axvline(1, color="0.4", lw=0.8)
+    for axis in (left.yaxis, right.xaxis):
+        multiplier_ticks(axis)
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+    left.set_ylabel("compute multiplier m (reference needs m x C)")
+    study_handles = [Line2D([], [], color=colours[s], marker="o", label=s) for s in studies]
+    pair_handles = [
+        Line2D([], [], color="0.3", marker=markers[p], ls="none", label=pair_label(*p)) for p in pairs
+    ]
+    first = left.legend(handles=study_handles, title="study", fontsize=8, loc="best")
+    left.add_artist(first)
+    left.legend(
+        handles=pair_handles,
+        title="pair (hollow: a bound or extrapolated)",
+        title_fontsize=8,
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.15),
+    )
+    losses = sorted({str(v) for t in by_budget.values() if "loss" in t for v in t["loss"].dropna().unique()})
+    loss = f"{' / '.join(losses)} loss; " if losses else ""
+    figure_title(fig, None, f"Verdicts compared: {' vs '.join(studies)} ({loss}above 1: the variant wins)")
+    return fig
+
+
+def _headline_panel(
+    right: Any,
+    pairs: list[tuple[str, str]],
+    studies: list[str],
+    overall: dict[str, pd.DataFrame],
+    colours: dict[str, Any],
+    markers: dict[tuple[str, str], str],
+) -> None:
+    """compare_verdicts' right panel: each pair's headline m per study, grouped by pair."""
     ticks, labels = [], []
     for i, pair in enumerate(pairs):
         for j, study in enumerate(studies):
@@ -205,35 +250,3 @@ def compare_verdicts(by_budget: dict[str, pd.DataFrame], overall: dict[str, pd.D
                 zorder=3,
             )
     right.set_yticks(ticks, labels, fontsize=8)
-    right.set_ylim(len(pairs) * (len(studies) + 1) - 0.5, -0.5)
-    right.set_xscale("log")
-    right.set_xlabel(
-        "compute multiplier m (pooled over budgets; dashed: from the first budget's to the last's)"
-    )
-    right.set_title("Headline per pair (bars: 5–95% bootstrap)", fontsize=PANEL_TITLE_SIZE)
-    left.set_yscale("log")
-    left.axhline(1, color="0.4", lw=0.8)
-    right.axvline(1, color="0.4", lw=0.8)
-    for axis in (left.yaxis, right.xaxis):
-        multiplier_ticks(axis)
-    for ax in (left, right):
-        ax.grid(alpha=0.3, which="both")
-    left.set_ylabel("compute multiplier m (reference needs m x C)")
-    study_handles = [Line2D([], [], color=colours[s], marker="o", label=s) for s in studies]
-    pair_handles = [
-        Line2D([], [], color="0.3", marker=markers[p], ls="none", label=pair_label(*p)) for p in pairs
-    ]
-    first = left.legend(handles=study_handles, title="study", fontsize=8, loc="best")
-    left.add_artist(first)
-    left.legend(
-        handles=pair_handles,
-        title="pair (hollow: a bound or extrapolated)",
-        title_fontsize=8,
-        fontsize=8,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.15),
-    )
-    losses = sorted({str(v) for t in by_budget.values() if "loss" in t for v in t["loss"].dropna().unique()})
-    loss = f"{' / '.join(losses)} loss; " if losses else ""
-    figure_title(fig, None, f"Verdicts compared: {' vs '.join(studies)} ({loss}above 1: the variant wins)")
-    return fig

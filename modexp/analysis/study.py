@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -80,6 +81,16 @@ def _write_results(df: pd.DataFrame, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     df.to_csv(folder / "results.csv", index=False)
     _arrow_safe(df).to_parquet(folder / "results.parquet", index=False)
+
+
+def _lr_edge_notes(grid: pd.DataFrame) -> list[str]:
+    edge = 0 if grid.empty else int(grid["lr_edge"].sum())
+    if not edge:
+        return []
+    return [
+        f"{edge} of {len(grid)} points have their best LR at the edge of the grid (LR-unbracketed): "
+        "their loss is an upper bound; widen the grid there"
+    ]
 
 
 def _losses_available(df: pd.DataFrame) -> list[str]:
@@ -177,6 +188,31 @@ def _draw_here(fields: dict, out_dir: Path, formats, size) -> list[tuple[str, Pa
     ]
 
 
+def _inputs(
+    sweep_dir: Path | None, table: Path | None, out: Path | None, plugins: Any
+) -> tuple[pd.DataFrame, Any, list[str], Path, Path, str, Path]:
+    """(runs table, run states, notes, output folder, figure folder, source words, results folder) of a sweep
+    folder or a --table file, as analyze reads them."""
+    if table is not None:
+        _plugin_notes(None, plugins)  # labels of the user's plug-in kinds
+        table = Path(table)
+        df = load_table(table)
+        out_dir = Path(out) if out else table.with_name(f"{table.stem}-analysis")
+        return df, None, [], out_dir, out_dir, f"table {table}", out_dir
+    sweep_dir = Path(sweep_dir)
+    notes = _plugin_notes(sweep_dir, plugins)
+    collection = scan_sweep(sweep_dir)
+    df, states = collection.table, collection.states
+    check_stems(sweep_dir, df)  # a branch whose stem trained otherwise is no point of either training
+    notes += collection.notes
+    out_dir = Path(out) if out else sweep_dir
+    fig_dir = Path(out) if out else sweep_dir / "plots"
+    results_dir = (
+        Path(out) if out else sweep_dir
+    )  # --out: nothing is written into the sweep (it may be read-only)
+    return df, states, notes, out_dir, fig_dir, f"sweep {sweep_dir}", results_dir
+
+
 def analyze(
     sweep_dir: Path | None = None,
     table: Path | None = None,
@@ -207,27 +243,9 @@ def analyze(
     if figures:  # so do bad figure options
         figure_formats, figure_size = figure_options(figure_formats, figure_size)
         figure_pool.start()  # its workers import matplotlib while this process reads and fits
-    notes: list[str] = []
-    metrics, sample, states = None, None, None
-    if table is not None:
-        _plugin_notes(None, plugins)  # labels of the user's plug-in kinds
-        table = Path(table)
-        df = load_table(table)
-        out_dir = Path(out) if out else table.with_name(f"{table.stem}-analysis")
-        fig_dir, source, results_dir = out_dir, f"table {table}", out_dir
-    else:
-        sweep_dir = Path(sweep_dir)
-        notes = _plugin_notes(sweep_dir, plugins)
-        collection = scan_sweep(sweep_dir)
-        df, states = collection.table, collection.states
-        check_stems(sweep_dir, df)  # a branch whose stem trained otherwise is no point of either training
-        notes += collection.notes
-        out_dir = Path(out) if out else sweep_dir
-        fig_dir, source, results_dir = (
-            (Path(out) if out else sweep_dir / "plots"),
-            f"sweep {sweep_dir}",
-            Path(out) if out else sweep_dir,  # --out: nothing is written into the sweep (it may be read-only)
-        )
+    metrics, sample = None, None
+    sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
+    df, states, notes, out_dir, fig_dir, source, results_dir = _inputs(sweep_dir, table, out, plugins)
 
     available = _losses_available(df)
     if loss not in available:
@@ -244,30 +262,11 @@ def analyze(
     a3 = fit_approach3(points.table)
     grid = grid_points(points.table)
     lr_laws = fit_lr_laws(grid) if not grid.empty else None
-    if not grid.empty:
-        edge = int(grid["lr_edge"].sum())
-        if edge:
-            notes.append(
-                f"{edge} of {len(grid)} points have their best LR at the edge of the grid (LR-unbracketed): "
-                "their loss is an upper bound; widen the grid there"
-            )
-
-    notes += _run_notes(df)
+    notes += _lr_edge_notes(grid) + _run_notes(df)
     timed = time_verdict(df, loss, iso.noise, tuple(split_by), n_boot=n_boot, seed=seed)
 
     # Nothing is written until every fit succeeded: a refused analysis leaves the folder as it was.
-    _write_results(df, results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    points.table.to_csv(out_dir / "points.csv", index=False)
-    pd.concat([iso_.table for _, iso_, _ in per_loss.values()]).to_csv(out_dir / "fits.csv", index=False)
-    pd.concat([v.by_budget for _, _, v in per_loss.values()]).to_csv(out_dir / "verdict.csv", index=False)
-    pd.concat([v.overall for _, _, v in per_loss.values()]).to_csv(
-        out_dir / "verdict_overall.csv", index=False
-    )
-    laws.to_csv(out_dir / "power_laws.csv", index=False)
-    a3.to_csv(out_dir / "approach3.csv", index=False)
-    if lr_laws is not None:
-        lr_laws.to_csv(out_dir / "lr_laws.csv", index=False)
+    _write_tables(df, results_dir, out_dir, points, per_loss, laws, a3, lr_laws)
     timed.table.to_csv(out_dir / "verdict_time.csv", index=False)
 
     result = AnalysisResult(
@@ -308,6 +307,31 @@ def analyze(
     (out_dir / "summary.txt").write_text(result.summary)
     logger.info("analysis written to %s", out_dir)
     return result
+
+
+def _write_tables(
+    df: pd.DataFrame,
+    results_dir: Path,
+    out_dir: Path,
+    points: Any,
+    per_loss: dict[str, tuple[Any, Any, Any]],
+    laws: pd.DataFrame,
+    a3: pd.DataFrame,
+    lr_laws: pd.DataFrame | None,
+) -> None:
+    """analyze's tables: the results, points, fits and verdicts of every loss, power laws, Approach 3, LR laws."""
+    _write_results(df, results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points.table.to_csv(out_dir / "points.csv", index=False)
+    pd.concat([iso_.table for _, iso_, _ in per_loss.values()]).to_csv(out_dir / "fits.csv", index=False)
+    pd.concat([v.by_budget for _, _, v in per_loss.values()]).to_csv(out_dir / "verdict.csv", index=False)
+    pd.concat([v.overall for _, _, v in per_loss.values()]).to_csv(
+        out_dir / "verdict_overall.csv", index=False
+    )
+    laws.to_csv(out_dir / "power_laws.csv", index=False)
+    a3.to_csv(out_dir / "approach3.csv", index=False)
+    if lr_laws is not None:
+        lr_laws.to_csv(out_dir / "lr_laws.csv", index=False)
 
 
 OUTPUTS = ("results.parquet", "points.csv", "fits.csv", "verdict.csv", "verdict_overall.csv", "summary.txt")

@@ -216,7 +216,7 @@ def check_stems(sweep_dir: Path, table: pd.DataFrame) -> None:
 def _stem_differences(stem: Path, run: Path, corpus: Any) -> list[str]:
     """What the stem folder records it trained with (meta.json's corpus, config.yaml's model, train, data and
     seed, run.json's warm-up and batch) that differs from the run's own records; read as data."""
-    from modexp.plan import _NOT_IDENTITY
+    from modexp.spec import NOT_IDENTITY
 
     out = []
     meta = _read_json(stem / "meta.json")
@@ -224,7 +224,7 @@ def _stem_differences(stem: Path, run: Path, corpus: Any) -> list[str]:
     if isinstance(stem_corpus, str) and isinstance(corpus, str) and stem_corpus != corpus:
         out.append(f"corpus fingerprint {escaped(stem_corpus[:12])} (the run's: {escaped(corpus[:12])})")
     configs = [_read_yaml(stem / "config.yaml"), _read_yaml(run / "config.yaml")]
-    skip = {"train": _NOT_IDENTITY, "data": {"cache_dir"}}
+    skip = {"train": NOT_IDENTITY, "data": {"cache_dir"}}
     for section in ("model", "train", "data"):
         a, b = (c.get(section) if isinstance(c, dict) else None for c in configs)
         if isinstance(a, dict) and isinstance(b, dict):

@@ -68,7 +68,7 @@ FULL_SHAPES = (
 
 
 def _mod_config(shape: BenchShape) -> ModelConfig:
-    return ModelConfig(
+    return variants.model_config(
         **_dims(shape),
         **variants.get("mod").settings,
         capacity=0.125,
@@ -78,7 +78,7 @@ def _mod_config(shape: BenchShape) -> ModelConfig:
 
 
 def _base_config(shape: BenchShape) -> ModelConfig:
-    return ModelConfig(**_dims(shape), **variants.get("baseline").settings)
+    return variants.model_config(**_dims(shape), **variants.get("baseline").settings)
 
 
 # Mixture of experts and both MoDE forms (modexp/model/experts.py): 4 experts x 25% (a compute-matched MoE),
@@ -87,7 +87,7 @@ MODE_VARIANTS = ("moe", "mode_staged", "mode_integrated")  # kinds of modexp.var
 
 
 def _mode_config(shape: BenchShape, kind: str) -> ModelConfig:
-    return ModelConfig(
+    return variants.model_config(
         **_dims(shape),
         **variants.get(kind).settings,
         noop_experts=1,

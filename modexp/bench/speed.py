@@ -79,10 +79,48 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
     dense_vs_reference = float(vs_reference["median"])
     train_s = time.perf_counter() - phase_start
 
+    del base, mod
+    decoded = _bench_decode(shape, device, base_cfg, mod_cfg)
+    decode_s = decoded.pop("decode_phase_s")
+
+    train_target_applies = device.type == "cpu" and shape.d_model >= TRAIN_TARGET_MIN_D
+    deviation = train_step_ratio / train_flop_ratio - 1
+    result: dict[str, Any] = {
+        "shape": asdict(shape),
+        "params": {"base": flops.count(base_cfg).params, "mod": flops.count(mod_cfg).params},
+        "train_flops_per_token": {"base": base_flops, "mod": mod_flops, "reference": ref_flops},
+        "train_step_s": step_s,
+        "train_step_s_all": train,
+        "train_flops_per_s": flops_per_s,
+        "train_step_ratio": train_step_ratio,
+        "train_step_ratio_spread": step_ratio,
+        "train_flop_ratio": train_flop_ratio,
+        "train_step_vs_flop_deviation": deviation,
+        # Routing ops (ROUTING_OPS) per MoD training step / decode round, next to the time MoD saves there.
+        "train_routing_ops_s": train_routing_s,
+        "train_saved_s": step_s["base"] - step_s["mod"],
+        "train_pass": abs(deviation) <= TRAIN_TOLERANCE if train_target_applies else None,
+        **decoded,
+        "dense_vs_reference": dense_vs_reference,
+        "dense_vs_reference_spread": vs_reference,
+        "reference_pass": dense_vs_reference >= REFERENCE_TARGET,
+        "phase_s": {"train": train_s, "decode": decode_s},
+    }
+    phase_start = time.perf_counter()
+    result["mode"] = _bench_mode(shape, device)
+    result["phase_s"]["mode"] = time.perf_counter() - phase_start
+    device_name, peak = _peak_flops(device)
+    if peak is not None:
+        result["mfu"] = {name: value / peak for name, value in flops_per_s.items()}
+        result["peak_flops"] = peak
+    return result
+
+
+def _bench_decode(shape: BenchShape, device: torch.device, base_cfg: Any, mod_cfg: Any) -> dict[str, Any]:
+    """The decoding half of a shape's bench: baseline and MoD decode the same prompts, rounds interleaved."""
     # Decoding, on freshly initialised models (the timed training steps above have fitted their one batch):
     # calibrate the predictors, then baseline and MoD decode the same prompts, rounds interleaved.
     phase_start = time.perf_counter()
-    del base, mod
     torch.manual_seed(0)
     base, mod = Transformer(base_cfg).to(device).eval(), Transformer(mod_cfg).to(device).eval()
     calib = torch.randint(0, shape.vocab_size, (8, shape.seq_len), generator=torch.Generator().manual_seed(1))
@@ -109,25 +147,9 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
     decode_speedup = float(speedup["median"])
     decode_s = time.perf_counter() - phase_start
 
-    train_target_applies = device.type == "cpu" and shape.d_model >= TRAIN_TARGET_MIN_D
-    deviation = train_step_ratio / train_flop_ratio - 1
-    result: dict[str, Any] = {
-        "shape": asdict(shape),
-        "params": {"base": flops.count(base_cfg).params, "mod": flops.count(mod_cfg).params},
-        "train_flops_per_token": {"base": base_flops, "mod": mod_flops, "reference": ref_flops},
-        "train_step_s": step_s,
-        "train_step_s_all": train,
-        "train_flops_per_s": flops_per_s,
-        "train_step_ratio": train_step_ratio,
-        "train_step_ratio_spread": step_ratio,
-        "train_flop_ratio": train_flop_ratio,
-        "train_step_vs_flop_deviation": deviation,
-        # Routing ops (ROUTING_OPS) per MoD training step / decode round, next to the time MoD saves there.
-        "train_routing_ops_s": train_routing_s,
-        "train_saved_s": step_s["base"] - step_s["mod"],
+    return {
         "decode_routing_ops_s": decode_routing_s,
         "decode_saved_s": statistics.median(decode["base"]) - statistics.median(decode["mod"]),
-        "train_pass": abs(deviation) <= TRAIN_TOLERANCE if train_target_applies else None,
         "decode_tokens_per_s": decode_tps,
         "decode_s_all": decode,
         "decode_speedup": decode_speedup,
@@ -135,16 +157,5 @@ def _bench_shape(shape: BenchShape, device: torch.device) -> dict[str, Any]:
         "decode_processed_fraction": processed,
         "calibrated_fraction": calibrated,
         "decode_pass": decode_speedup >= DECODE_TARGET,
-        "dense_vs_reference": dense_vs_reference,
-        "dense_vs_reference_spread": vs_reference,
-        "reference_pass": dense_vs_reference >= REFERENCE_TARGET,
-        "phase_s": {"train": train_s, "decode": decode_s},
+        "decode_phase_s": decode_s,
     }
-    phase_start = time.perf_counter()
-    result["mode"] = _bench_mode(shape, device)
-    result["phase_s"]["mode"] = time.perf_counter() - phase_start
-    device_name, peak = _peak_flops(device)
-    if peak is not None:
-        result["mfu"] = {name: value / peak for name, value in flops_per_s.items()}
-        result["peak_flops"] = peak
-    return result

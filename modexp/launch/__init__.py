@@ -6,8 +6,9 @@ folders stay the source of truth whatever the launcher: each job is `python -m m
 modexp's own are `local` (a pool of child processes, launch/local.py) and `slurm` (submitit, launch/slurm.py);
 another is a class with `@register("name")` in a module named by the config's `plugins`.
 
-Light on purpose: config.py asks for the names while checking a config, so nothing here imports a launcher
-(submitit, subprocess pools) until one is used.
+Light on purpose: nothing here imports a launcher (submitit, subprocess pools) until one is used. The config
+module does not import this package: a launcher's `validate` runs where the launcher is about to be used
+(sweep.build_study, modexp train), so that config <- launcher is the only direction between them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Launcher(Protocol):
     reads: tuple[str, ...]
 
     def validate(self, cfg: Config) -> None:
-        """Refuse settings this launcher cannot honour (one line), while the config is checked."""
+        """Refuse settings this launcher cannot honour (one line), once the config is checked."""
 
     def check(self, cfg: Config) -> None:
         """Refuse what cannot start here (no sbatch, no GPU), before a sweep writes anything."""

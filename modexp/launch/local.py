@@ -11,7 +11,6 @@ processes at once.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -38,25 +37,20 @@ from ..rundir import (
     set_status,
 )
 from . import Job, Options, register
+from .slots import Slot, make_slots, visible_gpus  # noqa: F401 (the pool's slots, importable from here)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Slot:
-    name: str  # "cuda:0" or "cpu:1"
-    env: dict[str, str]
-
-
 class Worker:
-    """The pool's side of a slot's persistent worker: `python -m modexp.train --worker FD STUDY_DIR`, runs
+    """The pool's side of a slot's persistent worker: `python -m modexp.launch.worker FD STUDY_DIR`, runs
     handed over on its stdin, results read from a pipe (launch/worker.py has the protocol)."""
 
     def __init__(self, slot: Slot, folder: Path | None) -> None:
         read, write = os.pipe()
         env = {**os.environ, **slot.env, **lifeline.launcher_env(), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modexp.train", "--worker", str(write), str(folder or ".")],
+            [sys.executable, "-m", "modexp.launch.worker", str(write), str(folder or ".")],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,  # a run's output goes to its stdout.log; the worker's own errors to ours
             env=env,
@@ -142,46 +136,6 @@ class Child:
     def poll(self) -> int | None:
         """The run's exit code once it has ended."""
         return self.worker.result(self.run_dir) if self.worker is not None else self.proc.poll()
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use, without importing torch (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids = [g.strip() for g in env.split(",")]
-        # CUDA stops at the first invalid entry ("-1" hides every GPU); "0, 1" means GPUs 0 and 1.
-        return list(itertools.takewhile(lambda g: g not in ("", "-1"), ids))
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def make_slots(device: str, workers: int, per_run: int = 1) -> list[Slot]:
-    """Places a run can train: `per_run` GPUs each, or CPU processes sharing the cores.
-
-    device=cuda never falls back to the CPU: no (or too few) GPUs is an error, said before anything starts.
-    """
-    gpus = visible_gpus() if device in ("auto", "cuda") else []
-    cores = os.cpu_count() or 1
-    if device == "cuda" and len(gpus) < per_run:
-        raise ModexpError(
-            f"device=cuda but {len(gpus)} GPU(s) visible here and launcher.gpus_per_run={per_run}: "
-            "use a machine with GPUs, fewer gpus_per_run, or device=cpu"
-        )
-    if len(gpus) >= per_run > 0 and gpus:
-        groups = [gpus[i : i + per_run] for i in range(0, len(gpus) - per_run + 1, per_run)]
-        threads = str(max(1, cores // len(gpus)))  # a GPU run's data loading must not take every core
-        return [
-            Slot(f"cuda:{','.join(g)}", {"CUDA_VISIBLE_DEVICES": ",".join(g), "OMP_NUM_THREADS": threads})
-            for g in groups
-        ]
-    # Default: one process per core, one thread each; the small models CPU studies use gain little from threads.
-    n = workers if workers > 0 else max(1, cores // per_run)
-    threads = max(1, cores // (n * per_run))
-    env = {"CUDA_VISIBLE_DEVICES": "", "MODEXP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    return [Slot(f"cpu:{i}", dict(env)) for i in range(n)]
 
 
 def train_command(run_dir: Path, processes: int) -> list[str]:

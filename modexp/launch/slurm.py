@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 import submitit
 
-from ..config import Config, processes_per_run
+from ..config import Config, LauncherConfig, processes_per_run
 from ..errors import ModexpError
 from ..rundir import EXIT_LOCKED, read_json, read_status, run_state, set_status, stem_dir, write_json
 from . import Job, Options, register
@@ -69,6 +70,31 @@ class TrainJob(submitit.helpers.Checkpointable):
             status = read_status(Path(self.run_dir))
             raise RuntimeError(f"training exited with {code}: {status.get('reason')}")
         return "done"
+
+
+SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=@%+/-]{1,256}")  # one sbatch word: no spaces, quotes or newlines
+
+
+def check_sbatch_words(launcher: LauncherConfig) -> None:
+    """Values that are written into sbatch scripts: one `#SBATCH --key=value` line each, nothing more."""
+    words = {"launcher.partition": launcher.partition, "launcher.account": launcher.account}
+    for key, value in launcher.extra.items():
+        if not SBATCH_KEY.fullmatch(str(key)):
+            raise ModexpError(
+                f"launcher.extra.{key} is not allowed: sbatch option names are letters, digits, _ and -"
+            )
+        if isinstance(value, (dict, list)) or value is None:
+            raise ModexpError(
+                f"launcher.extra.{key}={value} is not allowed: give one word, number or true/false"
+            )
+        words[f"launcher.extra.{key}"] = value if isinstance(value, str) else None
+    for key, value in words.items():
+        if value is not None and not SBATCH_VALUE.fullmatch(str(value)):
+            raise ModexpError(
+                f"{key}={value!r} is not allowed: it goes into an sbatch script, so one word of letters, "
+                "digits and _ . , : = @ % + / - (no spaces, quotes or newlines)"
+            )
 
 
 def check_cluster(cfg: Config) -> list[str]:
@@ -346,6 +372,7 @@ class Slurm:
                 "device=cuda with launcher=slurm and launcher.gpus_per_run=0 would ask SLURM for no GPU: "
                 "set launcher.gpus_per_run >= 1, or device=cpu for CPU nodes"
             )
+        check_sbatch_words(cfg.launcher)
 
     def check(self, cfg: Config) -> None:
         check_cluster(cfg)  # bad cluster settings fail before anything is prepared or written

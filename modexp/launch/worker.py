@@ -16,10 +16,10 @@ command line: {"ready": seconds since the worker started, "cpu": its CPU seconds
 (resumable), and the worker then exits with EXIT_INTERRUPTED; a kill -9 loses what the run did since its last
 checkpoint, as it would for a process of its own.
 
-    python -m modexp.train --worker REPLY_FD STUDY_DIR
+    python -m modexp.launch.worker REPLY_FD STUDY_DIR
 
-(started through modexp.train, so that every process training a study's runs is a `modexp.train` process that
-names the study's folder; STUDY_DIR is not read.)
+(STUDY_DIR is not read: it names the study on the worker's command line, for ps and pgrep. The module imports
+nothing heavy before its signal handlers are set.)
 """
 
 from __future__ import annotations
@@ -144,9 +144,9 @@ def _send(reply: IO[str], message: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m modexp.train --worker REPLY_FD STUDY_DIR` (argv: what follows --worker)."""
+    """`python -m modexp.launch.worker REPLY_FD STUDY_DIR` (argv: what follows the module)."""
     if len(argv) != 2 or not argv[0].isdigit():
-        print("usage: python -m modexp.train --worker REPLY_FD STUDY_DIR", file=sys.stderr)
+        print("usage: python -m modexp.launch.worker REPLY_FD STUDY_DIR", file=sys.stderr)
         return 2
     # Until modexp's handlers are set (its imports take seconds), a stop signal ends the idle worker at once.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -158,3 +158,7 @@ def main(argv: list[str]) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the pool is gone
         return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -15,7 +15,7 @@ Training (expert choice over the sequence, Zhou et al. 2022):
    untouched). The weight p puts the router on the gradient path.
 An expert sees only its k_e tokens (one gather), so compute is fixed by the fractions, never by the data.
 
-Where the MoE sits (ModelConfig.expert_fraction / noop_experts_in):
+Where the MoE sits (modexp.variants.MoEConfig.expert_fraction / noop_experts_in):
 - moe: every block's MLP, each expert taking expert_capacity of the block's tokens.
 - staged MoDE (routing=topk, moe=true): MoD picks a routed block's tokens first (routing.py); the MoE inside
   it sees only those k tokens, and each expert takes expert_capacity of them.
@@ -35,13 +35,16 @@ which calls Block.finish token by token, gets the causal decision without knowin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
 from .parts import MLP, causal_loss, make_predictor, predictor_logits
+
+if TYPE_CHECKING:
+    from ..variants.moe import MoEConfig
 
 
 @dataclass
@@ -56,7 +59,7 @@ class ExpertRecord:
 
 
 class MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, fraction: float, noop_experts: int = 0) -> None:
+    def __init__(self, cfg: MoEConfig, fraction: float, noop_experts: int = 0) -> None:
         super().__init__()
         self.cfg, self.fraction, self.n_noop = cfg, fraction, noop_experts
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.experts))

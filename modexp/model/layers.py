@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .experts import MoE
 from .parts import MLP
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class Rotary(nn.Module):
@@ -158,15 +160,21 @@ class KVCache:
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block. `update` gives its residual update; `forward` adds it."""
+    """A pre-norm transformer block. `update` gives its residual update; `forward` adds it.
 
-    def __init__(self, cfg: ModelConfig, rotary: Rotary, layer: int = 0) -> None:
+    `mlp`: the block's MLP when its kind gives one (a mixture of experts, experts.py), else a dense MLP. Either
+    takes the routing mode, which only an MoE acts on.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, rotary: Rotary, layer: int = 0, mlp: nn.Module | None = None
+    ) -> None:
         super().__init__()
+        self.layer = layer
         self.attn_norm = nn.RMSNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.mlp_norm = nn.RMSNorm(cfg.d_model)
-        # A mixture of experts (experts.py) where cfg.moe; `layer` says whether it has integrated MoDE's no-ops.
-        self.mlp = MoE(cfg, cfg.expert_fraction(layer), cfg.noop_experts_in(layer)) if cfg.moe else MLP(cfg)
+        self.mlp = mlp if mlp is not None else MLP(cfg)
         self._rotary = [rotary]  # shared tables; a list keeps it out of this module's state_dict
 
     @property
@@ -196,8 +204,7 @@ class Block(nn.Module):
         here, so the block's formula lives in one place; it passes no routing_mode, so an MoE decides causally
         per token.
         """
-        h = self.mlp_norm(x + attn)
-        return attn + (self.mlp(h, routing_mode) if isinstance(self.mlp, MoE) else self.mlp(h))
+        return attn + self.mlp(self.mlp_norm(x + attn), routing_mode)
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor | None = None, routing_mode: str = "causal"

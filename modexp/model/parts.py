@@ -4,11 +4,14 @@ loss that trains the causal decision. Its own module so that layers.py (a block 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class MLP(nn.Module):
@@ -20,16 +23,18 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
         self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, routing_mode: str = "causal") -> torch.Tensor:
+        """routing_mode: what a mixture of experts in its place acts on; a dense MLP takes every token."""
         if self.gate is not None:
             return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.up(x)))
 
 
-def make_predictor(cfg: ModelConfig, outputs: int) -> nn.Sequential:
+def make_predictor(cfg: Any, outputs: int) -> nn.Sequential:
     """A causal predictor d -> h -> outputs. It normalises its (detached) input first: the residual stream
     starts at the embedding scale (init_std 0.02), where an un-normalised MLP sees only its bias, learns the
-    base rate and says "skip" for every token. Parameter-free, so the parameter and FLOP counts are unchanged."""
+    base rate and says "skip" for every token. Parameter-free, so the parameter and FLOP counts are unchanged.
+    cfg: a config with the causal router's settings (modexp.variants.CausalConfig: predictor_dim)."""
     return nn.Sequential(
         nn.RMSNorm(cfg.d_model, elementwise_affine=False),
         nn.Linear(cfg.d_model, cfg.predictor_dim),

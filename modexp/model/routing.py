@@ -19,14 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
 from .layers import Block, KVCache, Rotary
 from .parts import causal_loss, make_predictor, predictor_logits
+
+if TYPE_CHECKING:
+    from ..variants.mod import MoDConfig
 
 
 @dataclass
@@ -40,6 +43,15 @@ class RoutingRecord:
     router_logits: torch.Tensor  # (B, T) r (for random routing: the Gaussian noise)
     predictor_logits: torch.Tensor | None  # (B, T), or None without a predictor
     aux_loss: torch.Tensor | None  # unweighted BCE of the causal router against topk_mask
+    router_weight: str = "sigmoid"  # how the gate g(r) reads router_logits: sigmoid | linear
+    # (B, T) bool: the tokens the router scored, where it chose among fewer than all (a router deeper in a
+    # hierarchy chooses among the tokens still active); None: every token. Statistics of its choice use these.
+    scored: torch.Tensor | None = None
+
+    def weights(self) -> torch.Tensor:
+        """g(r), the router's weight on each token's update (for statistics and figures)."""
+        r = self.router_logits.detach().float()
+        return torch.sigmoid(r) if self.router_weight == "sigmoid" else r
 
 
 class RoutedCache(KVCache):
@@ -56,15 +68,32 @@ class RoutedCache(KVCache):
         self.bound = 0
         self.rows = torch.arange(batch_size, device=self.slots.device)
 
+    def masks(self, length: int) -> list[torch.Tensor]:
+        """(B, length) bool: which of the first `length` positions the block processed."""
+        return [self.taken[:, :length]]
+
 
 class RoutedBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, rotary: Rotary) -> None:
+    """MoD's routed block around `block` (default: a dense Block; staged MoDE's has an MoE MLP over the k tokens).
+
+    Transformer.forward calls it as a routing block (`routes`): it returns its record beside the hidden state,
+    and takes `noise_rows` rows of the caller's random-routing noise (one for random routing, none otherwise).
+    """
+
+    routes: ClassVar[bool] = True
+
+    def __init__(self, cfg: MoDConfig, layer: int, rotary: Rotary, block: Block | None = None) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
-        self.block = Block(cfg, rotary, layer)  # staged MoDE: its MLP is an MoE over the k tokens
+        self.block = block if block is not None else Block(cfg, rotary, layer)
         # One router per routed block (sharing one across layers is a known bug). Random routing has none.
-        self.router = nn.Linear(cfg.d_model, 1, bias=False) if cfg.routing == "topk" else None
+        self.router = nn.Linear(cfg.d_model, 1, bias=False) if cfg.learned_router else None
         self.predictor = make_predictor(cfg, 1) if cfg.has_predictor else None
+
+    @property
+    def noise_rows(self) -> int:
+        """Rows of random-routing noise per sequence it takes from the caller (Transformer.forward)."""
+        return 1 if self.router is None else 0
 
     def router_scores(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """r (B, T) in fp32, also under bf16 autocast: bf16 logits tie at the top-k cut in 29-58% of sequences
@@ -142,7 +171,9 @@ class RoutedBlock(nn.Module):
             raise ValueError(f"routing_mode={routing_mode!r} is not allowed: choose topk or causal")
 
         aux_loss = causal_loss(predictor_logits, r, topk_mask, self.cfg.has_aux_loss)
-        record = RoutingRecord(self.layer, indices, mask, topk_mask, r, predictor_logits, aux_loss)
+        record = RoutingRecord(
+            self.layer, indices, mask, topk_mask, r, predictor_logits, aux_loss, self.cfg.router_weight
+        )
         return out, record
 
     # -- decoding with a KV cache (modexp.sample): causal routing, one token at a time --------------------------

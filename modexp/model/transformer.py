@@ -1,4 +1,4 @@
-"""The decoder-only transformer: embeddings, a stack of dense and routed blocks, the LM head."""
+"""The decoder-only transformer: embeddings, the stack of blocks its kind builds, the LM head."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .experts import ExpertRecord, MoE
-from .layers import Block, Rotary
-from .routing import RoutedBlock, RoutingRecord
+from .layers import Rotary
+from .routing import RoutingRecord
 
 
 @dataclass
@@ -28,16 +28,22 @@ class ModelOutput:
 
 
 class Transformer(nn.Module):
+    """Embeddings, the blocks its config builds (cfg.make_blocks: its kind's dense, routed or shared blocks, in
+    depth order), the final norm and the LM head.
+
+    A block is either a plain one (`block(x, routing_mode=...)` returns the hidden state) or a routing one, with
+    `routes = True`: `block(x, routing_mode, noise)` returns the hidden state and its routing record(s), and
+    `noise_rows` says how many rows of the caller's random-routing noise it takes. A mixture of experts anywhere
+    in the stack leaves its record on itself (`last`), collected here in depth order.
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rotary = Rotary(cfg.head_dim, cfg.seq_len, cfg.rope_base)
-        self.blocks = nn.ModuleList(
-            RoutedBlock(cfg, i, self.rotary) if cfg.is_routed(i) else Block(cfg, self.rotary, i)
-            for i in range(cfg.n_layers)
-        )
+        self.blocks = nn.ModuleList(cfg.make_blocks(self.rotary))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # Recompute each block's activations in the backward pass instead of keeping them (a training setting,
@@ -46,6 +52,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self._init_weights()
+        self._moes = [m for m in self.blocks.modules() if isinstance(m, MoE)]  # depth order; not submodules
 
     def _init_weights(self) -> None:
         std = self.cfg.init_std
@@ -70,7 +77,15 @@ class Transformer(nn.Module):
 
     @property
     def n_routed(self) -> int:
-        return sum(isinstance(block, RoutedBlock) for block in self.blocks)
+        """Routing blocks in the stack (MoD's routed blocks, a plug-in's)."""
+        return sum(getattr(block, "routes", False) for block in self.blocks)
+
+    @property
+    def noise_rows(self) -> int:
+        """Rows of random-routing noise per sequence its blocks take (0: it needs none; see step.routing_noise)."""
+        return sum(
+            getattr(block, "noise_rows", 0) for block in self.blocks if getattr(block, "routes", False)
+        )
 
     def forward(
         self,
@@ -81,32 +96,35 @@ class Transformer(nn.Module):
     ) -> ModelOutput:
         """routing_mode: "topk" (training: expert choice over the sequence) or "causal" (per-token decision).
 
-        routing_noise (B, routed blocks, T): random routing's scores, drawn by the caller per sequence so that a
+        routing_noise (B, noise_rows, T): random routing's scores, drawn by the caller per sequence so that a
         run's routing does not depend on how its batch is split into micro-batches or processes; None: drawn here.
         """
         x = self.tok_emb(tokens)
         routing: list[RoutingRecord] = []
-        experts: list[ExpertRecord] = []
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        row = 0  # the next row of routing_noise
         for block in self.blocks:
-            if isinstance(block, RoutedBlock):
-                noise = routing_noise[:, len(routing)] if routing_noise is not None else None
+            if not getattr(block, "routes", False):
                 if recompute:
-                    x, record = checkpoint(block, x, routing_mode, noise, use_reentrant=False)
+                    x = checkpoint(block, x, None, routing_mode, use_reentrant=False)
                 else:
-                    x, record = block(x, routing_mode=routing_mode, noise=noise)
-                routing.append(record)
-            elif recompute:
-                x = checkpoint(block, x, None, routing_mode, use_reentrant=False)
+                    x = block(x, routing_mode=routing_mode)
+                continue
+            rows, noise = block.noise_rows, None
+            if rows and routing_noise is not None:
+                noise = routing_noise[:, row] if rows == 1 else routing_noise[:, row : row + rows]
+            row += rows
+            if recompute:
+                x, made = checkpoint(block, x, routing_mode, noise, use_reentrant=False)
             else:
-                x = block(x, routing_mode=routing_mode)
-            moe = block.block.mlp if isinstance(block, RoutedBlock) else block.mlp
-            if isinstance(moe, MoE):
-                experts.append(moe.last)
+                x, made = block(x, routing_mode=routing_mode, noise=noise)
+            routing += made if isinstance(made, list) else [made]
+        experts: list[ExpertRecord] = [moe.last for moe in self._moes]
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
         aux_terms = [r.aux_loss for r in [*routing, *experts] if r.aux_loss is not None]
-        aux_loss = self.cfg.aux_loss_weight * torch.stack(aux_terms).mean() if aux_terms else None
+        aux_weight = getattr(self.cfg, "aux_loss_weight", 0.0)
+        aux_loss = aux_weight * torch.stack(aux_terms).mean() if aux_terms else None
         return ModelOutput(logits, loss, aux_loss, routing, experts)
