@@ -56,7 +56,9 @@ def test_the_toy_plugin_is_named_nowhere_in_modexp() -> None:
         assert not [p for p in package.rglob("*.yaml") if word in p.read_text()]
 
 
-def test_a_plugin_variant_plans_trains_analyses_samples_and_exports(toy, tmp_path: Path, capsys) -> None:
+def test_a_plugin_variant_plans_trains_analyses_samples_and_exports(
+    toy, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One new module (tests/toy_variant.py: a learned two-layer router, its own block class, its own setting,
     parameter and FLOP counts) and one preset (tests/presets/sweep/toy.yaml), nothing else."""
     runs = tmp_path / "runs"
@@ -106,8 +108,17 @@ def test_a_plugin_variant_plans_trains_analyses_samples_and_exports(toy, tmp_pat
 
     model = load_export(tmp_path / "export")
     assert type(model.blocks[1]).__name__ == "DeepRoutedBlock" and len(model.blocks[1].router) == 3
-    # ... and the study is labelled as at the sweep's end once the user names it.
+    # ... and the study is labelled as at the sweep's end once the user names it, in the figures too: their
+    # workers fork with the plug-in's kinds already registered.
+    from modexp.analysis import figure_pool
+
+    at_fork = []
+    start = figure_pool.start
+    monkeypatch.setattr(
+        figure_pool, "start", lambda: (at_fork.append(variants.label("deeprouter_c0.125_e2_h16")), start())
+    )
     assert main(["analyze", str(study), "--out", str(tmp_path / "named"), "--plugins", "toy_variant"]) == 0
+    assert at_fork == ["MoD 12.5%, every 2nd block, 16-wide MLP router"]
     assert variants.label("deeprouter_c0.125_e2_h16") == "MoD 12.5%, every 2nd block, 16-wide MLP router"
 
 

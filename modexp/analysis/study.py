@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from modexp import plugins as plugin_modules
 from modexp.errors import ModexpError
 
 from . import figure_pool
@@ -240,6 +241,7 @@ def analyze(
     if (sweep_dir is None) == (table is None):
         raise ModexpError("analyze needs exactly one of a sweep folder or --table FILE.csv")
     loss_column(loss)  # a bad --loss fails before anything is read or written
+    plugin_modules.load_named(plugins)  # before the figure workers fork: they label the plug-ins' kinds too
     if figures:  # so do bad figure options
         figure_formats, figure_size = figure_options(figure_formats, figure_size)
         figure_pool.start()  # its workers import matplotlib while this process reads and fits
@@ -340,8 +342,6 @@ OUTPUTS = ("results.parquet", "points.csv", "fits.csv", "verdict.csv", "verdict_
 def _plugin_notes(sweep_dir: Path | None, names: str | Sequence[str] | None) -> list[str]:
     """Import the plug-ins the user named (`plugins`, MODEXP_PLUGINS), never those the study's config.yaml
     files name: those are listed in one note saying how to trust them (their curves keep their ids)."""
-    from modexp import plugins as plugin_modules
-
     plugin_modules.load_named(names)
     if sweep_dir is None:
         return []
