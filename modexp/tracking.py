@@ -233,6 +233,29 @@ def record_to_wandb(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def forget_dead_service() -> None:
+    """Drop an inherited WANDB_SERVICE whose service is gone. wandb puts its service's address in the
+    environment for child processes; once that service has ended (its process exited or was killed), every
+    wandb.init in a child fails and the run would go unlogged. Without the address, wandb starts its own."""
+    token = os.environ.get("WANDB_SERVICE", "")
+    parts = token.split("-", 3)
+    if len(parts) < 4:
+        return
+    kind, address = parts[2], parts[3]
+    family, target = (
+        (socket.AF_UNIX, address)
+        if kind == "unix"
+        else (socket.AF_INET, ("127.0.0.1", int(address.rpartition("-")[2])))
+    )
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            probe.connect(target)
+    except (OSError, ValueError):
+        log.info("W&B's service at %s is gone: this process starts its own", address)
+        os.environ.pop("WANDB_SERVICE", None)
+
+
 class WandbMirror:
     """Mirrors a run's metrics to W&B. Any W&B error turns it off with a warning; training never depends on it.
 
@@ -268,6 +291,8 @@ class WandbMirror:
             try:
                 wandb_id, group = wandb_identity(run_dir, run_id, getattr(settings, "id_suffix", "") or "")
                 import wandb
+
+                forget_dead_service()
 
                 if self.mode == "offline":
                     _supersede_offline(run_dir / "wandb", wandb_id)
@@ -368,6 +393,7 @@ def log_analysis(result: Any, settings: Any, sweep_dir: Path | None) -> str | No
         group = f"{(sweep_dir or out).resolve().name}-{study}"
         import wandb
 
+        forget_dead_service()
         if mode == "offline":
             _supersede_offline(out / "wandb", wandb_id)
         run = wandb.init(

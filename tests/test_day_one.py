@@ -34,7 +34,7 @@ def test_the_plan_says_what_remains_its_flops_time_and_folder(tmp_path: Path, ca
     rc, out, _ = run_main(argv, capsys)
     line = next(x for x in out.splitlines() if " to train, " in x)
     assert re.match(
-        r"8 runs and 4 stems to train, 4\.32e10 FLOPs, about \d+ (min|s) \(one run at a time", line
+        r"8 runs and 4 stems to train, 4\.32e10 FLOPs, about \d+ (min|s) \(on \d+ slots? at ", line
     )
     assert line.endswith(f"into {runs}/smoke") and "hours" not in line, line  # no device-hours on a CPU
 

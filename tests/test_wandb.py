@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,26 @@ def test_wandb_charts_default_to_flops_and_both_losses_keep_their_minimum(
     assert metrics["train/*"].step_metric == "flops" and metrics["val/*"].step_metric == "flops"
     for loss in ("val/loss", "val/loss_causal"):
         assert metrics[loss].step_metric == "flops" and metrics[loss].summary.min
+
+
+def test_a_service_address_left_by_a_gone_service_does_not_disable_a_runs_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process inherits WANDB_SERVICE from a parent whose W&B service has since ended (a notebook's, a
+    killed sweep's): the run still logs, through a service of its own."""
+    from modexp.tracking import WandbMirror, study_wandb_settings
+
+    offline_in_process(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_SERVICE", f"3-{os.getpid()}-unix-{tmp_path / 'gone.sock'}")
+    run_dir = tmp_path / "study" / "baseline-d16-l2-1e10-0123456789"
+    run_dir.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "W&B disabled for this run" would fail here
+        mirror = WandbMirror(run_dir, run_dir.name, study_wandb_settings(None), "smoke", "baseline", {})
+    assert mirror.run is not None
+    mirror.finish(None, 0)
+    __import__("wandb").teardown()
+    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def test_wandb_takes_its_project_entity_and_tags_from_the_environment_unless_the_config_sets_them(
