@@ -146,18 +146,24 @@ def pace_of(cfg: Config) -> tuple[Pace, int]:
     workers = [w for w in cache.get("workers", {}).get(key, []) if _number(w)]
     sweeps = [s for s in cache.get("sweeps", []) if _number(s)]
     # A loaded machine only ever makes these longer: the least seen is the idle machine's (a run's own
-    # start-up is scaled by the CPU share it got, as its steps are).
+    # start-up is scaled by the CPU share it got, as its steps are). A run's start-up is long only when
+    # something held it (a queue behind a lock, a process that did other work first): its lower quartile.
     starts = [r["startup_time"] * min(1.0, r.get("cpu_share") or 1.0) for r in records
               if _number(r.get("startup_time"))]  # fmt: skip
     pace = Pace(
         records=records,
         flops_per_second=cfg.sweep.flops_per_second,
-        startup=statistics.median(starts) if starts else float(cfg.launcher.startup_s or 0.0),
+        startup=_lower_quartile(starts) if starts else float(cfg.launcher.startup_s or 0.0),
         worker_startup=min(workers) if workers else float(cfg.launcher.worker_startup_s or 0.0),
         sweep_overhead=min(sweeps) if sweeps else 0.0,
         kind=f"{kind} ({key})",
     )
     return pace, slots
+
+
+def _lower_quartile(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 4]
 
 
 def _own_steps(spec: RunSpec) -> tuple[int, int]:

@@ -1,6 +1,15 @@
 """Shared test set-up: W&B off unless a test turns it on, and no test writes outside its tmp folders."""
 
+import os
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Module- and session-scoped fixtures train runs before any test's own cache is set (below): they get a
+    cache of the session's, never the developer's (their runs would enter its measured paces)."""
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="modexp-test-cache-")
 
 
 @pytest.fixture(autouse=True)

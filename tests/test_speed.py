@@ -122,6 +122,21 @@ def test_plan_uses_the_measured_pace_once_there_is_one(tmp_path: Path, capsys) -
     assert "the paces this machine measured (4 earlier runs on cpu: " in out
 
 
+def test_a_few_runs_held_before_their_first_step_do_not_set_the_start_up(tmp_path: Path) -> None:
+    """A run handed over and then held (behind a lock, in a process that did other work first) records a long
+    start-up: the estimate takes the lower quartile, so a minority of them does not multiply the plan."""
+    cfg = to_typed(compose_config(["sweep=smoke"]))
+    kind, key, _ = estimate.slot_of(cfg)
+    starts = [0.3, 0.4, 0.3, 0.5, 0.3, 600.0, 750.0, 0.4]
+    device.record_runs(kind, key, [
+        {"run_id": f"r{i}", "time": i, "kind": "baseline", "step_flops": 1e7, "step_time": 1.0,
+         "cpu_share": 1.0, "startup_time": s}
+        for i, s in enumerate(starts)
+    ])  # fmt: skip
+    pace, _ = estimate.pace_of(cfg)
+    assert pace.startup == pytest.approx(0.3)
+
+
 # -- the iso-time verdict ------------------------------------------------------------------------------------
 
 
