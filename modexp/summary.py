@@ -62,7 +62,10 @@ SPEED: tuple[str, ...] = (
     "train_time", "eval_time", "checkpoint_time", "startup_time", "inherited_time", "device_kind", "threads",
     "cores", "peak_flops", "peak_source", "precision_used", "mfu", "cpu_share", "load_max",
 )  # fmt: skip
-MEASURED: tuple[str, ...] = ("wall_time", "step_time", "tokens_per_s", "device", *SPEED)
+MEASURED: tuple[str, ...] = (
+    "wall_time", "step_time", "tokens_per_s", "device", "peak_memory_gb", "peak_memory_kind", "estimated_peak_gb",
+    *SPEED,
+)  # fmt: skip
 NOT_SETTINGS: frozenset[str] = frozenset(IDENTITY + MEASURED)
 
 
