@@ -44,7 +44,7 @@ def test_the_readme_fits_on_a_few_screens() -> None:
     assert len(lines) <= 150, len(lines)
     long = [line for line in lines if len(line) > 110]
     assert not long, long
-    assert README.read_text().count("m = 1.") == 1  # one demo result, quoted once
+    assert README.read_text().count("What the demo measured") == 1  # one demo result, quoted in one place
 
 
 def test_every_relative_link_of_the_readme_and_docs_resolves() -> None:
@@ -76,15 +76,18 @@ def test_the_tour_is_what_this_test_covers() -> None:
         "modexp plan",
         "modexp plan sweep=paper --format json",
         "modexp sweep sweep=smoke",
+        "modexp sweep sweep=mor",
         "modexp sweep model.capacity=0.125,0.5 --dry-run",
         "modexp train sweep=smoke budget=1e10 model.routing=topk model.d_model=16 model.n_heads=2",
         "modexp status",
         "modexp status runs/smoke",
         "modexp analyze runs/demo",
         "modexp analyze runs/demo --loss topk",
+        "modexp analyze runs/mor --plugins modexp.mor",
         'modexp sample runs/demo/<id> --prompt "def " --show-routing',
         "modexp export runs/demo/<id> --out exported/",
         "modexp bench --quick --out runs/bench",
+        "modexp selfcheck calibration --studies 20",
         "modexp plan sweep=gpu --cfg job",
         "make slurm-up && modexp sweep launcher=slurm sweep=smoke",
     ]
@@ -113,6 +116,7 @@ def test_the_tours_cheap_commands_run_as_written(command: str, tmp_path: Path, m
 # plans (settings checked, the ladder built), without training.
 PLANNED = {
     "modexp sweep sweep=smoke": "sweep",
+    "modexp sweep sweep=mor": "sweep",
     "modexp train sweep=smoke budget=1e10 model.routing=topk model.d_model=16 model.n_heads=2": "train",
     "modexp sweep launcher=slurm sweep=smoke": "sweep",
 }
@@ -120,9 +124,11 @@ PARSED = [
     "modexp status runs/smoke",
     "modexp analyze runs/demo",
     "modexp analyze runs/demo --loss topk",
+    "modexp analyze runs/mor --plugins modexp.mor",
     'modexp sample runs/demo/<id> --prompt "def " --show-routing',
     "modexp export runs/demo/<id> --out exported/",
     "modexp bench --quick --out runs/bench",
+    "modexp selfcheck calibration --studies 20",
 ]
 
 
