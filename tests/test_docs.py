@@ -132,7 +132,21 @@ PARSED = [
 ]
 
 
+@pytest.fixture
+def plugins_restored(monkeypatch: pytest.MonkeyPatch):
+    """A preset that names a plug-in (sweep=mor) registers its kinds and names it to child processes through
+    MODEXP_PLUGINS: both are undone after the test, as for a process that ended."""
+    from modexp.variants import base as registry
+
+    kinds = dict(registry._REGISTRY)
+    monkeypatch.setenv("MODEXP_PLUGINS", "")
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(kinds)
+
+
 @pytest.mark.parametrize("command", [*PLANNED, *PARSED])
+@pytest.mark.usefixtures("plugins_restored")
 def test_the_tours_other_commands_parse_and_plan(command: str, tmp_path: Path) -> None:
     argv = shlex.split(command)[1:]
     args, rest = parser().parse_known_args(argv)
