@@ -174,7 +174,10 @@ def test_the_iso_time_verdict_finds_a_known_time_ratio(ratio: float) -> None:
     assert len(runs) == 8 and (runs["bound"] == "").all()
     assert runs["multiplier"].to_numpy() == pytest.approx(ratio, rel=0.02)
     lines = "\n".join(isotime.summary_lines(verdict, "topk"))
-    assert f"mod_c0.125_e2 vs baseline: t = {ratio:.2f}x [" in lines and "cpu: test, 1 thread" in lines
+    assert (
+        f"MoD 12.5%, every 2nd block vs baseline: t = {ratio:.2f}x [" in lines
+        and "cpu: test, 1 thread" in lines
+    )
 
 
 def test_the_iso_time_interval_covers_the_truth_under_noise() -> None:

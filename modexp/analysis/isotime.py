@@ -33,6 +33,7 @@ import pandas as pd
 from modexp.mfu import LOADED, describe, read_summaries, study_mfu
 
 from .fits import N_BOOT, PERCENTILES, SEED
+from .labels import variant_label
 from .points import _differing_settings, curve_labels, reference_curve, run_losses
 from .table import BASELINE
 
@@ -235,11 +236,13 @@ def summary_lines(verdict: TimeVerdict, loss: str) -> list[str]:
                 else "[n/a]"
             )
             lines.append(
-                f"  {row.curve} vs {row.reference}: t = {row.multiplier:.2f}x {interval} (geometric mean over "
+                f"  {variant_label(row.curve)} vs {variant_label(row.reference)}: t = {row.multiplier:.2f}x {interval} (geometric mean over "
                 f"{row.n_runs} envelope run{'s' if row.n_runs != 1 else ''} of the variant)"
             )
         else:
-            lines.append(f"  {row.curve} vs {row.reference}: t not estimated: {row.note}")
+            lines.append(
+                f"  {variant_label(row.curve)} vs {variant_label(row.reference)}: t not estimated: {row.note}"
+            )
     if overall.empty:
         lines.append("  none: " + ("; ".join(verdict.notes) or "no variant with a baseline to compare"))
     else:
