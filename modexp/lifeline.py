@@ -13,6 +13,8 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
@@ -50,6 +52,22 @@ def stay_tied(sig: int = signal.SIGTERM) -> None:
     """At a trainer's start: die with the parent, and stop now if the launcher already died."""
     if die_with_parent(sig) and orphaned():
         os.kill(os.getpid(), sig)
+
+
+def end_if_stuck(grace_s: float = 10.0, code: int = 130) -> None:
+    """A rank blocked inside a collective cannot run its SIGTERM handler: the call holds the main thread until
+    it sees its peer gone, which gloo may not notice while the peer waits in its own teardown. Once the parent
+    that started this process is gone, a daemon thread gives it grace_s to stop by itself, then ends it. The
+    run stays resumable: a run marked running whose lock nobody holds reads as interrupted."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        time.sleep(grace_s)
+        os._exit(code)
+
+    threading.Thread(target=watch, daemon=True, name="modexp-lifeline").start()
 
 
 def preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:

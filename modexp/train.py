@@ -687,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # Ctrl-C, scancel: stop, mark interrupted
         signal.signal(signum, _raise_interrupt)
     lifeline.stay_tied()  # a rank (own session under torchrun) must not outlive its launcher, even a kill -9
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        lifeline.end_if_stuck(code=EXIT_INTERRUPTED)  # nor hang in a collective its peer has left
     return run_one(Path(args[0]))
 
 

@@ -191,3 +191,27 @@ def test_a_rank_whose_launcher_died_before_it_tied_stops_at_once(launcher: str) 
         assert done.returncode == -signal.SIGTERM and "alive" not in done.stdout
     else:
         assert done.returncode == 0 and done.stdout.strip() == "alive"
+
+
+def test_a_rank_that_cannot_take_its_signal_ends_after_a_grace_once_its_parent_is_gone() -> None:
+    """A rank blocked in a collective never runs its SIGTERM handler (here: the signal ignored, the main
+    thread asleep): once the process that started it is gone, it ends by itself after the grace period."""
+    code = (
+        "import signal, subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import signal, time; from modexp import lifeline; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); lifeline.end_if_stuck(0.5, 7); time.sleep(60)']); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
+    middle = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(middle.stdout.readline())
+    try:
+        time.sleep(1.5)  # its parent alive: it stays
+        assert lifeline._alive(child)
+        os.kill(middle.pid, signal.SIGKILL)
+        middle.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while lifeline._alive(child) and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, "the stuck child outlived its parent past the grace"
+            time.sleep(0.05)
+    finally:
+        kill_all([middle.pid, child])
